@@ -1,0 +1,340 @@
+"""isdaa.losses: hand-derived values, float64 gradcheck, properties of the IS weights, the front door."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from isdaa import losses
+from isdaa.losses import METHODS, ess, importance_log_weights, preference_loss
+
+
+def t(*values, dtype=torch.float32, grad=False):
+    return torch.tensor(values, dtype=dtype, requires_grad=grad)
+
+
+# One pair used by the hand calculations: u_c = -1.0 - (-1.5) = 0.5, u_r = -2.0 - (-1.5) = -0.5, h = 1.0.
+PAIR = {
+    "policy_chosen_logps": t(-1.0),
+    "policy_rejected_logps": t(-2.0),
+    "ref_chosen_logps": t(-1.5),
+    "ref_rejected_logps": t(-1.5),
+}
+LENGTHS_2_5 = {"chosen_lengths": t(2.0), "rejected_lengths": t(5.0)}
+
+
+def sp(x: float) -> float:
+    """-log sigmoid(x) = log(1 + e^-x), by the math module."""
+    return math.log1p(math.exp(-x))
+
+
+# --------------------------------------------------------------------------------------------------
+# Base losses against hand-derived values
+
+
+def test_dpo_value():
+    """u_c = 0.5, u_r = -0.5, h = 1, beta = 0.5: -log sigmoid(0.5) = log(1 + e^-0.5)
+    = log(1.6065306597) = 0.4740769842."""
+    out = losses.dpo(*PAIR.values(), beta=0.5)
+    assert out.item() == pytest.approx(0.4740769841801067, rel=1e-6)
+    assert out.item() == pytest.approx(sp(0.5), rel=1e-6)
+
+
+def test_ipo_value_summed_and_length_normalized():
+    """Summed: h = 1, beta = 0.25, 1/(2 beta) = 2: (1 - 2)^2 = 1.
+    Length-normalized, |c| = 2, |r| = 5: u_c/2 - u_r/5 = 0.25 + 0.1 = 0.35; beta = 0.1 -> 1/(2 beta) = 5:
+    (0.35 - 5)^2 = 4.65^2 = 21.6225."""
+    assert losses.ipo(*PAIR.values(), beta=0.25).item() == pytest.approx(1.0, rel=1e-6)
+    out = losses.ipo(*PAIR.values(), beta=0.1, length_normalize=True, **LENGTHS_2_5)
+    assert out.item() == pytest.approx(21.6225, rel=1e-6)
+
+
+def test_rpo_value_summed_and_mean_nll():
+    """beta = 0.5, eta = 0.005, logp_theta(chosen) = -1: DPO part 0.4740769842 (see test_dpo_value) plus
+    beta * eta * NLL = 0.5 * 0.005 * 1.0 = 0.0025 -> 0.4765769842. Per-token mean NLL with |c| = 4:
+    0.0025 / 4 = 0.000625 -> 0.4747019842."""
+    assert losses.rpo(*PAIR.values(), beta=0.5).item() == pytest.approx(0.4765769841801067, rel=1e-6)
+    out = losses.rpo(*PAIR.values(), beta=0.5, nll_mean=True, chosen_lengths=t(4.0))
+    assert out.item() == pytest.approx(0.4747019841801067, rel=1e-6)
+
+
+def test_chipo_value_and_clip():
+    """beta = 0.5: e^0.5 - e^-0.5 = 1.6487212707 - 0.6065306597 = 1.0421906110 (= 2 sinh 0.5);
+    plus h = 1 -> 2.0421906110; times beta -> 1.0210953055; loss = log(1 + e^-1.0210953055) = 0.3076...
+    With R = 0.25 the logit is clipped to 2R = 0.5: log(1 + e^-0.5) = 0.4740769842."""
+    logit = 0.5 * (2 * math.sinh(0.5) + 1.0)
+    assert logit == pytest.approx(1.0210953055, rel=1e-9)
+    assert losses.chipo(*PAIR.values(), beta=0.5).item() == pytest.approx(sp(logit), rel=1e-6)
+    clipped = losses.chipo(*PAIR.values(), beta=0.5, rmax=0.25).item()
+    assert clipped == pytest.approx(0.4740769841801067, rel=1e-6)
+
+
+def test_rdpo_value():
+    """beta = 0.5, alpha = 0.01, |c| = 10, |r| = 4: logit = 0.5 * 1 + 0.01 * (10 - 4) = 0.56;
+    loss = log(1 + e^-0.56) = log(1 + 0.5712090638) = 0.4518963..."""
+    out = losses.rdpo(*PAIR.values(), beta=0.5, chosen_lengths=t(10.0), rejected_lengths=t(4.0))
+    assert out.item() == pytest.approx(math.log(1 + math.exp(-0.56)), rel=1e-6)
+
+
+def test_rdpo_learns_less_from_a_longer_chosen():
+    """PLUS sign (Park et al. 2024, Eq. 9): with a longer chosen response the logit beta*h + alpha*(|c|-|r|)
+    is larger, so the loss is LOWER than DPO's and its gradient w.r.t. h smaller (beta*sigmoid(-logit)):
+    the pair, already explained by length, teaches less. A shorter chosen gives a higher loss and gradient."""
+    dpo_pc = PAIR["policy_chosen_logps"].clone().requires_grad_(True)
+    dpo = losses.dpo(dpo_pc, *list(PAIR.values())[1:], beta=0.5)
+    (g_dpo,) = torch.autograd.grad(dpo.sum(), dpo_pc)
+    for lc, lr, sign in ((10.0, 4.0, -1), (4.0, 10.0, +1)):
+        pc = PAIR["policy_chosen_logps"].clone().requires_grad_(True)
+        rest = list(PAIR.values())[1:]
+        out = losses.rdpo(pc, *rest, beta=0.5, chosen_lengths=t(lc), rejected_lengths=t(lr))
+        (g,) = torch.autograd.grad(out.sum(), pc)
+        assert sign * (out.item() - dpo.item()) > 0
+        assert sign * (g.abs().item() - g_dpo.abs().item()) > 0
+
+
+def test_ipo_minimum_at_half_inverse_beta():
+    """(h - 1/(2 beta))^2 is 0 with zero gradient at h = 1/(2 beta) = 2.5 (beta = 0.2); 0.01 at 2.5 +- 0.1."""
+    beta = 0.2
+    for h, expect_zero in ((2.5, True), (2.4, False), (2.6, False)):
+        pc = t(h, dtype=torch.float64, grad=True)
+        zero = t(0.0, dtype=torch.float64)
+        out = losses.ipo(pc, zero, zero, zero, beta=beta)
+        (g,) = torch.autograd.grad(out.sum(), pc)
+        if expect_zero:
+            assert out.item() == 0.0 and g.item() == 0.0
+        else:
+            assert out.item() == pytest.approx(0.01, rel=1e-9)
+
+
+@pytest.mark.parametrize("name", ["dpo", "ipo", "rpo", "chipo", "rdpo"])
+def test_gradcheck_float64(name):
+    gen = torch.Generator().manual_seed(0)
+    logps = [(-5 * torch.rand(6, generator=gen, dtype=torch.float64)).requires_grad_(True) for _ in range(4)]
+    lengths = {"chosen_lengths": torch.tensor([1.0, 3, 5, 7, 9, 11], dtype=torch.float64),
+               "rejected_lengths": torch.tensor([2.0, 2, 4, 8, 6, 10], dtype=torch.float64)}
+    kwargs = {
+        "dpo": {}, "chipo": {},
+        "ipo": {"length_normalize": True, **lengths},
+        "rpo": {"nll_mean": True, "chosen_lengths": lengths["chosen_lengths"]},
+        "rdpo": lengths,
+    }[name]
+    fn = getattr(losses, name)
+    assert torch.autograd.gradcheck(lambda *x: fn(*x, beta=0.3, **kwargs), logps)
+
+
+# --------------------------------------------------------------------------------------------------
+# Importance weights
+
+
+def test_is_equals_base_when_policy_is_behavior():
+    gen = torch.Generator().manual_seed(1)
+    pc, pr, rc, rr = (-20 * torch.rand(8, generator=gen) for _ in range(4))
+    lengths = {"chosen_lengths": torch.arange(1.0, 9), "rejected_lengths": torch.arange(2.0, 10)}
+    for name in ("dpo", "ipo", "rpo", "chipo", "rdpo"):
+        base = preference_loss(name, 0.1, pc, pr, rc, rr, **lengths)
+        is_ = preference_loss(f"is-{name}", 0.1, pc, pr, rc, rr,
+                              behavior_chosen_logps=pc.clone(), behavior_rejected_logps=pr.clone(), **lengths)
+        assert torch.equal(is_.weights, torch.ones(8))
+        assert torch.equal(is_.losses, base.losses)
+
+
+def test_clip_boundary_at_two_eps():
+    """eps = 0.5, 2 eps = 1. Joint log-ratios: 0.75 (below: w = e^0.75, unclipped), exactly 1.0 (w = e^1),
+    1.5 and 30 (above: w = e^1 exactly, clipped)."""
+    pc = t(-1.0, -1.0, -1.0, -1.0)
+    bc = t(-1.5, -1.5, -2.0, -30.0)   # chosen log-ratios 0.5, 0.5, 1.0, 29.0
+    pr = t(-2.0, -2.0, -2.0, -2.0)
+    br = t(-2.25, -2.5, -2.5, -3.0)   # rejected log-ratios 0.25, 0.5, 0.5, 1.0
+    log_w = importance_log_weights(pc, pr, bc, br, eps=0.5)
+    w = log_w.exp()
+    e1 = torch.tensor(1.0).exp()
+    assert w[0] == torch.tensor(0.75).exp() and w[0] < e1
+    assert w[1] == e1 and w[2] == e1 and w[3] == e1
+    out = preference_loss("is-dpo", 0.1, pc, pr, pc, pr, behavior_chosen_logps=bc, behavior_rejected_logps=br,
+                          is_clip=0.5)
+    assert out.metrics["is/clip_frac"].item() == 0.5  # 1.5 and 30 are above 2 eps; 1.0 is not
+    assert out.metrics["is/weight_max"].item() == e1.item()
+
+
+def test_weights_are_detached_and_gradient_is_weight_times_base_gradient():
+    gen = torch.Generator().manual_seed(2)
+    pc, pr = ((-3 * torch.rand(5, generator=gen)).requires_grad_(True) for _ in range(2))
+    rc, rr = (-3 * torch.rand(5, generator=gen) for _ in range(2))
+    out = preference_loss("is-dpo", 0.5, pc, pr, rc, rr, is_clip=10.0)
+    assert not out.weights.requires_grad
+    assert all(not v.requires_grad for v in out.metrics.values())
+    g_is = torch.autograd.grad(out.loss, (pc, pr))
+    base = losses.dpo(pc, pr, rc, rr, beta=0.5)
+    g_base = torch.autograd.grad(base.sum(), (pc, pr))
+    expected_w = torch.exp((pc - rc + pr - rr).detach())  # pi_b = pi_ref, unclipped (2 eps = 20)
+    assert torch.allclose(out.weights, expected_w, rtol=1e-6)
+    for gi, gb in zip(g_is, g_base):
+        assert torch.allclose(gi, expected_w * gb / 5, rtol=1e-5, atol=1e-8)
+
+
+def test_is_is_composition_for_every_base_loss():
+    gen = torch.Generator().manual_seed(3)
+    pc, pr, rc, rr, bc, br = (-4 * torch.rand(7, generator=gen) for _ in range(6))
+    lengths = {"chosen_lengths": torch.arange(1.0, 8), "rejected_lengths": torch.arange(3.0, 10)}
+    for name in ("dpo", "ipo", "rpo", "chipo", "rdpo"):
+        base = preference_loss(name, 0.2, pc, pr, rc, rr, **lengths)
+        is_ = preference_loss(f"is-{name}", 0.2, pc, pr, rc, rr, behavior_chosen_logps=bc,
+                              behavior_rejected_logps=br, **lengths)
+        assert torch.allclose(is_.losses, is_.weights * base.losses)
+        assert torch.equal(base.weights, torch.ones(7))
+
+
+def test_self_normalized_weights_average_one_and_length_normalized_ratio():
+    gen = torch.Generator().manual_seed(4)
+    pc, pr, bc, br = (-10 * torch.rand(6, generator=gen) for _ in range(4))
+    w = importance_log_weights(pc, pr, bc, br, eps=100.0, self_normalize=True).exp()
+    assert w.mean().item() == pytest.approx(1.0, rel=1e-6)
+    lc, lr = torch.tensor([1.0, 2, 3, 4, 5, 6]), torch.tensor([2.0, 2, 2, 8, 8, 8])
+    log_w = importance_log_weights(pc, pr, bc, br, eps=100.0, length_normalize=True,
+                                   chosen_lengths=lc, rejected_lengths=lr)
+    assert torch.allclose(log_w, (pc - bc) / lc + (pr - br) / lr)
+
+
+def test_ess_values():
+    """ESS = (sum w)^2 / (B sum w^2): [1, 0] -> 1/2; [1, 2, 3] -> 36 / (3 * 14) = 6/7; equal weights -> 1."""
+    assert ess(torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
+    assert ess(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(6 / 7, rel=1e-6)
+    assert ess(torch.full((9,), 3.7)).item() == pytest.approx(1.0, rel=1e-6)
+    assert ess(torch.tensor([1e30, 1e-30, 1.0])).item() == pytest.approx(1 / 3, rel=1e-5)  # no overflow
+    pc, pr, rc, rr, bc, br = (-5 * torch.rand(12) for _ in range(6))
+    out = preference_loss("is-dpo", 0.1, pc, pr, rc, rr, behavior_chosen_logps=bc, behavior_rejected_logps=br)
+    value = out.metrics["is/ess"].item()
+    assert 0 < value <= 1 + 1e-6
+    assert value == pytest.approx(ess(out.weights).item(), rel=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------
+# The front door
+
+
+def test_metrics_values_and_types():
+    """beta = 0.5, u_c = 0.5, u_r = -0.5 (PAIR): rewards/chosen 0.25, rejected -0.25, margin 0.5, accuracy 1.
+    Behavior log-probs -3 and -1: joint log-ratio (-1 + 3) + (-2 + 1) = 1 -> drift/log_ratio_mean 1,
+    drift/ratio_mean e."""
+    behavior = {"behavior_chosen_logps": t(-3.0), "behavior_rejected_logps": t(-1.0)}
+    out = preference_loss("dpo", 0.5, *PAIR.values(), **behavior)
+    m = out.metrics_float()
+    assert all(isinstance(v, float) for v in m.values())
+    assert all(v.dtype == torch.float32 and v.dim() == 0 for v in out.metrics.values())
+    assert m["rewards/chosen"] == pytest.approx(0.25) and m["rewards/rejected"] == pytest.approx(-0.25)
+    assert m["rewards/margins"] == pytest.approx(0.5) and m["rewards/accuracies"] == 1.0
+    assert m["logps/chosen"] == -1.0 and m["logps/rejected"] == -2.0
+    assert m["is/weight_mean"] == 1.0 and m["is/clip_frac"] == 0.0 and m["is/ess"] == 1.0
+    assert m["drift/log_ratio_mean"] == pytest.approx(1.0)
+    assert m["drift/ratio_mean"] == pytest.approx(math.e, rel=1e-6)
+    assert out.loss.dim() == 0 and out.loss.item() == pytest.approx(0.4740769841801067, rel=1e-6)
+
+
+def test_drift_ratio_mean_is_log_mean_exp():
+    """Joint log-ratios 0 and log 3: mean ratio (1 + 3) / 2 = 2; huge ratios give inf, not NaN."""
+    out = preference_loss("dpo", 0.1, t(0.0, math.log(3)), t(0.0, 0.0), t(0.0, 0.0), t(0.0, 0.0))
+    assert out.metrics["drift/ratio_mean"].item() == pytest.approx(2.0, rel=1e-6)
+    out = preference_loss("dpo", 0.1, t(0.0, 1e4), t(0.0, 0.0), t(0.0, 0.0), t(0.0, 0.0))
+    assert out.metrics["drift/ratio_mean"].item() == math.inf
+
+
+def test_bf16_inputs_give_float32():
+    logps = [torch.tensor([-3.0, -7.5], dtype=torch.bfloat16, requires_grad=True) for _ in range(4)]
+    for name in ("dpo", "is-ipo", "is-chipo"):
+        out = preference_loss(name, 0.1, *logps)
+        assert out.loss.dtype == out.losses.dtype == out.weights.dtype == torch.float32
+        out.loss.backward()
+    assert logps[0].grad.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_large_log_probs_are_finite(method):
+    vals = [(-1e4, 0.0, 0.0, -1e4), (0.0, -1e4, -1e4, 0.0), (-1e4, -1e4, 0.0, 0.0)]
+    for pc_, pr_, rc_, rr_ in vals:
+        pc, pr = t(pc_, grad=True), t(pr_, grad=True)
+        out = preference_loss(method, 0.1, pc, pr, t(rc_), t(rr_),
+                              chosen_lengths=t(1.0), rejected_lengths=t(500.0),
+                              behavior_chosen_logps=t(rc_ - 1e4), behavior_rejected_logps=t(0.0))
+        out.loss.backward()
+        assert torch.isfinite(out.loss) and torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
+        assert torch.isfinite(out.weights).all()
+
+
+def test_irrelevant_known_options_are_ignored():
+    a = preference_loss("dpo", 0.5, *PAIR.values())
+    b = preference_loss("dpo", 0.5, *PAIR.values(), rpo_eta=0.3, chipo_rmax=1.0, is_clip=0.1, rdpo_alpha=2.0)
+    assert torch.equal(a.losses, b.losses)
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        ({"method": "dpp"}, "Did you mean 'dpo'"),
+        ({"method": "is_dpo"}, "Did you mean 'is-dpo'"),
+        ({"method": "dpo", "is_clipp": 1.0}, "unknown option(s) is_clipp. Valid options: is_clip"),
+        ({"method": "rdpo"}, "needs chosen_lengths and rejected_lengths"),
+        ({"method": "ipo", "ipo_length_normalize": True}, "needs chosen_lengths"),
+        ({"method": "is-dpo", "is_length_normalize": True}, "needs chosen_lengths"),
+        ({"method": "rpo", "rpo_nll_mean": True}, "needs chosen_lengths"),
+        ({"method": "dpo", "beta": 0.0}, "beta must be a finite number > 0"),
+        ({"method": "dpo", "beta": -1.0}, "beta must be a finite number > 0"),
+        ({"method": "is-dpo", "is_clip": 0.0}, "is_clip must be a finite number > 0"),
+        ({"method": "is-dpo", "is_clip": -1.0}, "is_clip must be a finite number > 0"),
+        ({"method": "dpo", "behavior_chosen_logps": t(-1.0)}, "give both behavior"),
+    ],
+)
+def test_errors_are_informative(call, message):
+    call = dict(call)
+    method, beta = call.pop("method"), call.pop("beta", 0.1)
+    with pytest.raises(ValueError, match=None) as err:
+        preference_loss(method, beta, *PAIR.values(), **call)
+    assert message in str(err.value)
+    if "Did you mean" in message:
+        assert "Valid methods: dpo, ipo, rpo, chipo, rdpo, is-dpo" in str(err.value)
+
+
+def test_shape_mismatch_is_an_error():
+    with pytest.raises(ValueError, match="ref_chosen_logps has shape"):
+        preference_loss("dpo", 0.1, t(-1.0, -2.0), t(-1.0, -2.0), t(-1.0), t(-1.0, -2.0))
+
+
+def test_registry_declares_needs():
+    base = ["dpo", "ipo", "rpo", "chipo", "rdpo"]
+    assert list(METHODS) == base + [f"is-{m}" for m in base]
+    assert METHODS["rdpo"].needs_lengths and METHODS["is-rdpo"].needs_lengths
+    assert not METHODS["dpo"].requires_lengths({}) and not METHODS["ipo"].requires_lengths({})
+    assert METHODS["ipo"].requires_lengths({"ipo_length_normalize": True})
+    assert METHODS["is-dpo"].requires_lengths({"is_length_normalize": True})
+    assert METHODS["is-ipo"].importance_weighted and METHODS["is-ipo"].uses_behavior_logps
+    assert not METHODS["ipo"].uses_behavior_logps
+    assert "is_clip" in METHODS["is-rpo"].options and "rpo_eta" in METHODS["is-rpo"].options
+    assert "is_clip" not in METHODS["rpo"].options
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    method=st.sampled_from(sorted(METHODS)),
+    data=st.data(),
+    n=st.integers(1, 16),
+    beta=st.floats(1e-3, 10.0),
+    normalize=st.booleans(),
+)
+def test_front_door_is_finite_fuzz(method, data, n, beta, normalize):
+    vec = st.lists(st.floats(-1e4, 0.0), min_size=n, max_size=n)
+    pc, pr, rc, rr, bc, br = (torch.tensor(data.draw(vec)) for _ in range(6))
+    lens = st.lists(st.integers(1, 2048), min_size=n, max_size=n)
+    lc, lr = (torch.tensor(data.draw(lens), dtype=torch.float32) for _ in range(2))
+    pc.requires_grad_(True), pr.requires_grad_(True)
+    out = preference_loss(
+        method, beta, pc, pr, rc, rr, behavior_chosen_logps=bc, behavior_rejected_logps=br,
+        chosen_lengths=lc, rejected_lengths=lr, is_self_normalize=normalize, ipo_length_normalize=normalize,
+        chipo_rmax=None if normalize else 5.0,
+    )
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(out.losses).all() and torch.isfinite(out.weights).all()
+    assert torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
+    assert 0 < out.metrics["is/ess"].item() <= 1 + 1e-5
