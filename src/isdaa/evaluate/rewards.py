@@ -1,0 +1,85 @@
+"""Golden reward protocol (ARCHITECTURE.md): `reward(prompts, responses) -> list[float]`.
+
+Either a Python callable named `module:function` (the lab's analytic reward) or a sequence-
+classification reward model with one label (`RewardModel(path)`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
+
+
+class RewardModel:
+    """A `AutoModelForSequenceClassification` with one label, scoring `prompt + separator + response`.
+
+    The text is tokenized with the tokenizer's special tokens; right padding; the score is logit 0.
+    """
+
+    def __init__(self, path: str | Path, batch_size: int = 32, separator: str = " ",
+                 max_length: int | None = None, device: str | None = None):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self.path = str(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path)
+        self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+        if device:
+            self.model.to(device)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        if self.model.config.pad_token_id is None:
+            self.model.config.pad_token_id = self.tokenizer.pad_token_id
+        self.tokenizer.padding_side = "right"
+        self.batch_size, self.separator, self.max_length = batch_size, separator, max_length
+
+    @torch.no_grad()
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+        device = next(self.model.parameters()).device
+        texts = [p + self.separator + r for p, r in zip(prompts, responses)]
+        scores: list[float] = []
+        for i in range(0, len(texts), self.batch_size):
+            enc = self.tokenizer(texts[i: i + self.batch_size], return_tensors="pt", padding=True,
+                                 truncation=self.max_length is not None, max_length=self.max_length)
+            logits = self.model(**{k: v.to(device) for k, v in enc.items()}).logits  # (B, 1)
+            scores.extend(logits[:, 0].float().cpu().tolist())
+        return scores
+
+    def __repr__(self) -> str:
+        return f"RewardModel({self.path!r})"
+
+
+def load_reward(spec: str | RewardFn) -> RewardFn:
+    """`module:function` -> that callable; a directory -> `RewardModel(dir)`; a callable -> itself."""
+    if callable(spec):
+        return spec
+    if ":" in spec and not Path(spec).exists():
+        module, _, name = spec.partition(":")
+        fn = getattr(importlib.import_module(module), name)
+        if not callable(fn):
+            raise TypeError(f"golden reward {spec!r} is not callable")
+        return fn
+    if Path(spec).is_dir():
+        return RewardModel(spec)
+    raise ValueError(f"golden reward {spec!r}: expected `module:function` or a reward-model directory")
+
+
+def reward_name(spec) -> str:
+    """A printable name for a reward spec (recorded in outputs)."""
+    if isinstance(spec, str):
+        return spec
+    if isinstance(spec, RewardModel):
+        return spec.path
+    return f"{getattr(spec, '__module__', '?')}:{getattr(spec, '__qualname__', type(spec).__name__)}"
+
+
+def score(reward: RewardFn, prompts: Sequence[str], responses: Sequence[str]) -> list[float]:
+    """Call the reward and check it returned one finite float per response."""
+    out = [float(x) for x in reward(list(prompts), list(responses))]
+    if len(out) != len(responses):
+        raise ValueError(f"golden reward returned {len(out)} scores for {len(responses)} responses")
+    return out

@@ -1,0 +1,218 @@
+"""Batched, seeded sampling of responses from a causal LM, returning the exact sampled token ids.
+
+Log-probs (KL, behavior log-probs of labelled pairs) are computed on these ids, never on re-tokenized
+text: decoding then re-encoding can change the tokens and silently bias every estimator.
+
+Backends: Hugging Face `generate` (default; left padding, KV cache) and an optional vLLM backend
+(imported only when asked for; needs a model path and a GPU). Both return the same `Sample` list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Sample:
+    """One sampled response.
+
+    prompt_index: index into the `prompts` given to `sample_responses`.
+    response_ids: sampled token ids, cut after the first EOS (EOS included when it was generated).
+    text: the response decoded without special tokens.
+    finished: True when the response ended with EOS (False: cut at `max_new_tokens`).
+    logp: summed log pi(y_t | x, y_<t) of the response under the UNTEMPERED model (raw logits, before
+        temperature/top-p), recorded during generation (HF backend); None otherwise.
+    """
+
+    prompt_index: int
+    response_ids: list[int]
+    text: str
+    finished: bool
+    logp: float | None = None
+
+    @property
+    def length(self) -> int:
+        """|y|: number of response tokens, EOS included (ARCHITECTURE.md tokenization rule)."""
+        return len(self.response_ids)
+
+
+def encode_prompts(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
+    """Prompt token ids: `tokenizer(prompt)` with the tokenizer's own special tokens (e.g. BOS).
+    Prompts given as lists of ints are taken as already tokenized."""
+    if len(prompts) and not isinstance(prompts[0], str):
+        return [list(map(int, p)) for p in prompts]
+    return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+
+
+def _eos_ids(model, tokenizer) -> set[int]:
+    eos = getattr(model.generation_config, "eos_token_id", None)
+    if eos is None:
+        eos = tokenizer.eos_token_id
+    eos = eos if isinstance(eos, (list, tuple)) else [eos]
+    return {int(e) for e in eos if e is not None}
+
+
+def _cut_at_eos(ids: list[int], eos: set[int]) -> tuple[list[int], bool]:
+    for i, t in enumerate(ids):
+        if t in eos:
+            return ids[: i + 1], True
+    return ids, False
+
+
+class _RawLogpRecorder:
+    """A logits processor that leaves the scores unchanged and records, for the token sampled at each
+    step, its log-prob under the raw logits (it runs before the temperature / top-p warpers, which
+    `generate` appends after custom processors). At call k, input_ids[:, -1] is the token sampled at
+    step k-1, scored with the log-softmax kept from call k-1; `finish` scores the last token."""
+
+    def __init__(self):
+        self.prev: torch.Tensor | None = None  # (B, V) log-softmax of the previous step
+        self.steps: list[torch.Tensor] = []    # per generated token: (B,)
+
+    def __call__(self, input_ids, scores):
+        if self.prev is not None:
+            self.steps.append(self.prev.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def finish(self, new_tokens: torch.Tensor) -> torch.Tensor:
+        """new_tokens (B, L) generated ids -> (B, L) per-token raw log-probs."""
+        if self.prev is not None and new_tokens.shape[1] > len(self.steps):
+            self.steps.append(self.prev.gather(1, new_tokens[:, -1:]).squeeze(1))
+        return torch.stack(self.steps, dim=1) if self.steps else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
+
+
+def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    width = max(len(p) for p in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for i, p in enumerate(batch):
+        if p:
+            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return input_ids, mask  # (B, P) each
+
+
+@torch.no_grad()
+def sample_responses(
+    model,
+    tokenizer,
+    prompts: Sequence[str] | Sequence[Sequence[int]],
+    n: int = 2,
+    temperature: float = 0.7,
+    top_p: float = 0.95,
+    max_new_tokens: int = 128,
+    seed: int = 0,
+    batch_size: int = 256,
+    backend: str = "hf",
+) -> list[Sample]:
+    """Sample `n` responses per prompt; returns `len(prompts) * n` `Sample`s ordered by prompt, then
+    sample (`prompt_index` = i // n).
+
+    Deterministic for a given (seed, batch_size, model): each batch runs under
+    `torch.random.fork_rng` seeded with `seed + batch index`, so the global RNG is untouched and a
+    batch's samples do not depend on the batches before it. `temperature == 0` is greedy decoding.
+    Prompts of different lengths are left-padded (fixed-length prompts need no padding).
+    Each HF sample carries `logp`, its log-prob under the untempered model (pi_theta at T = 1), read
+    from the raw logits during generation: the policy log-probs of KL samples need no second forward.
+    The model's own generation_config is set aside during the call (no hidden repetition penalty etc.).
+    `backend="vllm"` needs `model` to be a path (or a vllm.LLM); see `sample_responses_vllm`.
+    """
+    if backend == "vllm":
+        return sample_responses_vllm(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, seed)
+    if backend != "hf":
+        raise ValueError(f"unknown sampling backend {backend!r} (hf | vllm)")
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    eos = _eos_ids(model, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
+    # each prompt repeated n times, consecutively
+    flat = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(n)]
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": sorted(eos)}
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
+    else:
+        gen_kwargs.update(do_sample=False)
+    # A clean generation config: a checkpoint's own defaults (repetition_penalty, top_k, ...) would
+    # otherwise be merged in by `generate` and change the sampling distribution (KL estimates assume
+    # samples of pi_theta at exactly the given temperature / top-p).
+    saved_config = model.generation_config
+    model.generation_config = GenerationConfig()
+    # fork_rng also saves/restores the CUDA generator of the model's GPU (untested here: CPU-only CI)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+        if device.type == "cuda" else []
+    samples: list[Sample] = []
+    try:
+        for b, start in enumerate(range(0, len(flat), batch_size)):
+            chunk = flat[start: start + batch_size]
+            input_ids, mask = _left_pad([p for _, p in chunk], pad_id)
+            recorder = _RawLogpRecorder()
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(seed + b)
+                out = model.generate(
+                    input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                    logits_processor=LogitsProcessorList([recorder]), **gen_kwargs,
+                )
+            new_t = out[:, input_ids.shape[1]:]  # (B, L <= max_new_tokens)
+            token_logps = recorder.finish(new_t).double().cumsum(dim=1).cpu()  # (B, L) running sums
+            for row, ((i, _), ids) in enumerate(zip(chunk, new_t.tolist())):
+                ids, finished = _cut_at_eos(ids, eos)
+                logp = float(token_logps[row, len(ids) - 1]) if ids else 0.0
+                samples.append(Sample(i, ids, "", finished, logp))
+    finally:
+        model.generation_config = saved_config
+        model.train(was_training)
+    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
+    for s, t in zip(samples, texts):
+        s.text = t
+    return samples
+
+
+def sample_logps(model, prompt_ids, samples: Sequence[Sample], batch_size: int = 256, pad_id: int = 0,
+                 mode: str = "auto"):
+    """(S,) float64 log pi_model (T = 1) of `samples` (drawn from `model`): recorded during generation
+    ("generate") or from a forward on the exact ids ("forward"). "auto": generate only for float32
+    models (in bf16 the cached-generation and full-forward logits differ by round-off that would show
+    up as spurious KL against a reference scored by a forward)."""
+    import numpy as np
+
+    from isdaa.evaluate.metrics import response_logps
+
+    if mode == "auto":
+        mode = "generate" if next(model.parameters()).dtype == torch.float32 else "forward"
+    if mode == "generate" and all(s.logp is not None for s in samples):
+        return np.array([s.logp for s in samples], dtype=np.float64)
+    return response_logps(model, [prompt_ids[s.prompt_index] for s in samples],
+                          [s.response_ids for s in samples], batch_size, pad_id=pad_id)
+
+
+def sample_responses_vllm(model, tokenizer, prompts, n=2, temperature=0.7, top_p=0.95,
+                          max_new_tokens=128, seed=0) -> list[Sample]:
+    """vLLM backend (optional; `pip install vllm`, GPU). `model` is a model path or a `vllm.LLM`.
+    Same output format as the HF backend; determinism is vLLM's per-request seed."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:  # optional dependency
+        raise ImportError("the vLLM sampling backend needs `pip install vllm` and a GPU") from err
+    llm = model if isinstance(model, LLM) else LLM(model=str(model), seed=seed)
+    prompt_ids = encode_prompts(tokenizer, prompts)
+    eos = {int(tokenizer.eos_token_id)}
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p if temperature > 0 else 1.0,
+                            max_tokens=max_new_tokens, seed=seed)
+    outputs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompt_ids], params)
+    samples = []
+    for i, out in enumerate(outputs):
+        for comp in out.outputs:
+            ids, finished = _cut_at_eos(list(comp.token_ids), eos)
+            if not finished and comp.finish_reason == "stop" and tokenizer.eos_token_id is not None:
+                ids, finished = ids + [int(tokenizer.eos_token_id)], True  # vLLM strips the stop token
+            samples.append(Sample(i, ids, tokenizer.decode(ids, skip_special_tokens=True), finished))
+    return samples
