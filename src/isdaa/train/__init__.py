@@ -1,0 +1,33 @@
+"""Training engine: `train(cfg, callbacks=(), batch_source=None, resume=False, overwrite=False)`.
+
+The config's type picks the task: SFTConfig -> sft.py, RMConfig -> rm.py, PrefConfig -> pref.py;
+loop.py runs them all. `batch_source(step, model, tokenizer)` (preference training only) replaces
+the dataset: it returns this process's pairs for optimizer step `step` (0-based), either as rows
+(`prompt` / `chosen` / `rejected`, optional `ref_*` / behavior logps columns; rows without reference
+log-probs are scored by the reference model on the fly) or as one collated batch
+(`isdaa.data.collate_pref`'s keys). With a batch_source, `max_steps` must be set.
+"""
+
+from __future__ import annotations
+
+
+def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite: bool = False) -> dict:
+    from isdaa.config import PrefConfig, RMConfig, SFTConfig
+    from isdaa.train.loop import run
+
+    if isinstance(cfg, PrefConfig):
+        from isdaa.train.pref import PrefTask as task_cls
+    elif isinstance(cfg, RMConfig):
+        from isdaa.train.rm import RMTask as task_cls
+    elif isinstance(cfg, SFTConfig):
+        from isdaa.train.sft import SFTTask as task_cls
+    else:
+        raise TypeError(f"train() takes an SFTConfig, RMConfig or PrefConfig, got {type(cfg).__name__}")
+    if batch_source is not None and not isinstance(cfg, PrefConfig):
+        raise ValueError("batch_source is for preference training only")
+    if batch_source is not None and not cfg.max_steps:
+        raise ValueError("training from a batch_source needs max_steps")
+    return run(cfg, task_cls(cfg), callbacks=callbacks, batch_source=batch_source, resume=resume, overwrite=overwrite)
+
+
+__all__ = ["train"]

@@ -1,0 +1,336 @@
+"""Typed training configs, validated at construction; YAML files and `key=value` overrides only load
+into them (unknown keys are errors that name the nearest valid key).
+
+    cfg = load_config("configs/paper/is-dpo-tldr.yaml", ["optim.lr=1e-5", "method=is-ipo"], kind="pref")
+
+Batch sizes: `batch_size` is the GLOBAL batch (pairs for pref/rm, examples for sft) per optimizer
+step; `micro_batch_size` is what one process puts through one forward. Gradient accumulation is
+derived: batch_size = micro_batch_size * gradient_accumulation * num_processes, so `batch_size`
+must be a multiple of `micro_batch_size` (and, at launch, of micro_batch_size * num_processes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# The registry's names, for validation when isdaa.losses is unavailable (kept in sync by a test).
+KNOWN_METHODS = ("dpo", "ipo", "rpo", "chipo", "rdpo", "is-dpo", "is-ipo", "is-rpo", "is-chipo", "is-rdpo")
+
+
+def _nearest(name: str, options) -> str:
+    close = difflib.get_close_matches(str(name), list(options), n=1, cutoff=0.0)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+def _one_of(value, options, what: str) -> None:
+    _check(value in options, f"{what} must be one of {list(options)}, got {value!r}{_nearest(value, options)}")
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16                       # adapter rank
+    alpha: int = 32                   # lora_alpha (scale alpha / r)
+    dropout: float = 0.05
+    target_modules: Any = "all-linear"  # peft's names, or a list of module names
+
+    def __post_init__(self):
+        _check(self.r > 0 and self.alpha > 0, "lora.r and lora.alpha must be > 0")
+        _check(0.0 <= self.dropout < 1.0, "lora.dropout must be in [0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = ""             # hub name or local save_pretrained folder
+    revision: str | None = None
+    dtype: str = "fp32"                # weights dtype: fp32 | bf16 | fp16 | auto
+    trust_remote_code: bool = False    # off unless explicitly set
+    gradient_checkpointing: bool = False
+    attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None: transformers' default
+    tokenizer: str | None = None    # defaults to name_or_path
+    lora: LoraConfig | None = None  # set to train LoRA adapters through peft
+
+    def __post_init__(self):
+        _check(bool(self.name_or_path), "model.name_or_path is required")
+        _one_of(self.dtype, ("fp32", "bf16", "fp16", "auto"), "model.dtype")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""                    # hub dataset name, or a local .jsonl / .json / .parquet file
+    train_split: str = "train"
+    eval: str | None = None         # same forms; for a hub dataset usually the same name
+    eval_split: str = "test"
+    subset: str | None = None       # hub dataset configuration name
+    max_length: int = 640              # prompt + response tokens (ARCHITECTURE.md, tokenization rule)
+    max_prompt_length: int = 512       # the prompt keeps its LAST max_prompt_length tokens
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+    sft_source: str = "auto"           # sft only: auto | completion | messages | chosen
+
+    def __post_init__(self):
+        _check(bool(self.train), "data.train is required (hub name or local file)")
+        _check(self.max_length > 0 and self.max_prompt_length > 0, "data.max_length and max_prompt_length must be > 0")
+        _check(self.max_prompt_length < self.max_length, "data.max_prompt_length must be < data.max_length")
+        for name in ("max_train_examples", "max_eval_examples"):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"data.{name} must be > 0")
+        _one_of(self.sft_source, ("auto", "completion", "messages", "chosen"), "data.sft_source")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"           # adamw (paper) | sgd (plain SGD with momentum `sgd_momentum`)
+    lr: float = 1e-6                   # paper, Appendix C
+    sgd_momentum: float = 0.0
+    weight_decay: float = 0.0
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    scheduler: str = "cosine"          # cosine | linear | constant (all with linear warmup)
+    warmup_steps: int = 100
+    warmup_ratio: float = 0.0          # used instead of warmup_steps when > 0
+    max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
+
+    def __post_init__(self):
+        _one_of(self.optimizer, ("adamw", "sgd"), "optim.optimizer")
+        _check(self.lr > 0, "optim.lr must be > 0")
+        _check(0 <= self.sgd_momentum < 1, "optim.sgd_momentum must be in [0, 1)")
+        _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
+        _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "optim.adam_beta1/2 must be in [0, 1)")
+        _one_of(self.scheduler, ("cosine", "linear", "constant"), "optim.scheduler")
+        _check(self.warmup_steps >= 0 and 0 <= self.warmup_ratio < 1, "optim warmup must be >= 0 (ratio < 1)")
+        _check(self.max_grad_norm is None or self.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0")
+
+
+@dataclass
+class TrainConfig:
+    """Fields shared by sft, rm and pref runs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    output_dir: str = ""
+    seed: int = 0
+    epochs: float = 1.0                # may be fractional; max_steps wins when set
+    max_steps: int | None = None
+    batch_size: int = 64               # global batch per optimizer step
+    micro_batch_size: int = 4          # per process per forward
+    mixed_precision: str = "auto"      # auto (bf16 where the GPU has it) | no | bf16 | fp16
+    logging_steps: int = 10
+    eval_steps: int | None = None   # evaluate on data.eval every N steps (and at the end)
+    eval_batch_size: int | None = None
+    save_steps: int | None = None
+    save_fractions: list = field(default_factory=list)  # e.g. [0.02, 0.05, 0.1] of total steps
+    save_examples: list = field(default_factory=list)   # example counts (global) to checkpoint at
+    save_initial: bool = False         # checkpoints/step-00000000 = the initial policy
+    save_resume_state: bool = True     # optimizer/scheduler/RNG in checkpoints (resumable)
+    resume_state_keep: int = 1         # only the latest N checkpoints keep their resume state
+    progress: bool = True              # tqdm bar (the lab's workers turn it off)
+    report_to: list = field(default_factory=list)  # tensorboard, wandb
+    num_threads: int | None = None  # torch.set_num_threads
+    run_name: str | None = None
+
+    def __post_init__(self):
+        _check(bool(self.output_dir), "output_dir is required")
+        _check(self.batch_size > 0 and self.micro_batch_size > 0, "batch_size and micro_batch_size must be > 0")
+        _check(self.batch_size % self.micro_batch_size == 0,
+               f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({self.micro_batch_size}): "
+               "gradient accumulation = batch_size / (micro_batch_size * num_processes)")
+        _check(self.epochs > 0, "epochs must be > 0")
+        _check(self.max_steps is None or self.max_steps > 0, "max_steps must be > 0")
+        _check(self.logging_steps >= 1, "logging_steps must be >= 1")
+        for name in ("eval_steps", "save_steps", "eval_batch_size", "num_threads"):
+            v = getattr(self, name)
+            _check(v is None or v > 0, f"{name} must be > 0")
+        _check(all(0 < f <= 1 for f in self.save_fractions), "save_fractions must lie in (0, 1]")
+        _check(all(int(e) > 0 for e in self.save_examples), "save_examples must be > 0")
+        _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
+        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        for r in self.report_to:
+            _one_of(r, ("tensorboard", "wandb"), "report_to")
+
+    @property
+    def kind(self) -> str:
+        return KIND_OF[type(self)]
+
+
+@dataclass
+class SFTConfig(TrainConfig):
+    """Supervised fine-tuning: NLL on completion tokens only, averaged over the global batch's tokens."""
+
+    def __post_init__(self):
+        super().__post_init__()
+
+
+@dataclass
+class RMConfig(TrainConfig):
+    """Bradley-Terry reward model (Eq. 2) on a one-label sequence classifier."""
+
+    def __post_init__(self):
+        super().__post_init__()
+
+
+@dataclass
+class LossOptions:
+    """Options forwarded to `isdaa.losses.preference_loss` (METHOD.md has the formulas)."""
+
+    is_clip: float = 1.0               # eps: log-weights clipped from above at 2*eps (release default 1.0)
+    is_self_normalize: bool = False
+    is_length_normalize: bool = False
+    ipo_length_normalize: bool = False
+    rpo_eta: float = 0.005
+    rpo_nll_mean: bool = False
+    chipo_rmax: float | None = None
+    rdpo_alpha: float = 0.01
+
+    def __post_init__(self):
+        _check(self.is_clip > 0, "loss.is_clip (eps) must be > 0")
+        _check(self.rpo_eta >= 0, "loss.rpo_eta must be >= 0")
+        _check(self.chipo_rmax is None or self.chipo_rmax > 0, "loss.chipo_rmax must be > 0")
+
+
+@dataclass
+class PrefConfig(TrainConfig):
+    """Preference training with any method of the registry (dpo ... is-rdpo)."""
+
+    method: str = "dpo"
+    beta: float = 0.1
+    loss: LossOptions = field(default_factory=LossOptions)
+    ref_model: str | None = None    # default: the initial policy (model.name_or_path)
+    ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
+    ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        _one_of(self.method, _method_names(), "method")
+        _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
+
+
+def _method_names():
+    try:
+        from isdaa.losses import METHODS
+        return tuple(METHODS)
+    except ImportError:
+        return KNOWN_METHODS
+
+
+KIND_OF = {SFTConfig: "sft", RMConfig: "rm", PrefConfig: "pref"}
+CONFIG_CLASSES = {v: k for k, v in KIND_OF.items()}
+
+
+# ---------------------------------------------------------------- building from dicts / YAML / CLI
+
+
+def from_dict(cls, data: dict, where: str = ""):
+    """Build dataclass `cls` from a plain dict: nested dataclasses recursively, unknown keys rejected."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")  # noqa: TRY004
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            raise ValueError(f"unknown config key {where + key!r}{_nearest(key, names)}")
+        kwargs[key] = _coerce(hints[key], value, where + key)
+    return cls(**kwargs)
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):  # X | None
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(args[0], value, where)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        return from_dict(tp, value, where + ".")
+    if tp in (int, float) and isinstance(value, str):  # YAML 1.1 reads `1e-6` as a string
+        try:
+            value = tp(value)
+        except ValueError:
+            raise ValueError(f"config key {where!r} must be {tp.__name__}, got {value!r}") from None
+    if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if tp is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if tp in (int, float, str, bool) and not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ValueError(f"config key {where!r} must be {tp.__name__}, got {value!r}")
+    if tp is list and not isinstance(value, (list, tuple)):
+        return [value]
+    return value
+
+
+def parse_overrides(overrides) -> dict:
+    """`["optim.lr=1e-5", "method=is-dpo"]` -> nested dict; values parsed with yaml.safe_load."""
+    out: dict = {}
+    for item in overrides or ():
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as err:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({err.problem})") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r} conflicts with another override")  # noqa: TRY004
+        node[parts[-1]] = value
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(source=None, overrides=(), kind: str = "pref"):
+    """Config of `kind` (sft | rm | pref) from a YAML path or dict, then `key=value` overrides."""
+    _one_of(kind, tuple(CONFIG_CLASSES), "kind")
+    if source is None:
+        data = {}
+    elif isinstance(source, dict):
+        data = source
+    else:
+        data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+    data = _merge(data, parse_overrides(overrides))
+    declared = data.pop("kind", kind)
+    _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")
+    return from_dict(CONFIG_CLASSES[kind], data)
+
+
+def to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_yaml(cfg) -> str:
+    return yaml.safe_dump({"kind": cfg.kind, **to_dict(cfg)}, sort_keys=False)
+
+
+def load_run_config(path):
+    """Read a run's resolved config.yaml back (its `kind` key picks the class)."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    return load_config(data, kind=data.get("kind", "pref"))

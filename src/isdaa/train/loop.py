@@ -1,0 +1,450 @@
+"""The shared training loop for sft, rm and pref runs, on accelerate.
+
+Why our own loop and not transformers.Trainer / TRL: we need exact control of the concatenated
+chosen+rejected forward, checkpoint/resume equivalence (a resumed CPU run ends with the same weights
+and metrics as an uninterrupted one), per-step IS diagnostics computed on the device and converted to
+floats only at logging steps, and low per-step overhead on the lab's tiny models.
+
+A `task` (sft.py, rm.py, pref.py) supplies the model, the pre-tokenized examples, `collate`,
+`units` (the loss denominator of an example: pairs, or response tokens for SFT) and `loss`
+(sum over the micro-batch of per-unit losses + metric tensors). The loop owns everything else:
+
+- Data order: epoch e is a permutation from a generator seeded with (seed, e); optimizer step s reads
+  global batch s of its epoch (the last partial batch is dropped), so resume skips consumed
+  batches exactly. Each process takes a contiguous slice of the global batch, then micro-batches.
+- Gradient accumulation divides by the GLOBAL batch: each micro-batch's loss is (sum of its
+  per-unit losses) / (units of the process's whole batch), so batch 8 x accumulation 1 and batch
+  1 x accumulation 8 give the same gradient (up to float error). accelerate divides by the
+  accumulation steps, which we pre-multiply (this also holds under DeepSpeed, whose engine divides).
+- Gradient clipping is applied; the PRE-clip norm is logged.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from isdaa.config import to_dict, to_yaml
+from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from isdaa.train import checkpoint as ckpt
+from isdaa.train.callbacks import TrainContext
+
+RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size"}
+
+
+# ---------------------------------------------------------------- run directory
+
+
+def prepare_run_dir(cfg, resume: bool, overwrite: bool) -> bool:
+    """Refuse / clear / continue an output dir. Returns True when there is something to resume."""
+    out = Path(cfg.output_dir)
+    summary, config = out / "summary.json", out / "config.yaml"
+    has_run = config.exists() or (out / "checkpoints").exists()
+    if overwrite:
+        for name in ("checkpoints", "final", "eval"):
+            shutil.rmtree(out / name, ignore_errors=True)
+        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
+            (out / name).unlink(missing_ok=True)
+        return False
+    if resume:
+        if config.exists():
+            from isdaa.config import load_run_config
+
+            old, new = to_dict(load_run_config(config)), to_dict(cfg)
+            diff = sorted(k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
+            if diff:
+                raise ValueError(f"--resume: the config differs from the run's config.yaml in {diff}")
+        return has_run
+    if summary.exists() and read_summary(out).get("status") == "finished":
+        raise FileExistsError(f"{out} holds a finished run (summary.json); use --overwrite to replace it "
+                              "or --resume to continue it")
+    if has_run:
+        raise FileExistsError(f"{out} holds an unfinished run; use --resume to continue it or --overwrite")
+    return False
+
+
+def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+    return torch.randperm(n, generator=g)
+
+
+def make_scheduler(optimizer, ocfg, total_steps: int):
+    import transformers
+
+    warmup = math.ceil(ocfg.warmup_ratio * total_steps) if ocfg.warmup_ratio > 0 else ocfg.warmup_steps
+    if ocfg.scheduler == "cosine":
+        return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
+    if ocfg.scheduler == "linear":
+        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def make_optimizer(model, ocfg):
+    params = [p for p in model.parameters() if p.requires_grad]
+    if ocfg.weight_decay > 0:  # no decay on biases and norms (1-D parameters)
+        params = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": ocfg.weight_decay},
+                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    if ocfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.sgd_momentum, weight_decay=ocfg.weight_decay)
+    return torch.optim.AdamW(params, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps,
+                             weight_decay=ocfg.weight_decay)
+
+
+def resolve_mixed_precision(value: str) -> str:
+    if value != "auto":
+        return value
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+# ---------------------------------------------------------------- metrics of one step
+
+
+class StepMetrics:
+    """Accumulates one optimizer step's metric tensors over micro-batches, on the device (no sync):
+    means weighted by the micro-batch's share of units, maxima for `*_max` keys; IS weights are
+    concatenated so that ESS is the ESS of the whole batch."""
+
+    def __init__(self):
+        self.values: dict[str, torch.Tensor] = {}
+        self.weights: list[torch.Tensor] = []
+        self.micro = 0
+
+    def add(self, metrics: dict, share: float, weights=None):
+        self.micro += 1
+        for k, v in metrics.items():
+            v = v.detach().float()
+            if k.endswith("_max"):
+                self.values[k] = torch.maximum(self.values[k], v) if k in self.values else v
+            else:
+                self.values[k] = self.values[k] + v * share if k in self.values else v * share
+        if weights is not None:
+            self.weights.append(weights.detach().float())
+
+    def finalize(self) -> dict:
+        self.all_weights = torch.cat(self.weights) if self.weights else None
+        if self.micro > 1 and self.all_weights is not None and "is/ess" in self.values:
+            from isdaa.losses import ess
+
+            self.values["is/ess"] = ess(self.all_weights)
+        return self.values
+
+
+def to_floats(values: dict, accelerator, weights=None) -> dict:
+    """One host sync for all metrics. Distributed: means averaged over processes, `*_max` maxed, and
+    ESS recomputed from the weight sums of the whole global batch."""
+    if not values:
+        return {}
+    keys = sorted(values)
+    stacked = torch.stack([values[k].reshape(()).float() for k in keys])
+    if accelerator.num_processes > 1:
+        is_max = torch.tensor([k.endswith("_max") for k in keys], device=stacked.device)
+        means = accelerator.reduce(stacked.clone(), reduction="mean")
+        maxes = accelerator.gather(stacked[None]).max(0).values
+        stacked = torch.where(is_max, maxes, means)
+        if weights is not None and "is/ess" in values:
+            w = weights.float()
+            sums = accelerator.reduce(torch.stack([w.sum(), (w * w).sum(), w.new_tensor(w.numel())]), "sum")
+            stacked[keys.index("is/ess")] = sums[0] ** 2 / (sums[2] * sums[1])
+    return dict(zip(keys, stacked.tolist()))
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def run(cfg, task, callbacks=(), batch_source=None, resume: bool = False, overwrite: bool = False) -> dict:
+    """Train `task` under `cfg`; returns the summary dict (also written to summary.json)."""
+    from accelerate import PartialState
+
+    if cfg.num_threads:
+        torch.set_num_threads(cfg.num_threads)
+    if not cfg.progress:  # the lab's workers: no bars from transformers either
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+    _reset_accelerate_state()
+    state = PartialState(cpu=_use_cpu())
+    if cfg.batch_size % (cfg.micro_batch_size * state.num_processes):
+        raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
+                         f"{cfg.micro_batch_size} x {state.num_processes} processes")
+    do_resume = prepare_run_dir(cfg, resume, overwrite) if state.is_main_process else resume
+    state.wait_for_everyone()
+    out = Path(cfg.output_dir)
+    if do_resume and (out / "summary.json").exists() and read_summary(out).get("status") == "finished":
+        return read_summary(out)  # nothing left to do
+    return _Run(cfg, task, list(callbacks), batch_source, do_resume, state.num_processes).train()
+
+
+class _Run:
+    """One training run: setup in __init__, then `train()` = steps, logging, checkpoints, summary."""
+
+    def __init__(self, cfg, task, callbacks, batch_source, do_resume: bool, world: int):
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        self.cfg, self.task, self.callbacks, self.batch_source = cfg, task, callbacks, batch_source
+        self.out = Path(cfg.output_dir)
+        self.accum = cfg.batch_size // (cfg.micro_batch_size * world)
+        self.local_batch = cfg.batch_size // world
+        self.accelerator = acc = Accelerator(cpu=_use_cpu(), gradient_accumulation_steps=self.accum,
+                                             mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+        _configure_deepspeed(acc, cfg)
+        self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
+        set_seed(cfg.seed)
+
+        task.build(acc, online=batch_source is not None)
+        self.n_train = len(task.train_examples)
+        self.steps_per_epoch = self.n_train // cfg.batch_size
+        if batch_source is None and self.steps_per_epoch == 0:
+            raise ValueError(f"{self.n_train} training examples make no full batch of {cfg.batch_size}")
+        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+
+        optimizer = make_optimizer(task.model, cfg.optim)
+        self.scheduler = make_scheduler(optimizer, cfg.optim, self.total_steps)
+        self.model, self.optimizer = acc.prepare(task.model, optimizer)
+        task.model = self.model
+        task.after_prepare(acc)  # e.g. reference log-probs, computed with the initial policy
+        self.unwrapped = acc.unwrap_model(self.model)
+
+        self.step, self.examples_seen, self.epoch = 0, 0, 0.0
+        self.resumed_from = ckpt.latest_resumable(self.out) if do_resume else None
+        if self.resumed_from is not None:
+            st = ckpt.load_resume_state(self.resumed_from, self.model, self.optimizer, self.scheduler, acc)
+            self.step, self.examples_seen, self.epoch = st["step"], st["examples_seen"], st["epoch"]
+        elif do_resume and acc.is_main_process:
+            print(f"--resume: no resumable checkpoint in {self.out}; starting from step 0")
+        self.start_step = self.step
+        if acc.is_main_process:
+            metrics_file = self.out / "metrics.jsonl"
+            if metrics_file.exists():  # records past the restart point are replayed
+                rows = read_jsonl(metrics_file, tolerate_partial_tail=True)
+                atomic_write_jsonl(metrics_file, [r for r in rows if r.get("step", 0) <= self.step])
+            atomic_write_text(self.out / "config.yaml", to_yaml(cfg))
+            (self.out / "summary.json").unlink(missing_ok=True)
+        self.save_at = ckpt.checkpoint_steps(cfg, self.total_steps)
+        self.perm_epoch = self.perm = None
+        self.last_record: dict = {}
+        self.tokens_window = 0
+
+    # -- data
+    def local_examples(self) -> list:
+        """This process's examples for the current step (dataset order, or the batch_source)."""
+        cfg, acc = self.cfg, self.accelerator
+        if self.batch_source is not None:
+            local = self.task.examples_from_source(self.batch_source(self.step, self.unwrapped, self.task.tokenizer))
+            self.examples_seen += self.task.units(local) * acc.num_processes  # pairs (pref only)
+            self.epoch = (self.step + 1) / self.steps_per_epoch if self.steps_per_epoch else 0.0
+            return local
+        epoch, b = divmod(self.step, self.steps_per_epoch)
+        if self.perm_epoch != epoch:
+            self.perm_epoch, self.perm = epoch, epoch_permutation(cfg.seed, epoch, self.n_train)
+        idx = self.perm[b * cfg.batch_size: (b + 1) * cfg.batch_size]
+        idx = idx[acc.process_index * self.local_batch: (acc.process_index + 1) * self.local_batch]
+        self.examples_seen += cfg.batch_size
+        self.epoch = epoch + (b + 1) / self.steps_per_epoch
+        return [self.task.train_examples[i] for i in idx.tolist()]
+
+    # -- one optimizer step
+    def train_step(self, local: list) -> StepMetrics:
+        """Forward/backward over micro-batches (one sync per step), clip, optimizer and scheduler step.
+        Returns the step's metric tensors (no host sync)."""
+        task, acc, model = self.task, self.accelerator, self.model
+        model.train()
+        micro = [local[i: i + self.cfg.micro_batch_size] for i in range(0, len(local), self.cfg.micro_batch_size)]
+        local_units = sum(task.units(m) for m in micro)
+        metrics_acc = StepMetrics()
+        loss_total = torch.zeros((), device=acc.device)
+        for j, mb in enumerate(micro):
+            batch = task.to_device(task.collate(mb), acc.device)
+            last = j == len(micro) - 1
+            acc.gradient_state._set_sync_gradients(last)  # DDP gradient sync, DeepSpeed step boundary
+            with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
+                loss_sum, metrics, weights = task.loss(model, batch)
+                # accelerate divides by `accum`: the net scale is 1 / (units of the whole local batch)
+                acc.backward(loss_sum * (self.accum / local_units))
+            loss_total = loss_total + loss_sum.detach().float() / local_units
+            metrics_acc.add(metrics, task.units(mb) / local_units, weights)
+            self.tokens_window += batch["n_tokens"]
+        grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        metrics_acc.finalize()
+        metrics_acc.values["loss"] = loss_total
+        if grad_norm is not None:  # the PRE-clip norm
+            metrics_acc.values["grad_norm"] = torch.as_tensor(grad_norm, device=acc.device).float()
+        return metrics_acc
+
+    # -- after a step: metrics (floats only here), evaluation, callbacks, checkpoints
+    def after_step(self, metrics_acc: StepMetrics, bar) -> str | None:
+        cfg, acc, step = self.cfg, self.accelerator, self.step
+
+        def floats():
+            return to_floats(metrics_acc.values, acc, metrics_acc.all_weights)
+
+        is_log_step = step % cfg.logging_steps == 0 or step == self.total_steps
+        ctx = self._context(_metrics_fn=floats, _metrics=floats() if is_log_step else None)
+        if self.task.has_eval and (step == self.total_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)):
+            ctx.logged.update(self.task.evaluate(self.model, acc))
+            self.model.train()
+        for cb in self.callbacks:
+            cb.on_step_end(ctx)
+        if is_log_step or ctx.logged:
+            self._write_record({**ctx.metrics, **ctx.logged}, bar)
+        bar.update(1)
+        stop_reason = _agree_stop(ctx.stop_reason, acc)
+        if stop_reason is None and step in self.save_at and step < self.total_steps:
+            self.save(resumable=cfg.save_resume_state)
+        return stop_reason
+
+    def _write_record(self, values: dict, bar) -> None:
+        now = time.perf_counter()
+        record = {"step": self.step, "examples": self.examples_seen, "epoch": round(self.epoch, 6),
+                  "lr": self.scheduler.get_last_lr()[0], **values,
+                  "tokens_per_s": self.tokens_window / max(now - self.t_window, 1e-9),
+                  "elapsed_s": now - self.t_start}
+        self.t_window, self.tokens_window = now, 0
+        self.last_record = record
+        if self.accelerator.is_main_process:
+            append_jsonl(self.out / "metrics.jsonl", record)
+            self.tracker.log(record, self.step)
+            bar.set_postfix(_postfix(record), refresh=False)
+
+    def _context(self, **kw) -> TrainContext:
+        return TrainContext(step=self.step, examples_seen=self.examples_seen, total_steps=self.total_steps,
+                            epoch=self.epoch, model=self.unwrapped, tokenizer=self.task.tokenizer, cfg=self.cfg,
+                            output_dir=str(self.out), is_main_process=self.accelerator.is_main_process,
+                            accelerator=self.accelerator, **kw)
+
+    def trainer_state(self) -> dict:
+        return {"step": self.step, "examples_seen": self.examples_seen, "epoch": self.epoch,
+                "total_steps": self.total_steps}
+
+    def save(self, resumable: bool) -> None:
+        acc = self.accelerator
+        ckpt.save_checkpoint(ckpt.step_dir(self.out, self.step), self.model, self.task.tokenizer, acc,
+                             self.trainer_state(), self.optimizer if resumable else None, self.scheduler)
+        if resumable:
+            ckpt.prune_resume_state(self.out, self.cfg.resume_state_keep, acc)
+
+    def save_final(self) -> None:
+        acc, final, tmp = self.accelerator, self.out / "final", self.out / ".final.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        ckpt.save_model(tmp, self.model, self.task.tokenizer, acc)
+        if acc.is_main_process:
+            atomic_write_json(tmp / "trainer_state.json", self.trainer_state())
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+        acc.wait_for_everyone()
+
+    # -- the run
+    def train(self) -> dict:
+        cfg = self.cfg
+        if self.step == 0 and 0 in self.save_at:
+            self.save(resumable=False)
+        bar = _progress(cfg, self.total_steps, self.step, self.accelerator)
+        self.t_start = self.t_window = time.perf_counter()
+        stop_reason = None
+        while self.step < self.total_steps and stop_reason is None:
+            metrics_acc = self.train_step(self.local_examples())
+            stop_reason = self.after_step(metrics_acc, bar)
+        bar.close()
+        if self.step > self.start_step or not (self.out / "final").exists():
+            if stop_reason is not None or self.step in self.save_at:
+                self.save(resumable=stop_reason is not None or cfg.save_resume_state)
+            self.save_final()
+        return self.finish(stop_reason)
+
+    def finish(self, stop_reason) -> dict:
+        acc, elapsed = self.accelerator, time.perf_counter() - self.t_start
+        summary = {"status": "stopped" if stop_reason else "finished", "stop_reason": stop_reason,
+                   "kind": self.cfg.kind, "step": self.step, "total_steps": self.total_steps,
+                   "examples_seen": self.examples_seen, "train_examples": self.n_train,
+                   "resumed_from_step": self.start_step if self.resumed_from else None, "wall_s": elapsed,
+                   "steps_per_s": (self.step - self.start_step) / max(elapsed, 1e-9),
+                   "final_metrics": self.last_record, **self.task.summary_extra()}
+        if acc.is_main_process:
+            atomic_write_json(self.out / "summary.json", summary)
+        end_ctx = self._context(summary=summary, _metrics=self.last_record)
+        for cb in self.callbacks:
+            cb.on_train_end(end_ctx)
+        self.tracker.close()
+        acc.end_training()
+        _reset_accelerate_state()
+        return summary
+
+
+def _use_cpu() -> bool:
+    """CPU-only, several processes (`accelerate launch --cpu`, torchrun on CPU): accelerate's MULTI_CPU
+    (gloo) needs cpu=True; otherwise leave the device choice to accelerate."""
+    import os
+
+    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    return flag or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
+
+
+def _configure_deepspeed(accelerator, cfg) -> None:
+    """We prepare no dataloader, so DeepSpeed learns the micro batch and clipping from the run config."""
+    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if plugin is None:
+        return
+    ds = plugin.deepspeed_config
+    ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
+    ds["train_batch_size"] = cfg.batch_size
+    if ds.get("gradient_clipping", "auto") == "auto":
+        ds["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0
+
+
+def _reset_accelerate_state():
+    """Let train() run several times in one process (tests, the lab) with different accumulation /
+    precision: accelerate keeps process-wide singletons; the distributed PartialState is kept."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    GradientState._reset_state()
+
+
+def read_summary(out) -> dict:
+    import json
+
+    return json.loads((Path(out) / "summary.json").read_text(encoding="utf-8"))
+
+
+def _agree_stop(reason, accelerator):
+    """All processes stop together when any one was asked to (one small all-reduce per step, only
+    when distributed)."""
+    if accelerator.num_processes == 1:
+        return reason
+    flag = torch.tensor([1.0 if reason else 0.0], device=accelerator.device)
+    if accelerator.reduce(flag, reduction="sum").item() > 0:
+        return reason or "stop requested on another process"
+    return None
+
+
+POSTFIX = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin", "is/weight_mean": "w",
+           "is/clip_frac": "clip", "is/ess": "ess", "grad_norm": "gnorm", "accuracy": "acc"}
+
+
+def _postfix(record: dict) -> dict:
+    out = {short: f"{record[k]:.3g}" for k, short in POSTFIX.items() if k in record}
+    out["tok/s"] = f"{record['tokens_per_s']:.0f}"
+    return out
+
+
+def _progress(cfg, total, initial, accelerator):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not (cfg.progress and accelerator.is_main_process),
+                desc=f"{cfg.kind}", dynamic_ncols=True)
+
+
+def _trackers(cfg, out, accelerator):
+    from isdaa.train.tracking import Trackers
+
+    return Trackers(cfg.report_to if accelerator.is_main_process else [], out, to_dict(cfg), cfg.run_name)

@@ -1,0 +1,70 @@
+"""Loading models and tokenizers: any AutoModelForCausalLM name or local path (a one-label
+AutoModelForSequenceClassification for reward models), dtype, gradient checkpointing, LoRA."""
+
+from __future__ import annotations
+
+import torch
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16, "auto": "auto"}
+
+
+def load_tokenizer(mcfg):
+    """Tokenizer; without a pad token, EOS is reused as pad (embeddings are never resized: padded
+    positions are masked out of attention and of every loss)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(mcfg.tokenizer or mcfg.name_or_path, revision=mcfg.revision,
+                                        trust_remote_code=mcfg.trust_remote_code)
+    if tok.pad_token is None:
+        if tok.eos_token is None:
+            raise ValueError("the tokenizer has neither a pad nor an EOS token")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def _kwargs(mcfg) -> dict:
+    kw = {"revision": mcfg.revision, "trust_remote_code": mcfg.trust_remote_code, "dtype": DTYPES[mcfg.dtype]}
+    if mcfg.attn_implementation:
+        kw["attn_implementation"] = mcfg.attn_implementation
+    return kw
+
+
+def _finish(model, mcfg, tokenizer, task_type: str, trainable: bool = True):
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    if trainable and mcfg.gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5 name
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+        model.config.use_cache = False
+    if trainable and mcfg.lora is not None:
+        try:
+            import peft
+        except ImportError as err:
+            raise ImportError("model.lora needs peft: pip install 'isdaa[peft]'") from err
+        lcfg = peft.LoraConfig(r=mcfg.lora.r, lora_alpha=mcfg.lora.alpha, lora_dropout=mcfg.lora.dropout,
+                               target_modules=mcfg.lora.target_modules, task_type=task_type)
+        if mcfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+        model = peft.get_peft_model(model, lcfg)
+    return model
+
+
+def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
+    model = _finish(model, mcfg, tokenizer, "CAUSAL_LM", trainable)
+    if not trainable:
+        model.eval().requires_grad_(False)
+    return model
+
+
+def load_reward_model(mcfg, tokenizer):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
+    return _finish(model, mcfg, tokenizer, "SEQ_CLS")

@@ -1,0 +1,134 @@
+"""Preference training with any method of the registry (`isdaa.losses.METHODS`), selected by name.
+
+The trainer never branches on the method: it always passes response lengths and behavior log-probs
+(the dataset's `chosen_logps` / `rejected_logps` when present, else None so that pi_b = pi_ref) and
+every loss option; the registry entry decides what is read. Chosen and rejected go through the
+policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
+
+Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
+`ref_rejected_logps` as given; else (`ref_logps: precompute`, default) one pass with the initial
+policy (or `ref_model`) before training, cached (reference.py); else (`on_the_fly`) a frozen
+reference model in memory (with LoRA: the policy with its adapter disabled, no second model).
+Rows from a `batch_source` without reference columns are scored on the fly the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from isdaa.data import collate_pref, tokenize_pref
+from isdaa.logprobs import causal_lm_logps
+from isdaa.train import reference
+from isdaa.train.base import Task
+from isdaa.train.models import load_causal_lm, load_tokenizer
+
+
+class PrefTask(Task):
+    kind = "pref"
+
+    def build(self, accelerator, online=False):
+        cfg = self.cfg
+        self.accelerator = accelerator
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = load_causal_lm(cfg.model, self.tokenizer)
+        self.ref_model = None
+        self.options = dataclasses.asdict(cfg.loss)
+        self.ref_cache_hits = 0
+        # online (batch_source): the dataset is not iterated; pairs come from the source every step
+        self.train_examples = [] if online else self.tokenize(self.load("train"))
+        self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)
+        self.eval_examples = self.tokenize(self.load("eval")) if cfg.data.eval else None
+
+    def tokenize(self, rows):
+        d = self.cfg.data
+        return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length)
+
+    # -- reference log-probs
+    def after_prepare(self, accelerator):
+        cfg = self.cfg
+        if cfg.ref_logps == "on_the_fly":
+            return
+        policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
+        for examples in (self.train_examples, self.eval_examples or []):
+            if not examples or all("ref_chosen_logps" in e for e in examples):
+                continue
+            ref_path = cfg.ref_model or cfg.model.name_or_path
+            key = reference.cache_key(ref_path, cfg.model, accelerator.mixed_precision, examples)
+            cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else reference.default_cache_dir()
+            model = self.model if policy_is_ref else self._reference()
+            with self._adapter_off(model) if policy_is_ref else nullcontext():
+                chosen, rejected, hit = reference.load_or_compute(
+                    model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
+                    self.tokenizer.pad_token_id, key, cache_dir)
+            self.ref_cache_hits += hit
+            for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
+                e.setdefault("ref_chosen_logps", c)
+                e.setdefault("ref_rejected_logps", r)
+        if not policy_is_ref:
+            self.ref_model = None  # precomputed: free it
+
+    def _adapter_off(self, model):
+        unwrapped = self.accelerator.unwrap_model(model)
+        return unwrapped.disable_adapter() if hasattr(unwrapped, "peft_config") else nullcontext()
+
+    def _reference(self):
+        """The frozen reference model (loaded once, on demand)."""
+        if self.ref_model is None:
+            if self.cfg.model.lora is not None and self.cfg.ref_model is None:
+                self.ref_model = self.model  # used with the adapter disabled
+            else:
+                self.ref_model = load_causal_lm(self.cfg.model, self.tokenizer, self.cfg.ref_model,
+                                                trainable=False).to(self.accelerator.device)
+        return self.ref_model
+
+    @torch.no_grad()
+    def _ref_logps(self, batch):
+        model = self._reference()
+        ctx = self._adapter_off(model) if model is self.model else nullcontext()
+        with ctx:
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                           use_cache=False).logits
+            logps = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"])
+        n = batch["n_pairs"]
+        return logps[:n], logps[n:]
+
+    # -- the loop's interface
+    def examples_from_source(self, rows):
+        """A batch_source returns rows (standard/conversational dicts, optional logps columns) or one
+        collated batch (collate_pref's keys); the latter is used as one micro-batch."""
+        if isinstance(rows, dict):
+            return [rows]
+        return self.tokenize(list(rows))
+
+    def collate(self, examples):
+        if len(examples) == 1 and "input_ids" in examples[0]:
+            return examples[0]
+        return collate_pref(examples, self.tokenizer.pad_token_id)
+
+    def units(self, examples):
+        return sum(e.get("n_pairs", 1) for e in examples)
+
+    def loss(self, model, batch):
+        from isdaa.losses import preference_loss
+
+        n = batch["n_pairs"]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits                                # (2B, T, V)
+        logps = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"])  # (2B,) float32
+        if "ref_chosen_logps" in batch:
+            ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
+        else:
+            ref_c, ref_r = self._ref_logps(batch)
+        out = preference_loss(
+            self.cfg.method, self.cfg.beta, logps[:n], logps[n:], ref_c, ref_r,
+            behavior_chosen_logps=batch.get("chosen_logps"), behavior_rejected_logps=batch.get("rejected_logps"),
+            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
+        )
+        return out.loss * n, out.metrics, out.weights
+
+    def summary_extra(self):
+        return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}

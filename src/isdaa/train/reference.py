@@ -1,0 +1,83 @@
+"""Reference log-probs: one pass over the data before training (default), cached on disk under a
+hash of exactly what determines them: the reference model's identity (name or path, revision,
+weight files' sizes and mtimes, dtype), the mixed precision, and the token ids of every pair (which
+covers the data, the chat template and the truncation settings). Training then holds one model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from array import array
+from pathlib import Path
+
+import torch
+
+from isdaa.data import collate_pref
+from isdaa.io import atomic_path
+from isdaa.logprobs import causal_lm_logps
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("ISDAA_CACHE", Path.home() / ".cache" / "isdaa")) / "ref_logps"
+
+
+def _model_fingerprint(name_or_path: str) -> list:
+    path = Path(name_or_path)
+    if not path.is_dir():
+        return [name_or_path]
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json"))
+    return [str(path.resolve())] + [(p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files]
+
+
+def cache_key(ref_path: str, mcfg, mixed_precision: str, examples: list[dict]) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"model": _model_fingerprint(ref_path), "revision": mcfg.revision, "dtype": mcfg.dtype,
+                         "mixed_precision": mixed_precision, "n": len(examples)}, default=str).encode())
+    for e in examples:
+        for key in ("prompt_ids", "chosen_ids", "rejected_ids"):
+            h.update(array("q", e[key]).tobytes())
+            h.update(b"|")
+    return h.hexdigest()[:32]
+
+
+@torch.no_grad()
+def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: int):
+    """(chosen, rejected) (N,) float32 summed log-probs, the examples sharded over processes.
+
+    Every process runs the same number of forwards (its shard padded with copies of example 0:
+    FSDP / ZeRO-3 forwards are collective), then the shards are gathered back in order."""
+    world, rank = accelerator.num_processes, accelerator.process_index
+    n = len(examples)
+    per = -(-n // world)
+    shard = [examples[i] if i < n else examples[0] for i in range(rank, per * world, world)]
+    was_training = model.training
+    model.eval()
+    out = []
+    for i in range(0, len(shard), batch_size):
+        batch = collate_pref(shard[i: i + batch_size], pad_id)
+        ids, attn, resp = (batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "response_mask"))
+        with accelerator.autocast():
+            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
+        out.append(causal_lm_logps(logits, ids, resp).float().view(2, -1).T)  # (b, 2): chosen, rejected
+    model.train(was_training)
+    local = torch.cat(out) if out else torch.zeros(0, 2, device=accelerator.device)
+    if world > 1:
+        gathered = accelerator.gather(local.contiguous())                   # (world * per, 2), rank-major
+        local = gathered.view(world, per, 2).transpose(0, 1).reshape(world * per, 2)
+    local = local[:n].cpu()
+    return local[:, 0].contiguous(), local[:, 1].contiguous()
+
+
+def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, cache_dir: Path):
+    path = Path(cache_dir) / f"{key}.pt"
+    if path.exists():
+        data = torch.load(path, weights_only=True)
+        return data["ref_chosen_logps"], data["ref_rejected_logps"], True
+    chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id)
+    if accelerator.is_main_process:
+        with atomic_path(path) as tmp:
+            torch.save({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}, tmp)
+    accelerator.wait_for_everyone()
+    return chosen, rejected, False

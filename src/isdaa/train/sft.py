@@ -1,0 +1,36 @@
+"""Supervised fine-tuning: NLL of the completion tokens only (prompt tokens masked), summed over
+tokens and divided by the number of response tokens of the global batch (on each process)."""
+
+from __future__ import annotations
+
+from isdaa.data import collate_sft, tokenize_sft
+from isdaa.logprobs import causal_lm_logps
+from isdaa.train.base import Task
+from isdaa.train.models import load_causal_lm, load_tokenizer
+
+
+class SFTTask(Task):
+    kind = "sft"
+
+    def build(self, accelerator, online=False):
+        cfg = self.cfg
+        self.tokenizer = load_tokenizer(cfg.model)
+        self.model = load_causal_lm(cfg.model, self.tokenizer)
+        tok = lambda rows: tokenize_sft(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length,
+                                        cfg.data.sft_source)
+        self.train_examples = tok(self.load("train"))
+        self.truncated = sum(e["truncated"] for e in self.train_examples)
+        self.eval_examples = tok(self.load("eval")) if cfg.data.eval else None
+
+    def collate(self, examples):
+        return collate_sft(examples, self.tokenizer.pad_token_id)
+
+    def units(self, examples):
+        return sum(len(e["response_ids"]) for e in examples)
+
+    def loss(self, model, batch):
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       use_cache=False).logits                               # (B, T, V)
+        logps, counts = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"], return_counts=True)
+        nll = -logps.sum()
+        return nll, {"nll_per_token": nll.detach() / counts.sum().clamp(min=1)}, None
