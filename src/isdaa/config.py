@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -106,7 +107,7 @@ class OptimConfig:
 
     def __post_init__(self):
         _one_of(self.optimizer, ("adamw", "sgd"), "optim.optimizer")
-        _check(self.lr > 0, "optim.lr must be > 0")
+        _check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr must be > 0 and finite, got {self.lr}")
         _check(0 <= self.sgd_momentum < 1, "optim.sgd_momentum must be in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "optim.adam_beta1/2 must be in [0, 1)")
@@ -142,6 +143,7 @@ class TrainConfig:
     report_to: list = field(default_factory=list)  # tensorboard, wandb
     num_threads: int | None = None  # torch.set_num_threads
     run_name: str | None = None
+    max_nonfinite_steps: int = 3       # non-finite loss/gradient: the step is skipped; this many in a row stop
 
     def __post_init__(self):
         _check(bool(self.output_dir), "output_dir is required")
@@ -158,6 +160,7 @@ class TrainConfig:
         _check(all(0 < f <= 1 for f in self.save_fractions), "save_fractions must lie in (0, 1]")
         _check(all(int(e) > 0 for e in self.save_examples), "save_examples must be > 0")
         _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
         for r in self.report_to:
@@ -198,7 +201,8 @@ class LossOptions:
     rdpo_alpha: float = 0.01
 
     def __post_init__(self):
-        _check(self.is_clip > 0, "loss.is_clip (eps) must be > 0")
+        _check(math.isfinite(self.is_clip) and self.is_clip > 0,
+               f"loss.is_clip (eps) must be > 0 and finite, got {self.is_clip}")
         _check(self.rpo_eta >= 0, "loss.rpo_eta must be >= 0")
         _check(self.chipo_rmax is None or self.chipo_rmax > 0, "loss.chipo_rmax must be > 0")
 
@@ -216,7 +220,7 @@ class PrefConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        _check(self.beta > 0, f"beta must be > 0, got {self.beta}")
+        _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
         _one_of(self.method, _method_names(), "method")
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
 
@@ -315,7 +319,14 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
     elif isinstance(source, dict):
         data = source
     else:
-        data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        try:
+            data = yaml.safe_load(Path(source).read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"{source}: not valid YAML ({err})") from None
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{source}: not valid UTF-8 ({err.reason})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{source}: a config must be a mapping of keys, got {type(data).__name__}")  # noqa: TRY004
     data = _merge(data, parse_overrides(overrides))
     declared = data.pop("kind", kind)
     _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")

@@ -10,9 +10,10 @@ import csv
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 
 @contextmanager
@@ -44,8 +45,7 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int = 2) -> Non
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, default=_json_default) + "\n")
+        fh.writelines(json.dumps(row, default=_json_default) + "\n" for row in rows)
 
 
 def atomic_write_csv(path: str | os.PathLike, rows: list[dict], fieldnames: list[str] | None = None) -> None:
@@ -68,8 +68,20 @@ def append_jsonl(path: str | os.PathLike, row: dict) -> None:
 def read_jsonl(path: str | os.PathLike, tolerate_partial_tail: bool = False) -> list[dict]:
     """Read a JSONL file; a malformed line is an error naming the file and line number, except a
     final unterminated line when `tolerate_partial_tail` (an append cut by a kill)."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if tolerate_partial_tail and b"\n" not in data[err.start:]:  # a kill cut the last line mid-character
+            return read_jsonl_text(data[: data.rfind(b"\n") + 1].decode("utf-8", errors="strict"), path)
+        line = data[: err.start].count(b"\n") + 1
+        raise ValueError(f"{path}: line {line} is not valid UTF-8 (byte {err.start})") from None
+    return read_jsonl_text(text, path, tolerate_partial_tail)
+
+
+def read_jsonl_text(text: str, path, tolerate_partial_tail: bool = False) -> list[dict]:
+    """The records of JSONL `text` read from `path` (named in errors)."""
     rows = []
-    text = Path(path).read_text(encoding="utf-8")
     lines = text.split("\n")
     for i, line in enumerate(lines, start=1):
         if not line.strip():

@@ -10,22 +10,23 @@ import click
 # ---------------------------------------------------------------- data helpers
 
 def load_rows(path: str, split: str = "test") -> list[dict]:
-    """Rows of a .jsonl / .json / .parquet file, or of a hub dataset `name` (its `split`)."""
-    p = Path(path)
-    if p.suffix == ".jsonl":
-        from isdaa.io import read_jsonl
+    """Rows of a .jsonl / .json / .parquet file, or of a hub dataset `name` (its `split`); a bad file is
+    one clean `Error: ...` naming the file and line (isdaa.data.load_rows does the checking)."""
+    from isdaa.data import load_rows as load
 
-        return read_jsonl(p)
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-        return data["data"] if isinstance(data, dict) else data
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
+    try:
+        return load(path, split=split)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
 
-        return pq.read_table(p).to_pylist()
-    import datasets
 
-    return list(datasets.load_dataset(path, split=split))
+def _read_samples(path: Path) -> list[dict]:
+    from isdaa.io import read_jsonl
+
+    try:
+        return read_jsonl(path)
+    except (OSError, ValueError) as err:
+        raise click.ClickException(str(err)) from None
 
 
 def prompts_and_chosen(rows: list[dict], tokenizer, need_chosen: bool = True) -> tuple[list[str], list[str]]:
@@ -44,6 +45,9 @@ def prompts_and_chosen(rows: list[dict], tokenizer, need_chosen: bool = True) ->
             c = c[-1]["content"]
         if p is None or (need_chosen and c is None):
             raise click.ClickException("evaluation rows need `prompt` and `chosen` columns")
+        if not isinstance(p, str) or (need_chosen and not isinstance(c, str)):
+            raise click.ClickException(f"evaluation row {len(prompts)}: `prompt` and `chosen` must be strings "
+                                       "or message lists")
         prompts.append(p)
         chosen.append(c)
     return prompts, chosen
@@ -208,13 +212,21 @@ def label(policy, ref, reward, data, split, out, n, temperature, labeling, max_n
 def judge(samples, data, split, base_url, model, api_key_env, out, cache_dir, workers, max_retries, seed):
     """LLM-judge win rate of the policy's samples against the chosen responses (paper Table 2 prompt)."""
     from isdaa.evaluate.judge import JudgeClient, judge_pairs
-    from isdaa.io import atomic_write_json, read_jsonl
+    from isdaa.io import atomic_write_json
 
     path = Path(samples)
-    recs = read_jsonl(path / "samples.jsonl" if path.is_dir() else path)
+    recs = _read_samples(path / "samples.jsonl" if path.is_dir() else path)
     rows = load_rows(data, split)
+    if any("prompt" not in r or "chosen" not in r for r in rows):
+        raise click.ClickException(f"{data}: the judge needs `prompt` and `chosen` in every row")
     prompts = [r["prompt"] for r in rows]
     chosen = [r["chosen"] for r in rows]
+    bad = [i for i, r in enumerate(recs)
+           if not (isinstance(r.get("prompt_idx"), int) and 0 <= r["prompt_idx"] < len(rows)
+                   and isinstance(r.get("response"), str))]
+    if bad:
+        raise click.ClickException(f"{path}: sample record {bad[0]} needs `prompt_idx` (0..{len(rows) - 1}) and a "
+                                   "string `response`")
     client = JudgeClient(base_url, model, api_key_env=api_key_env,
                          cache_dir=cache_dir or Path(out).with_suffix("").as_posix() + "-cache",
                          max_retries=max_retries)

@@ -29,9 +29,12 @@ def _command(kind: str, help_text: str):
             cfg = load_config(config_path, overrides, kind=kind)
         except ValueError as err:
             raise click.BadParameter(str(err), param_hint="config") from None
+        from isdaa.train.loop import NonFiniteError
+
         try:
             summary = run_training(cfg, resume=resume, overwrite=overwrite)
-        except (FileExistsError, ImportError, ValueError) as err:  # refused dir, missing tracker, bad data
+        # refused dir, missing file, missing tracker, bad data or model, the non-finite guard: one line
+        except (OSError, ImportError, ValueError, NonFiniteError) as err:
             raise click.ClickException(str(err)) from None
         final = summary.get("final_metrics") or {}
         keys = ("loss", "rewards/accuracies", "rewards/margins", "is/weight_mean", "accuracy", "eval/accuracy")

@@ -18,6 +18,7 @@ class Task:
     def __init__(self, cfg):
         self.cfg = cfg
         self.truncated = 0
+        self.data_stats: dict = {}  # data/* counts of the training set (dropped pairs, long prompts)
 
     # -- data
     def load(self, split: str) -> list[dict]:
@@ -44,7 +45,7 @@ class Task:
         return bool(self.eval_examples)
 
     def summary_extra(self) -> dict:
-        return {"truncated_responses": self.truncated}
+        return {"truncated_responses": self.truncated, **self.data_stats}
 
     # -- evaluation: the loss's metrics averaged over the eval set (no gradients)
     @torch.no_grad()

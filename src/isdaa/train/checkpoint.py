@@ -5,7 +5,10 @@ trainer_state.json, plus, when resumable, optimizer.pt / scheduler.pt / rng-<ran
 torch.save and read back with torch.load(weights_only=True). Under FSDP / DeepSpeed the sharded
 optimizer is saved by `accelerator.save_state` into `accelerate_state/` instead. The folder is
 written under a temporary name and renamed, so a kill never leaves a half checkpoint that resume
-would trust.
+would trust. trainer_state.json, written last, is the completion marker: it lists every file of the
+folder with its size (`files`), and resume only trusts a folder whose marker parses and whose files
+are all present at those sizes (a truncated or missing file makes the folder non-resumable: resume
+falls back to an older resumable checkpoint, or to step 0, and says so).
 """
 
 from __future__ import annotations
@@ -100,7 +103,8 @@ def save_checkpoint(path: Path, model, tokenizer, accelerator, trainer_state: di
         torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        atomic_write_json(tmp / "trainer_state.json", {**trainer_state, "resumable": resumable})
+        atomic_write_json(tmp / "trainer_state.json",
+                          {**trainer_state, "resumable": resumable, "files": file_manifest(tmp)})
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
@@ -112,15 +116,57 @@ def read_state(path) -> dict:
     return json.loads((Path(path) / "trainer_state.json").read_text(encoding="utf-8"))
 
 
-def latest_resumable(output_dir) -> Path | None:
-    """The checkpoint with the highest step that holds resume state."""
+def file_manifest(folder: Path) -> dict:
+    """{relative path: size in bytes} of every file under `folder` but trainer_state.json."""
+    folder = Path(folder)
+    return {p.relative_to(folder).as_posix(): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "trainer_state.json"}
+
+
+def check_complete(path) -> str | None:
+    """None when checkpoint `path` is complete and resumable, else why not."""
+    path = Path(path)
+    try:
+        state = read_state(path)
+    except FileNotFoundError:
+        return "no trainer_state.json (completion marker)"
+    except (ValueError, OSError) as err:
+        return f"unreadable trainer_state.json ({err})"
+    if not state.get("resumable"):
+        return "holds no resume state"
+    for name, size in (state.get("files") or {}).items():
+        f = path / name
+        if not f.is_file():
+            return f"{name} is missing"
+        if f.stat().st_size != size:
+            return f"{name} has {f.stat().st_size} bytes, the marker says {size} (truncated or altered)"
+    return None
+
+
+def latest_resumable(output_dir, report=print) -> Path | None:
+    """The complete resumable checkpoint with the highest step; incomplete ones are reported and skipped."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return None
     for path in sorted(root.glob("step-*"), reverse=True):
-        if (path / "trainer_state.json").exists() and read_state(path).get("resumable"):
+        if not path.is_dir():
+            continue
+        why = check_complete(path)
+        if why is None:
             return path
+        if why != "holds no resume state" and report is not None:
+            report(f"--resume: ignoring checkpoint {path.name}: {why}")
     return None
+
+
+def remove_stale_temporaries(output_dir) -> None:
+    """Temporary folders of writes cut by a kill (`.step-*.tmp`, `.final.tmp`) are never trusted; drop them."""
+    out = Path(output_dir)
+    for tmp in [*out.glob("checkpoints/.step-*.tmp"), out / ".final.tmp"]:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in out.glob(".*.tmp"):  # atomic_path leftovers (metrics, summary, config)
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
 
 
 def load_resume_state(path: Path, model, optimizer, scheduler, accelerator) -> dict:
@@ -163,6 +209,11 @@ def prune_resume_state(output_dir, keep: int, accelerator) -> None:
     resumable = [p for p in sorted(root.glob("step-*")) if (p / "trainer_state.json").exists()
                  and read_state(p).get("resumable")]
     for path in resumable[:-keep] if keep else resumable:
+        # marker first: a kill mid-prune leaves a folder that claims nothing it no longer holds
+        state = read_state(path)
+        files = {k: v for k, v in (state.get("files") or {}).items()
+                 if k.split("/")[0] not in RESUME_FILES and not k.startswith("rng-")}
+        atomic_write_json(path / "trainer_state.json", {**state, "resumable": False, "files": files})
         for name in RESUME_FILES:
             target = path / name
             if target.is_dir():
@@ -171,4 +222,3 @@ def prune_resume_state(output_dir, keep: int, accelerator) -> None:
                 target.unlink()
         for f in path.glob("rng-*.pt"):
             f.unlink()
-        atomic_write_json(path / "trainer_state.json", {**read_state(path), "resumable": False})

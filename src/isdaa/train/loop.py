@@ -17,6 +17,12 @@ A `task` (sft.py, rm.py, pref.py) supplies the model, the pre-tokenized examples
   1 x accumulation 8 give the same gradient (up to float error). accelerate divides by the
   accumulation steps, which we pre-multiply (this also holds under DeepSpeed, whose engine divides).
 - Gradient clipping is applied; the PRE-clip norm is logged.
+- Non-finite guard: a step whose loss or gradient norm is not finite is SKIPPED (gradients zeroed, no
+  optimizer update; the batch is consumed and the lr schedule advances, so data order and schedule stay
+  functions of the step number). Skips are counted (`nonfinite_steps` in metrics and summary.json);
+  `max_nonfinite_steps` skips in a row stop the run with a `NonFiniteError` naming the step and the
+  batch's dataset rows (summary.json status "failed"). Costs one host sync per step. Under fp16 the
+  grad scaler owns gradient overflow (it skips such steps itself), so only the loss is checked.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -33,6 +40,11 @@ from isdaa.config import to_dict, to_yaml
 from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or gradients stayed non-finite for `max_nonfinite_steps` steps in a row."""
+
 
 RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size"}
 
@@ -211,14 +223,18 @@ class _Run:
         self.unwrapped = acc.unwrap_model(self.model)
 
         self.step, self.examples_seen, self.epoch = 0, 0, 0.0
+        self.nonfinite_steps = self.nonfinite_streak = 0
+        self.batch_rows: list = []
         self.resumed_from = ckpt.latest_resumable(self.out) if do_resume else None
         if self.resumed_from is not None:
             st = ckpt.load_resume_state(self.resumed_from, self.model, self.optimizer, self.scheduler, acc)
             self.step, self.examples_seen, self.epoch = st["step"], st["examples_seen"], st["epoch"]
+            self.nonfinite_steps, self.nonfinite_streak = st.get("nonfinite_steps", 0), st.get("nonfinite_streak", 0)
         elif do_resume and acc.is_main_process:
             print(f"--resume: no resumable checkpoint in {self.out}; starting from step 0")
         self.start_step = self.step
         if acc.is_main_process:
+            ckpt.remove_stale_temporaries(self.out)
             metrics_file = self.out / "metrics.jsonl"
             if metrics_file.exists():  # records past the restart point are replayed
                 rows = read_jsonl(metrics_file, tolerate_partial_tail=True)
@@ -235,6 +251,7 @@ class _Run:
         """This process's examples for the current step (dataset order, or the batch_source)."""
         cfg, acc = self.cfg, self.accelerator
         if self.batch_source is not None:
+            self.batch_rows = []  # sampled pairs: no dataset rows to name
             local = self.task.examples_from_source(self.batch_source(self.step, self.unwrapped, self.task.tokenizer))
             self.examples_seen += self.task.units(local) * acc.num_processes  # pairs (pref only)
             self.epoch = (self.step + 1) / self.steps_per_epoch if self.steps_per_epoch else 0.0
@@ -246,7 +263,9 @@ class _Run:
         idx = idx[acc.process_index * self.local_batch: (acc.process_index + 1) * self.local_batch]
         self.examples_seen += cfg.batch_size
         self.epoch = epoch + (b + 1) / self.steps_per_epoch
-        return [self.task.train_examples[i] for i in idx.tolist()]
+        local = [self.task.train_examples[i] for i in idx.tolist()]
+        self.batch_rows = [e.get("row", "?") for e in local]
+        return local
 
     # -- one optimizer step
     def train_step(self, local: list) -> StepMetrics:
@@ -270,15 +289,45 @@ class _Run:
             metrics_acc.add(metrics, task.units(mb) / local_units, weights)
             self.tokens_window += batch["n_tokens"]
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
-        self.optimizer.step()
-        self.scheduler.step()
+        finite = self._all_finite(loss_total, grad_norm)
+        if finite:
+            self.optimizer.step()
+            self.nonfinite_streak = 0
+        else:  # skip: no NaN/inf ever reaches the weights or the optimizer state
+            self.nonfinite_steps += 1
+            self.nonfinite_streak += 1
+        with warnings.catch_warnings():  # torch warns when the scheduler steps without an optimizer step
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
         metrics_acc.finalize()
         metrics_acc.values["loss"] = loss_total
+        metrics_acc.values["nonfinite_steps"] = torch.tensor(float(self.nonfinite_steps), device=acc.device)
         if grad_norm is not None:  # the PRE-clip norm
             metrics_acc.values["grad_norm"] = torch.as_tensor(grad_norm, device=acc.device).float()
         return metrics_acc
+
+    def _all_finite(self, loss, grad_norm) -> bool:
+        """Whether the step's loss and gradient norm are finite on every process (one host sync)."""
+        acc = self.accelerator
+        bad = ~torch.isfinite(loss)
+        if grad_norm is not None and getattr(acc, "scaler", None) is None:  # fp16: the scaler's business
+            bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device).float())
+        bad = bad.float().reshape(1)
+        if acc.num_processes > 1:
+            bad = acc.reduce(bad, reduction="sum")
+        return bool(bad.item() == 0)
+
+    def nonfinite_message(self) -> str:
+        rows = [str(r) for r in self.batch_rows]
+        files = {r.rsplit(": ", 1)[0] for r in rows if ": " in r}
+        if len(files) == 1 and all(": " in r for r in rows):  # one file: name it once
+            rows = [f"{files.pop()}: " + ", ".join(r.rsplit(": ", 1)[1] for r in rows)]
+        batch = f"whose batch holds the dataset rows {'; '.join(rows)}" if rows else "(pairs from the batch_source)"
+        return (f"non-finite loss or gradient for {self.nonfinite_streak} steps in a row "
+                f"(max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped at step {self.step}, {batch}. "
+                "Lower optim.lr / beta, check the data's log-prob columns, or raise max_nonfinite_steps.")
 
     # -- after a step: metrics (floats only here), evaluation, callbacks, checkpoints
     def after_step(self, metrics_acc: StepMetrics, bar) -> str | None:
@@ -323,7 +372,8 @@ class _Run:
 
     def trainer_state(self) -> dict:
         return {"step": self.step, "examples_seen": self.examples_seen, "epoch": self.epoch,
-                "total_steps": self.total_steps}
+                "total_steps": self.total_steps, "nonfinite_steps": self.nonfinite_steps,
+                "nonfinite_streak": self.nonfinite_streak}
 
     def save(self, resumable: bool) -> None:
         acc = self.accelerator
@@ -353,6 +403,9 @@ class _Run:
         stop_reason = None
         while self.step < self.total_steps and stop_reason is None:
             metrics_acc = self.train_step(self.local_examples())
+            if self.nonfinite_streak >= cfg.max_nonfinite_steps:
+                bar.close()
+                self.fail(metrics_acc, self.nonfinite_message())
             stop_reason = self.after_step(metrics_acc, bar)
         bar.close()
         if self.step > self.start_step or not (self.out / "final").exists():
@@ -361,11 +414,28 @@ class _Run:
             self.save_final()
         return self.finish(stop_reason)
 
+    def fail(self, metrics_acc: StepMetrics, message: str):
+        """Record the failing step's metrics and a "failed" summary.json, then raise NonFiniteError
+        (the last checkpoint stays resumable; nothing non-finite was saved)."""
+        acc = self.accelerator
+        self._write_record(to_floats(metrics_acc.values, acc, metrics_acc.all_weights), _NoBar())
+        summary = {"status": "failed", "stop_reason": message, "kind": self.cfg.kind, "step": self.step,
+                   "total_steps": self.total_steps, "examples_seen": self.examples_seen,
+                   "nonfinite_steps": self.nonfinite_steps, "final_metrics": self.last_record,
+                   **self.task.summary_extra()}
+        if acc.is_main_process:
+            atomic_write_json(self.out / "summary.json", summary)
+        self.tracker.close()
+        acc.end_training()
+        _reset_accelerate_state()
+        raise NonFiniteError(message)
+
     def finish(self, stop_reason) -> dict:
         acc, elapsed = self.accelerator, time.perf_counter() - self.t_start
         summary = {"status": "stopped" if stop_reason else "finished", "stop_reason": stop_reason,
                    "kind": self.cfg.kind, "step": self.step, "total_steps": self.total_steps,
                    "examples_seen": self.examples_seen, "train_examples": self.n_train,
+                   "nonfinite_steps": self.nonfinite_steps,
                    "resumed_from_step": self.start_step if self.resumed_from else None, "wall_s": elapsed,
                    "steps_per_s": (self.step - self.start_step) / max(elapsed, 1e-9),
                    "final_metrics": self.last_record, **self.task.summary_extra()}
@@ -425,6 +495,11 @@ def _agree_stop(reason, accelerator):
     if accelerator.reduce(flag, reduction="sum").item() > 0:
         return reason or "stop requested on another process"
     return None
+
+
+class _NoBar:
+    def set_postfix(self, *args, **kwargs):
+        pass
 
 
 POSTFIX = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin", "is/weight_mean": "w",

@@ -1,7 +1,13 @@
 """Loading models and tokenizers: any AutoModelForCausalLM name or local path (a one-label
-AutoModelForSequenceClassification for reward models), dtype, gradient checkpointing, LoRA."""
+AutoModelForSequenceClassification for reward models), dtype, gradient checkpointing, LoRA.
+
+Security: weights load from safetensors only (`use_safetensors=True`; a folder with only pickle
+weights is refused with an explanation); `trust_remote_code` is passed through from the config,
+where it defaults to False."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
@@ -21,6 +27,31 @@ def load_tokenizer(mcfg):
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def refuse_pickle_weights(name_or_path: str) -> None:
+    """Weights load only from safetensors: a pickle checkpoint (pytorch_model.bin, ...) can run code
+    when unpickled, so a folder holding one without safetensors is refused with the way out."""
+    path = Path(name_or_path)
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ValueError(f"{path} holds pickle weights ({', '.join(pickles)}) and no .safetensors file; isdaa "
+                         "does not unpickle model files (loading a pickle can execute arbitrary code). If you "
+                         "trust it, convert it once: AutoModel.from_pretrained(path).save_pretrained(path, "
+                         "safe_serialization=True)")
+
+
+def _from_pretrained(auto_cls, name_or_path: str, **kw):
+    refuse_pickle_weights(name_or_path)
+    try:
+        return auto_cls.from_pretrained(name_or_path, use_safetensors=True, **kw)
+    except OSError as err:  # e.g. a hub repo without safetensors, or a wrong path
+        raise ValueError(f"cannot load model {name_or_path!r} from safetensors weights: {err}") from None
 
 
 def _kwargs(mcfg) -> dict:
@@ -56,7 +87,7 @@ def _finish(model, mcfg, tokenizer, task_type: str, trainable: bool = True):
 def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
+    model = _from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
     model = _finish(model, mcfg, tokenizer, "CAUSAL_LM", trainable)
     if not trainable:
         model.eval().requires_grad_(False)
@@ -66,5 +97,5 @@ def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: 
 def load_reward_model(mcfg, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    model = AutoModelForSequenceClassification.from_pretrained(mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
+    model = _from_pretrained(AutoModelForSequenceClassification, mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
     return _finish(model, mcfg, tokenizer, "SEQ_CLS")

@@ -39,13 +39,13 @@ class PrefTask(Task):
         self.options = dataclasses.asdict(cfg.loss)
         self.ref_cache_hits = 0
         # online (batch_source): the dataset is not iterated; pairs come from the source every step
-        self.train_examples = [] if online else self.tokenize(self.load("train"))
+        self.train_examples = [] if online else self.tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)
         self.eval_examples = self.tokenize(self.load("eval")) if cfg.data.eval else None
 
-    def tokenize(self, rows):
+    def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
-        return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length)
+        return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length, stats, drop_identical)
 
     # -- reference log-probs
     def after_prepare(self, accelerator):
@@ -102,7 +102,7 @@ class PrefTask(Task):
         collated batch (collate_pref's keys); the latter is used as one micro-batch."""
         if isinstance(rows, dict):
             return [rows]
-        return self.tokenize(list(rows))
+        return self.tokenize(list(rows), drop_identical=False)  # sampled pairs may coincide
 
     def collate(self, examples):
         if len(examples) == 1 and "input_ids" in examples[0]:

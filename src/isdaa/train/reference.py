@@ -70,14 +70,50 @@ def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: i
     return local[:, 0].contiguous(), local[:, 1].contiguous()
 
 
+def _digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:
+    h = hashlib.sha256()
+    for t in (chosen, rejected):
+        h.update(t.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()
+
+
+def read_cache(path: Path, n: int):
+    """(chosen, rejected) from a cache file, or None with the reason when the entry is unusable:
+    unreadable (truncated, not a weights_only torch file), wrong length, a sha256 mismatch (bits
+    altered) or non-finite values."""
+    try:
+        data = torch.load(path, weights_only=True)
+        chosen, rejected = data["ref_chosen_logps"], data["ref_rejected_logps"]
+        digest = data["sha256"]
+    except Exception as err:  # noqa: BLE001 -- any unreadable entry is rebuilt
+        return None, f"unreadable ({type(err).__name__})"
+    if chosen.shape != (n,) or rejected.shape != (n,):
+        return None, f"holds {tuple(chosen.shape)} values for {n} pairs"
+    if _digest(chosen, rejected) != digest:
+        return None, "sha256 mismatch"
+    if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
+        return None, "non-finite values"
+    return (chosen, rejected), None
+
+
 def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, cache_dir: Path):
+    """Cached (chosen, rejected) reference log-probs, or one pass of `model` (then cached). A corrupt
+    cache entry is detected (read_cache), reported, and rebuilt."""
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
-        data = torch.load(path, weights_only=True)
-        return data["ref_chosen_logps"], data["ref_rejected_logps"], True
+        cached, why = read_cache(path, len(examples))
+        if cached is not None:
+            return cached[0], cached[1], True
+        if accelerator.is_main_process:
+            print(f"reference log-prob cache {path} is corrupt ({why}); recomputing it")
     chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id)
+    if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
+        bad = [examples[i].get("row", i) for i in
+               torch.nonzero(~(torch.isfinite(chosen) & torch.isfinite(rejected))).flatten().tolist()[:5]]
+        raise ValueError(f"the reference model gives non-finite log-probs for rows {bad}")
     if accelerator.is_main_process:
         with atomic_path(path) as tmp:
-            torch.save({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}, tmp)
+            torch.save({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected,
+                        "sha256": _digest(chosen, rejected)}, tmp)
     accelerator.wait_for_everyone()
     return chosen, rejected, False

@@ -17,8 +17,9 @@ class RMTask(Task):
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_reward_model(cfg.model, self.tokenizer)
-        tok = lambda rows: tokenize_pref(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length)
-        self.train_examples = tok(self.load("train"))
+        tok = lambda rows, stats=None: tokenize_pref(rows, self.tokenizer, cfg.data.max_length,
+                                                     cfg.data.max_prompt_length, stats)
+        self.train_examples = tok(self.load("train"), self.data_stats)
         self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)
         self.eval_examples = tok(self.load("eval")) if cfg.data.eval else None
 
