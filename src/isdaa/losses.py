@@ -415,6 +415,8 @@ def _float32_inputs(**tensors) -> dict[str, Tensor | None]:
         if shape is None:
             if t.dim() != 1:
                 raise ValueError(f"{name} must have shape (B,), got {tuple(t.shape)}")
+            if t.numel() == 0:
+                raise ValueError(f"{name} is empty (B = 0): there is no pair to average over")
             shape = t.shape
         elif t.shape != shape:
             raise ValueError(

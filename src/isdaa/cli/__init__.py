@@ -29,14 +29,7 @@ class LazyGroup(click.Group):
         import importlib
 
         module, attr = self._commands[name]
-        try:
-            return getattr(importlib.import_module(module), attr)
-        except (ImportError, AttributeError) as err:  # a subcommand not built yet
-            @click.command(name=name, help=f"(unavailable: {err})")
-            def _missing():
-                raise click.ClickException(f"`isdaa {name}` is unavailable: {err}")
-
-            return _missing
+        return getattr(importlib.import_module(module), attr)
 
 
 @click.group(cls=LazyGroup)

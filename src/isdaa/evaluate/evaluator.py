@@ -242,7 +242,9 @@ def _load_causal_lm(path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path)).eval()
+    from isdaa.train.models import safe_from_pretrained
+
+    model = safe_from_pretrained(AutoModelForCausalLM, str(path)).eval()
     return model.to("cuda") if torch.cuda.is_available() else model
 
 

@@ -25,9 +25,11 @@ class RewardModel:
                  max_length: int | None = None, device: str | None = None):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from isdaa.train.models import safe_from_pretrained
+
         self.path = str(path)
         self.tokenizer = AutoTokenizer.from_pretrained(self.path)
-        self.model = AutoModelForSequenceClassification.from_pretrained(self.path).eval()
+        self.model = safe_from_pretrained(AutoModelForSequenceClassification, self.path).eval()
         if device:
             self.model.to(device)
         if self.tokenizer.pad_token_id is None:

@@ -46,7 +46,8 @@ def refuse_pickle_weights(name_or_path: str) -> None:
                          "safe_serialization=True)")
 
 
-def _from_pretrained(auto_cls, name_or_path: str, **kw):
+def safe_from_pretrained(auto_cls, name_or_path: str, **kw):
+    """`auto_cls.from_pretrained` from safetensors only; a folder of pickle weights is refused."""
     refuse_pickle_weights(name_or_path)
     try:
         return auto_cls.from_pretrained(name_or_path, use_safetensors=True, **kw)
@@ -87,7 +88,7 @@ def _finish(model, mcfg, tokenizer, task_type: str, trainable: bool = True):
 def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True):
     from transformers import AutoModelForCausalLM
 
-    model = _from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
+    model = safe_from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
     model = _finish(model, mcfg, tokenizer, "CAUSAL_LM", trainable)
     if not trainable:
         model.eval().requires_grad_(False)
@@ -97,5 +98,5 @@ def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: 
 def load_reward_model(mcfg, tokenizer):
     from transformers import AutoModelForSequenceClassification
 
-    model = _from_pretrained(AutoModelForSequenceClassification, mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
+    model = safe_from_pretrained(AutoModelForSequenceClassification, mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
     return _finish(model, mcfg, tokenizer, "SEQ_CLS")
