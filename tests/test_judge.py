@@ -147,3 +147,19 @@ def test_cli_judge(server, tmp_path, monkeypatch):
     assert res["win_rate"] == 1.0 and res["n_parsed"] == 6 and st["n"] == 6
     assert CliRunner().invoke(main, args).exit_code == 0 and st["n"] == 6
     assert KEY not in (tmp_path / "judge.json").read_text()
+
+
+def test_corrupt_cache_entry_is_a_miss_and_is_rewritten(server, tmp_path, monkeypatch):
+    from isdaa.evaluate.judge import JudgeClient
+
+    url, st = server
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    prompt = "Response A:\npolicy GOOD\n\nResponse B:\nother\n\nFIRST ..."
+    client = JudgeClient(url, "judge-1", api_key_env="JUDGE_KEY", cache_dir=tmp_path / "cache")
+    first = client.complete(prompt)
+    entry = client._cache_path(prompt)
+    entry.write_text('{"model": "judge-1", "respo')  # truncated by a disk fault
+    again = JudgeClient(url, "judge-1", api_key_env="JUDGE_KEY", cache_dir=tmp_path / "cache")
+    assert again.complete(prompt) == first
+    assert st["n"] == 2 and again.n_cache_hits == 0  # asked again, not a crash
+    assert json.loads(entry.read_text())["response"] == first  # and the entry repaired

@@ -95,14 +95,27 @@ class JudgeClient:
     def complete(self, prompt: str) -> str:
         """The judge's answer to `prompt` (from the cache when present)."""
         path = self._cache_path(prompt)
-        if path is not None and path.exists():
+        cached = self._read_cache(path)
+        if cached is not None:
             with self._lock:
                 self.n_cache_hits += 1
-            return json.loads(path.read_text())["response"]
+            return cached
         text = self._request(prompt)
         if path is not None:
             atomic_write_json(path, {"model": self.model, "response": text})
         return text
+
+    @staticmethod
+    def _read_cache(path: Path | None) -> str | None:
+        """A cached answer, or None. A corrupt entry (atomic writes make one unlikely: a disk fault or a
+        hand edit) is a cache miss, asked again and overwritten."""
+        if path is None or not path.exists():
+            return None
+        try:
+            response = json.loads(path.read_text(encoding="utf-8"))["response"]
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return None
+        return response if isinstance(response, str) else None
 
     def _request(self, prompt: str) -> str:
         key = os.environ.get(self.api_key_env) if self.api_key_env else None
