@@ -1,0 +1,130 @@
+"""`isdaa lab` end to end on the micro preset: every stage, kill + resume, the report against its CSVs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from isdaa.cli import main
+
+pytestmark = pytest.mark.slow
+
+
+def _done_markers(out: Path) -> dict[str, tuple[float, str]]:
+    return {p.parent.name: (p.stat().st_mtime_ns, p.read_text()) for p in out.glob("runs/*/lab_done.json")}
+
+
+@pytest.fixture(scope="module")
+def lab_run(tmp_path_factory):
+    """Start the micro lab in a subprocess, SIGKILL it once the first sweep run is finished (mid-sweep),
+    then run it again through the CLI (2 workers): returns (out dir, markers before, CLI result)."""
+    out = tmp_path_factory.mktemp("lab") / "micro"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "isdaa.cli", "lab", "--preset", "micro", "--out", str(out), "--jobs", "1",
+         "--no-progress"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+    )
+    deadline = time.time() + 90
+    try:
+        while time.time() < deadline and proc.poll() is None and not _done_markers(out):
+            time.sleep(0.1)
+        assert proc.poll() is None or proc.returncode == 0, proc.stderr.read().decode()[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group
+        proc.wait()
+    before = _done_markers(out)
+    assert 1 <= len(before) < 3, f"killed with {len(before)} of 3 runs finished: not mid-sweep"
+    result = CliRunner().invoke(main, ["lab", "--preset", "micro", "--out", str(out), "--jobs", "2", "--no-progress"])
+    return out, before, result
+
+
+def test_every_stage_ran(lab_run):
+    out, _, result = lab_run
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    for stage in ("task", "sft", "label"):
+        assert (out / "stages" / f"{stage}.json").exists()
+    assert (out / "sft" / "final" / "config.json").exists() and (out / "sft" / "summary.json").exists()
+    rows = [json.loads(line) for line in (out / "data" / "golden_train" / "pairs.jsonl").read_text().splitlines()]
+    assert len(rows) == 128
+    assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps", "ref_chosen_logps",
+            "ref_rejected_logps"} <= set(rows[0])
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == ["dpo_b0.1_lr0.002_adamw_s0", "is-dpo_b0.1_lr0.002_adamw_s0", "online-dpo_b0.1_lr0.002_adamw_s0"]
+    for name in runs:
+        run = out / "runs" / name
+        assert (run / "lab_done.json").exists() and (run / "config.yaml").exists()
+        assert len(list((run / "checkpoints").glob("step-*"))) == 2  # fractions 0.5 and 1.0
+        assert len(list((run / "eval").glob("step-*.json"))) == 2 and (run / "eval" / "reference.json").exists()
+        assert (out / "configs" / f"{name}.yaml").exists()
+    # the CLI's closing lines: the report's path and the 5-line summary
+    assert f"report: {out / 'report.md'}" in result.output
+    assert len([line for line in result.output.splitlines() if line.startswith("  ")]) == 5
+
+
+def test_resume_skips_finished_runs(lab_run):
+    out, before, _ = lab_run
+    after = _done_markers(out)
+    assert set(before) <= set(after) and len(after) == 3
+    for name, marker in before.items():
+        assert after[name] == marker, f"{name} was redone"
+
+
+def _read_csv(path):
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_report_numbers_match_csv(lab_run):
+    out, _, _ = lab_run
+    md = (out / "report.md").read_text()
+    for name in ("fig3_winrate_vs_sqrtkl.png", "fig4_dynamics.png", "fig6_importance.png", "fig_components.png"):
+        assert (out / "figures" / name).stat().st_size > 1000 and f"figures/{name}" in md
+    points = _read_csv(out / "csv" / "points.csv")
+    assert len(points) == 3 * 3  # reference + 2 checkpoints per run
+    # points.csv against the evaluator's per-checkpoint JSON
+    for p in points:
+        name = "reference" if p["step"] == "0" else f"step-{int(p['step']):08d}"
+        ev = json.loads((out / "runs" / p["run_id"] / "eval" / f"{name}.json").read_text())
+        assert float(p["win_rate"]) == pytest.approx(ev["win_rate"])
+        assert float(p["kl_k1"]) == pytest.approx(ev["kl_k1"])
+    # Table 1 rows in report.md against summary.csv
+    summary = {r["label"]: r for r in _read_csv(out / "csv" / "summary.csv")}
+    table = [line for line in md.splitlines() if re.match(r"\| (online-dpo|is-dpo|dpo) \|", line)]
+    assert len(table) == 3
+    for line in table:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        s = summary[cells[0]]
+        assert float(cells[3]) == pytest.approx(float(s["peak_win_rate"]), abs=5e-4)
+        assert float(cells[6]) == pytest.approx(float(s["final_win_rate"]), abs=5e-4)
+        assert float(cells[8]) == pytest.approx(float(s["final_kl"]), abs=5e-3)
+        assert float(cells[9]) == pytest.approx(float(s["drop"]), abs=5e-4)
+        # final = the run's last checkpoint in points.csv; peak = max over its checkpoints (1 seed)
+        rows = [p for p in points if p["label"] == cells[0]]
+        last = max(rows, key=lambda p: int(p["step"]))
+        assert float(s["final_win_rate"]) == pytest.approx(float(last["win_rate"]))
+        assert float(s["peak_win_rate"]) == pytest.approx(max(float(p["win_rate"]) for p in rows))
+    # the summary lines printed by the CLI are the report's
+    five = json.loads((out / "csv" / "findings.json").read_text())["summary_lines"]
+    assert all(f"- {line}" in md for line in five)
+
+
+def test_only_report_rewrites_from_saved_results(lab_run):
+    out, _, _ = lab_run
+    before = _done_markers(out)
+    (out / "report.md").unlink()
+    result = CliRunner().invoke(main, ["lab", "--preset", "micro", "--out", str(out), "--only", "report",
+                                       "--no-progress"])
+    assert result.exit_code == 0, result.output + repr(result.exception)
+    assert (out / "report.md").exists() and _done_markers(out) == before

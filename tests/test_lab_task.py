@@ -1,0 +1,115 @@
+"""The lab's environment: golden reward against hand computations, data generators, BT labels."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import numpy as np
+import pytest
+
+from isdaa.lab import task
+
+PROMPT = "f3 k5 f0 f0 k1 f7 k9 f2 f1 f6 ="  # keys k5 k1 k9 (K = 3)
+
+
+@pytest.mark.parametrize(
+    "response, expected, parts",
+    [
+        # ideal: 3 * 3/3 = 3
+        ("k5 k1 k9", 3.0, dict(coverage=1.0, hallucinated=0, repeated=0, beyond=0, no_eos=0)),
+        # order does not matter
+        ("k9 k5 k1", 3.0, dict(coverage=1.0)),
+        # one key missing: 3 * 2/3 = 2
+        ("k5 k1", 2.0, dict(coverage=2 / 3)),
+        # a filler is hallucinated: 3 - 0.5 = 2.5
+        ("k5 k1 k9 f0", 2.5, dict(hallucinated=1, beyond=0)),
+        # a key absent from the prompt is hallucinated: 3*2/3 - 0.5 = 1.5
+        ("k5 k2 k1", 1.5, dict(hallucinated=1, coverage=2 / 3)),
+        # repetition: 3*1/3 - 0.5 = 0.5
+        ("k5 k5", 0.5, dict(repeated=1)),
+        # 7 tokens, K + 2 = 5 allowed: 3 - 0.5*4 (repeats) - 0.4*2 (beyond) = 0.2
+        ("k5 k1 k9 k5 k5 k5 k5", 0.2, dict(repeated=4, beyond=2)),
+        # empty response (EOS at once): 0
+        ("", 0.0, dict(coverage=0.0, no_eos=0)),
+        # 16 tokens = the generation limit, cut without EOS:
+        # 3*1/3 - 0.5*15 - 0.4*(16-5) - 2 = 1 - 7.5 - 4.4 - 2 = -12.9
+        (" ".join(["k5"] * 16), -12.9, dict(repeated=15, beyond=11, no_eos=1)),
+        # an explicit <eos> ends the response; what follows is ignored: 3*2/3 = 2
+        ("k5 k1 <eos> k9 k9", 2.0, dict(coverage=2 / 3, no_eos=0, length=2)),
+    ],
+)
+def test_golden_reward_hand_computed(response, expected, parts):
+    comp = task.reward_components(PROMPT, response)
+    assert comp["reward"] == pytest.approx(expected, abs=1e-9)
+    for k, v in parts.items():
+        assert comp[k] == pytest.approx(v), k
+    assert task.golden_reward([PROMPT], [response]) == [pytest.approx(expected, abs=1e-9)]
+
+
+def test_golden_reward_protocol_and_token_partition():
+    rng = random.Random(0)
+    prompts = task.make_prompts(200, seed=1)
+    responses = [" ".join(rng.choice(task.WORDS) for _ in range(rng.randint(0, 16))) for _ in prompts]
+    rewards = task.golden_reward(prompts, responses)
+    assert len(rewards) == 200 and all(isinstance(r, float) and math.isfinite(r) for r in rewards)
+    for p, r in zip(prompts, responses):
+        c = task.reward_components(p, r)
+        # every token is a first key occurrence, a repeat, or a hallucination
+        assert c["covered"] + c["repeated"] + c["hallucinated"] == c["length"]
+        assert c["reward"] <= 3.0
+    with pytest.raises(ValueError):
+        task.golden_reward(prompts[:2], responses[:1])
+
+
+def test_ties_are_exact():
+    # 3 * 2/3 and 2.0 must compare equal (ties count 1/2 in the win rate)
+    a = task.golden_reward([PROMPT], ["k5 k1"])[0]
+    b = task.golden_reward(["f0 k1 k2 f0 f0 f0 f0 f0 f0 f0 ="], ["k1 k2 f3 f3"])[0]  # 3 - 0.5*2 = 2
+    assert a == b == 2.0
+
+
+def test_prompts_and_demonstrations():
+    prompts = task.make_prompts(500, seed=3)
+    assert prompts == task.make_prompts(500, seed=3)  # seeded
+    for p in prompts:
+        toks = p.split()
+        assert len(toks) == task.PROMPT_TOKENS + 1 and toks[-1] == task.SEP
+        assert task.MIN_PROMPT_KEYS <= len(task.prompt_keys(p)) <= task.MAX_PROMPT_KEYS
+        assert len(task.prompt_keys(p)) == sum(t in task.KEYS for t in toks)  # keys are distinct
+        assert task.reward_components(p, task.ideal_response(p))["reward"] == 3.0
+    rows = task.make_sft_rows(2000, seed=0)
+    r = np.array(task.golden_reward([x["prompt"] for x in rows], [x["completion"] for x in rows]))
+    # mediocre to good: below the ideal 3 on average, with some penalized mistakes
+    assert 1.5 < r.mean() < 2.8
+    comps = [task.reward_components(x["prompt"], x["completion"]) for x in rows]
+    assert 0.02 < np.mean([c["repeated"] > 0 for c in comps]) < 0.3
+    assert 0.05 < np.mean([c["hallucinated"] > 0 for c in comps]) < 0.6
+
+
+def test_tokenizer_and_model_shapes():
+    tok = task.build_tokenizer()
+    assert len(tok) == len(task.WORDS) + 4
+    ids = tok(PROMPT)["input_ids"]
+    assert len(ids) == task.PROMPT_TOKENS + 2 and ids[0] == tok.bos_token_id  # fixed length: no padding
+    resp = "k5 k1 k9"
+    assert tok.decode(tok(resp, add_special_tokens=False)["input_ids"]) == resp  # exact round trip
+    model = task.build_model(tok)
+    assert model.config.vocab_size == len(tok)
+    assert model.config.max_position_embeddings >= task.MAX_LENGTH
+    assert 100_000 < sum(p.numel() for p in model.parameters()) < 250_000
+
+
+def test_bt_labels_match_sigmoid_of_reward_difference():
+    """P(first response chosen) = sigmoid(r1 - r2) on the golden reward's values, over many draws."""
+    from isdaa.evaluate.label import bt_first_wins
+
+    pairs = [("k5 k1 k9", "k5 k1"), ("k5 k1", "k5 k5"), ("k5 k1 k9 f0", "k5 k1 k9"), ("k5", "k5 k1 k9")]
+    rng = np.random.default_rng(0)
+    n = 40_000
+    for a, b in pairs:
+        r1, r2 = task.golden_reward([PROMPT] * 2, [a, b])
+        wins = bt_first_wins(np.full(n, r1), np.full(n, r2), rng, "bt")
+        p = 1 / (1 + math.exp(-(r1 - r2)))
+        se = math.sqrt(p * (1 - p) / n)
+        assert abs(wins.mean() - p) < 4 * se, (a, b, wins.mean(), p)
