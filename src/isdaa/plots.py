@@ -15,7 +15,23 @@ from pathlib import Path
 
 import numpy as np
 
-_METHOD_CMAPS = ["Blues", "Reds", "Greens", "Purples", "Oranges", "Greys", "YlOrBr", "BuGn", "PuRd", "GnBu"]
+# One colour per method in every figure of the project (tab10 hex codes): a base DAA and its IS variant
+# are neighbours in the list but distinct; online DPO, the on-policy reference line, is black.
+METHOD_COLORS = {
+    "dpo": "#1f77b4", "is-dpo": "#ff7f0e", "ipo": "#2ca02c", "is-ipo": "#d62728", "rpo": "#9467bd",
+    "is-rpo": "#c5b0d5", "chipo": "#8c564b", "is-chipo": "#c49c94", "rdpo": "#e377c2", "is-rdpo": "#f7b6d2",
+    "online-dpo": "#000000",
+}
+_EXTRA_COLORS = ["#17becf", "#bcbd22", "#7f7f7f", "#9edae5", "#dbdb8d", "#aec7e8", "#ffbb78", "#98df8a"]
+
+
+def method_colors(labels) -> dict:
+    """Label -> colour: the fixed METHOD_COLORS for known method names, then a fixed list for other
+    labels (e.g. `is-dpo[self-norm]`) in sorted order, so the same run set is coloured the same way."""
+    out, extra = {}, iter(_EXTRA_COLORS * 4)
+    for lab in sorted(set(labels)):
+        out[lab] = METHOD_COLORS.get(lab) or next(extra)
+    return out
 
 
 def _find_key(cfg, names):
@@ -58,14 +74,17 @@ def load_eval_points(run_dirs: Sequence[str | Path], method: str | None = None, 
 
 
 def _colours(points):
-    methods = sorted({p["method"] for p in points})
+    """The method's colour (method_colors), lightened for smaller beta when several betas share a panel."""
+    base = method_colors(p["method"] for p in points)
     betas = sorted({p["beta"] for p in points if p["beta"] is not None})
-    import matplotlib
+    from matplotlib.colors import to_rgb
 
     def colour(p):
-        cmap = matplotlib.colormaps[_METHOD_CMAPS[methods.index(p["method"]) % len(_METHOD_CMAPS)]]
-        shade = 0.75 if p["beta"] is None or len(betas) < 2 else 0.45 + 0.5 * betas.index(p["beta"]) / (len(betas) - 1)
-        return cmap(shade)
+        rgb = np.array(to_rgb(base[p["method"]]))
+        if p["beta"] is None or len(betas) < 2:
+            return tuple(rgb)
+        light = 0.5 * (1 - betas.index(p["beta"]) / (len(betas) - 1))  # 0.5 for the smallest beta, 0 for the largest
+        return tuple(rgb + (1 - rgb) * light)
 
     return colour
 

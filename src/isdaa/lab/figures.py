@@ -18,8 +18,9 @@ def _plt():
 
 
 def _colors(labels):
-    cmap = _plt().get_cmap("tab10")
-    return {lab: cmap(i % 10) for i, lab in enumerate(sorted(labels))}
+    from isdaa.plots import method_colors
+
+    return method_colors(labels)
 
 
 def fig_winrate_vs_kl(points, out: Path) -> Path | None:
