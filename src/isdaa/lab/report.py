@@ -473,6 +473,12 @@ def five_lines(summary: list[dict], label_stats: dict, threshold: float) -> list
     ]
 
 
+def _optimizers(p) -> str:
+    """The optimizers and learning rates of the preset's runs, e.g. `adamw lr 0.002`."""
+    pairs = sorted({(r["optimizer"], r["lr"]) for r in p["runs"]})
+    return ", ".join(f"{o} lr {lr:g}" for o, lr in pairs)
+
+
 def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples="") -> str:
     p, env = lab["preset"], lab["environment"]
     ev = p["evaluation"]
@@ -495,8 +501,10 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
            f"{label_stats.get('dropped_pairs', {}).get('identical', 0)} of two identical responses, "
            f"{label_stats.get('dropped_pairs', {}).get('not_reproducible', 0)} whose text does not reproduce the "
            f"sampled tokens.",
-           f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs, checkpoints at fractions "
-           f"{', '.join(f'{f:g}' for f in p['save_fractions'])}.",
+           f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs, {_optimizers(p)}, "
+           f"{p['scheduler']} learning rate after a linear warmup over {p['warmup_ratio']:g} of the steps "
+           f"(the same for every method; chosen when the environment was designed, where a cosine decay damped DPO's decline within 2 epochs), "
+           f"checkpoints at fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.",
            f"- Evaluation per checkpoint: {ev['n_prompts']} held-out prompts x {ev['n_samples']} samples at "
            f"T={ev['temperature']}, top-p {ev['top_p']} against the held-out split's chosen responses (ties count "
            f"1/2); KL(pi_theta||pi_ref) from {ev['n_kl_samples']} separate T=1 samples per prompt (k1 plotted, k3 "
