@@ -6,8 +6,8 @@ everything that loads them goes through exactly the code path of a hub model.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 

@@ -364,9 +364,8 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     """evaluate_run (win rate, KL, lengths per checkpoint) + importance ratios on the training pairs."""
     from transformers import AutoModelForCausalLM
 
-    from isdaa.train.models import safe_from_pretrained
-
     from isdaa.evaluate.evaluator import evaluate_run, list_checkpoints
+    from isdaa.train.models import safe_from_pretrained
 
     ref, tok = load_ref(lab)
     ev = golden_pairs(lab, "eval")
