@@ -18,6 +18,7 @@ import math
 import os
 import random
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -55,8 +56,22 @@ def save_model(path: Path, model, tokenizer, accelerator) -> None:
     state_dict = accelerator.get_state_dict(model)
     unwrapped = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
+        with _quiet_transformers_bars():  # "Writing model shards" would break the training bar's line
+            unwrapped.save_pretrained(path, state_dict=state_dict, safe_serialization=True)
         tokenizer.save_pretrained(path)
+
+
+@contextmanager
+def _quiet_transformers_bars():
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 def rng_state() -> dict:
