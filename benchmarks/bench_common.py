@@ -1,0 +1,170 @@
+"""Shared pieces of the training benchmark: model sizes, generated preference data, matmul rate.
+
+Imported by `bench_train.py` (the driver) and `bench_worker.py` (one contender in one process). Nothing here
+imports TRL; only the worker does, and only for the TRL contender.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import resource
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# Random-init Llamas. Parameter counts with the default vocabulary (8192, untied head):
+#   10m: 6 layers x 1.05M + 2 x 2.1M (embedding + LM head) = 10.5M
+#   40m: 8 layers x 4.2M  + 2 x 4.2M                        = 41.9M
+SIZES = {
+    "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),  # smoke tests only
+    "10m": dict(hidden_size=256, num_layers=6, num_heads=4, intermediate_size=1024),
+    "40m": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
+}
+SPECIALS = 4  # <pad> <eos> <bos> <unk> come first in build_word_tokenizer's vocabulary
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Everything every contender must share. One JSON-able record, passed to each worker."""
+
+    size: str = "10m"
+    vocab_size: int = 8192
+    prompt_len: int = 128  # prompt tokens (no BOS)
+    response_len: int = 128  # response tokens, EOS included
+    vary_lengths: bool = False  # responses of uniform random length in [response_len/2, response_len]
+    batch_size: int = 8  # preference pairs per optimizer step
+    warmup_steps: int = 2
+    measure_steps: int = 5
+    threads: int = 2
+    device: str = "cpu"
+    dtype: str = "float32"  # float32 | bfloat16 (mixed precision on the device)
+    lr: float = 1e-6
+    beta: float = 0.1
+    seed: int = 0
+
+    @property
+    def steps(self) -> int:
+        return self.warmup_steps + self.measure_steps
+
+    @property
+    def n_pairs(self) -> int:
+        return self.batch_size * self.steps
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> Workload:
+        return cls(**json.loads(text))
+
+
+def build_assets(work: Workload, out_dir: Path) -> dict:
+    """Save the random-init model + tokenizer and the generated dataset once; every worker loads these files."""
+    from isdaa.tiny import build_tiny_llama, build_word_tokenizer, save_tiny
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    words = [f"w{i}" for i in range(work.vocab_size - SPECIALS)]
+    tok = build_word_tokenizer(words=words)
+    model = build_tiny_llama(
+        vocab_size=len(tok), max_position_embeddings=work.prompt_len + work.response_len + 8,
+        seed=work.seed, **SIZES[work.size],
+    )
+    model_dir = save_tiny(model, tok, out_dir / f"model-{work.size}")
+    data_path = out_dir / "pairs.jsonl"
+    rows = generate_pairs(work, words)
+    with open(data_path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    n = sum(p.numel() for p in model.parameters())
+    n_embed = model.get_input_embeddings().weight.numel()
+    return {"model_dir": str(model_dir), "data_path": str(data_path), "params": n, "matmul_params": n - n_embed}
+
+
+def generate_pairs(work: Workload, words: list[str]) -> list[dict]:
+    """Preference pairs of exactly `prompt_len` prompt tokens and `response_len` response tokens (EOS included,
+    appended by the trainers), or random response lengths with `vary_lengths`. Words are separated by spaces and
+    responses start with a space, so `prompt + chosen` tokenizes to the concatenation of the two (TRL's rule) and
+    to `tokenizer(prompt) + tokenizer(chosen)` (isdaa's rule). Behavior log-probs are not given: pi_b = pi_ref."""
+    rng = random.Random(work.seed)
+
+    def text(n):
+        return " ".join(rng.choice(words) for _ in range(n))
+
+    def resp_len():
+        if not work.vary_lengths:
+            return work.response_len
+        return rng.randint(max(1, work.response_len // 2), work.response_len)
+
+    return [
+        {"prompt": text(work.prompt_len), "chosen": " " + text(resp_len() - 1), "rejected": " " + text(resp_len() - 1)}
+        for _ in range(work.n_pairs)
+    ]
+
+
+def step_tokens(work: Workload) -> int:
+    """Tokens in one optimizer step, both sequences of every pair, prompt included (the unit of tokens/s).
+    With `vary_lengths` this is the nominal maximum; workers report the real count."""
+    return 2 * work.batch_size * (work.prompt_len + work.response_len)
+
+
+def set_threads(threads: int) -> None:
+    """Threads for torch's intra-op pool; set before the first parallel op. Inter-op kept at 1."""
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already started
+        pass
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ)
+    for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        env[k] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    env.setdefault("TRANSFORMERS_OFFLINE", "1")
+    env.setdefault("HF_DATASETS_OFFLINE", "1")
+    env.setdefault("WANDB_DISABLED", "true")
+    return env
+
+
+def sync(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_rate(device: str, dtype: str, n: int = 2048, reps: int = 5) -> float:
+    """Measured dense matmul rate in FLOP/s (median over reps of an n^3 matmul, 2 n^3 FLOPs each)."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=g).to(device=device, dtype=dt)
+    b = torch.randn(n, n, generator=g).to(device=device, dtype=dt)
+    c = a @ b  # warm-up (and library initialisation)
+    sync(device)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        sync(device)
+        times.append(time.perf_counter() - t0)
+    times.sort()
+    return 2 * n**3 / times[len(times) // 2]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MiB (Linux reports ru_maxrss in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(xs: list[float]) -> float:
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])

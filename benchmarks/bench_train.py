@@ -1,0 +1,303 @@
+"""Offline DAA training speed: isdaa (DPO, IS-DPO, IS-IPO) against TRL's DPOTrainer, side by side.
+
+    python benchmarks/bench_train.py --quick                 # smoke run, < 2 minutes on 2 CPU cores
+    python benchmarks/bench_train.py --sizes 10m,40m --rounds 2 --write-readme
+
+Every contender trains the same random-init Llama on the same generated pairs with the same batch size,
+sequence length, dtype and threads, once with reference log-probs precomputed (`pre`) and once with the
+reference model in memory (`mem`). Each (contender, ref mode) runs in its own process, the processes
+alternate A B C D, D C B A, ... over rounds, and each process times only the steps after its warm-up
+(see bench_worker.py). The table reports tokens/s (median of all measured steps, all rounds), peak RSS
+(max over rounds), the ratios isdaa/TRL and IS/DPO, and the fraction of the machine's measured matmul rate
+reached, counting 6 * P * tokens FLOPs per step for the policy plus 2 * P * tokens for an in-memory
+reference, P = parameters that take part in matmuls (all but the input embedding table).
+
+TRL is a benchmark peer only (`pip install -e .[bench]`); isdaa never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_common import SIZES, Workload, median, step_tokens, thread_env  # noqa: E402
+from bench_worker import CONTENDERS, REF_MODES  # noqa: E402
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=__doc__.split("\n\n", 1)[1])
+    p.add_argument("--sizes", default="10m,40m", help=f"comma list of model sizes among {','.join(SIZES)} (default 10m,40m)")
+    p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list (default: all four)")
+    p.add_argument("--ref-modes", default="pre,mem", help="comma list of pre (precomputed) / mem (in memory)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds per contender (default 2)")
+    p.add_argument("--warmup-steps", type=int, default=2, help="untimed steps per process (default 2)")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per process (default 5)")
+    p.add_argument("--batch-size", type=int, default=8, help="preference pairs per optimizer step (default 8)")
+    p.add_argument("--prompt-len", type=int, default=128, help="prompt tokens (default 128)")
+    p.add_argument("--response-len", type=int, default=128, help="response tokens, EOS included (default 128)")
+    p.add_argument("--vary-lengths", action="store_true",
+                   help="responses of random length in [L/2, L] (padding matters); default fixed lengths")
+    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer/model vocabulary (default 8192)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="float32, or bfloat16 mixed precision (autocast) for both trainers")
+    p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 matmul timed for the rate")
+    p.add_argument("--workdir", default=None, help="where models, data and results.json go (default: a temp dir)")
+    p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run (< 2 min on 2 cores): 10m, 64+64 tokens, batch 4, 1+3 steps, 1 round, pre only")
+    p.add_argument("--write-readme", action="store_true", help="record the table in benchmarks/README.md")
+    p.add_argument("--alt-src", default=None,
+                   help="a patched copy of isdaa's src/ folder: every isdaa contender also runs from it, as NAME+alt "
+                        "(A/B of an engine change in the same alternating run)")
+    p.add_argument("--verbose", action="store_true", help="show the workers' stderr")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.sizes, args.ref_modes, args.rounds = "10m", "pre", 1
+        args.warmup_steps, args.steps, args.batch_size = 1, 3, 4
+        args.prompt_len = args.response_len = 64
+    args.threads = args.threads or os.cpu_count()
+    args.sizes = [s for s in args.sizes.split(",") if s]
+    args.contenders = [c for c in args.contenders.split(",") if c]
+    args.ref_modes = [m for m in args.ref_modes.split(",") if m]
+    for name, vals, known in (("size", args.sizes, SIZES), ("contender", args.contenders, CONTENDERS),
+                              ("ref mode", args.ref_modes, REF_MODES)):
+        bad = [v for v in vals if v not in known]
+        if bad:
+            p.error(f"unknown {name} {bad}; choose from {list(known)}")
+    if args.warmup_steps < 1 or args.steps < 1 or args.rounds < 1:
+        p.error("--warmup-steps, --steps and --rounds must be >= 1")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Subprocesses
+
+
+def _python(code_or_script: list[str], threads: int, timeout: float, verbose: bool, src: str | None = None) -> str:
+    env = thread_env(threads)
+    if src:  # import isdaa from this folder instead of the installed package
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(src).resolve()), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    proc = subprocess.run([sys.executable, *code_or_script], capture_output=True, text=True, env=env,
+                          timeout=timeout, cwd=HERE)
+    if verbose or proc.returncode != 0:
+        sys.stderr.write(proc.stderr[-6000:])
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(code_or_script[:3])} failed with exit code {proc.returncode}")
+    return proc.stdout
+
+
+def measure_matmul(args) -> dict:
+    """fp32 and (where supported) bf16 matmul rate, in a process with the benchmark's threads."""
+    code = (
+        "import json, torch; from bench_common import matmul_rate, set_threads; "
+        f"set_threads({args.threads}); d={args.device!r}; out={{'float32': matmul_rate(d, 'float32', {args.matmul_size})}}\n"
+        "bf16 = torch.cuda.is_bf16_supported() if d.startswith('cuda') else True\n"
+        # CPUs without bf16 matmul units run it ~100x slower than fp32: a smaller matmul there, same rate
+        f"n = {args.matmul_size} if d.startswith('cuda') else min({args.matmul_size}, 1024)\n"
+        "if bf16: out['bfloat16'] = matmul_rate(d, 'bfloat16', n, reps=3)\n"
+        "print('RESULT ' + json.dumps(out))"
+    )
+    return _result(_python(["-c", code], args.threads, args.timeout, args.verbose))
+
+
+def _result(stdout: str) -> dict:
+    lines = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    if not lines:
+        raise RuntimeError("worker printed no RESULT line")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def build_assets(work: Workload, out_dir: Path, args) -> dict:
+    code = ("import json, pathlib; from bench_common import Workload, build_assets; "
+            f"w = Workload.from_json({work.to_json()!r}); "
+            f"print('RESULT ' + json.dumps(build_assets(w, pathlib.Path({str(out_dir)!r}))))")
+    return _result(_python(["-c", code], args.threads, args.timeout, args.verbose))
+
+
+def mean_pair_tokens(data_path: str, work: Workload) -> float:
+    """Real (unpadded) tokens per pair: both sequences, prompt + response + EOS (word count = token count)."""
+    n = tot = 0
+    with open(data_path) as f:
+        for line in f:
+            r = json.loads(line)
+            tot += 2 * len(r["prompt"].split()) + len(r["chosen"].split()) + len(r["rejected"].split()) + 2
+            n += 1
+    return tot / n
+
+
+# --------------------------------------------------------------------------------------------------
+# Table
+
+
+def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, tokens_per_step: float) -> list[dict]:
+    rows = []
+    rate = rates.get(work.dtype, rates["float32"])
+    for key in dict.fromkeys((r["contender"], r["ref_mode"]) for r in results):
+        runs = [r for r in results if (r["contender"], r["ref_mode"]) == key]
+        steps = [s for r in runs for s in r["step_s"]]
+        step = median(steps)
+        flops = (6 + (2 if key[1] == "mem" else 0)) * assets["matmul_params"] * tokens_per_step
+        rows.append({
+            "contender": key[0], "ref_mode": key[1], "step_s": step, "step_min_s": min(steps), "step_max_s": max(steps),
+            "tokens_per_s": tokens_per_step / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+            "flops_per_step": flops, "matmul_fraction": flops / step / rate, "n_steps": len(steps),
+            **({"peak_gpu_mb": max(r["peak_gpu_mb"] for r in runs)} if "peak_gpu_mb" in runs[0] else {}),
+        })
+    by = {(r["contender"], r["ref_mode"]): r for r in rows}
+    for r in rows:
+        trl = by.get(("trl-dpo", r["ref_mode"]))
+        suffix = "+alt" if r["contender"].endswith("+alt") else ""
+        dpo = by.get(("isdaa-dpo" + suffix, r["ref_mode"]))
+        r["vs_trl"] = r["tokens_per_s"] / trl["tokens_per_s"] if trl else None
+        r["rss_vs_trl"] = r["peak_rss_mb"] / trl["peak_rss_mb"] if trl else None
+        r["step_vs_dpo"] = r["step_s"] / dpo["step_s"] if dpo and r["contender"].startswith("isdaa-is") else None
+    return rows
+
+
+def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> str:
+    fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
+    head = (f"**{size}** ({assets['params'] / 1e6:.1f}M params, {assets['matmul_params'] / 1e6:.1f}M in matmuls), "
+            f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, {work.dtype}, "
+            f"{work.threads} threads, {work.device}\n\n")
+    lines = ["| contender | ref | tokens/s | step s (min-max) | peak RSS MiB | isdaa/TRL tok/s | RSS/TRL "
+             "| step / DPO | % matmul rate |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(
+            f"| {r['contender']} | {r['ref_mode']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} "
+            f"({r['step_min_s']:.3f}-{r['step_max_s']:.3f}) | {r['peak_rss_mb']:,.0f} | "
+            f"{fmt(r['vs_trl'], '.2f') if r['contender'] != 'trl-dpo' else '1'} | "
+            f"{fmt(r['rss_vs_trl'], '.2f') if r['contender'] != 'trl-dpo' else '1'} | "
+            f"{fmt(r['step_vs_dpo'], '.3f')} | {100 * r['matmul_fraction']:.0f}% |"
+        )
+    return head + "\n".join(lines) + "\n"
+
+
+def machine_info(args) -> dict:
+    import torch
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    if args.device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    for mod in ("transformers", "trl", "accelerate"):
+        try:
+            info[mod] = __import__(mod).__version__
+        except ImportError:
+            info[mod] = None
+    try:
+        info["isdaa_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                              cwd=HERE).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def write_readme(text: str) -> None:
+    path = HERE / "README.md"
+    old = path.read_text() if path.exists() else f"# Benchmarks\n\n{README_START}\n{README_END}\n"
+    if README_START not in old:
+        old += f"\n{README_START}\n{README_END}\n"
+    pre, rest = old.split(README_START, 1)
+    post = rest.split(README_END, 1)[1]
+    path.write_text(f"{pre}{README_START}\n{text}\n{README_END}{post}")
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import tempfile
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="isdaa-bench-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    started = dt.datetime.now(dt.timezone.utc)
+    load_before = os.getloadavg()
+    print(f"# isdaa training benchmark  {started:%Y-%m-%d %H:%M} UTC  load average {load_before[0]:.2f}  "
+          f"workdir {workdir}", flush=True)
+    rates = measure_matmul(args)
+    print("matmul rate: " + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in rates.items()), flush=True)
+    report = {"args": {k: v for k, v in vars(args).items()}, "started": started.isoformat(), "sizes": {},
+              "matmul_rate_start": rates}
+    tables = []
+    for size in args.sizes:
+        work = Workload(size=size, vocab_size=args.vocab_size, prompt_len=args.prompt_len,
+                        response_len=args.response_len, vary_lengths=args.vary_lengths, batch_size=args.batch_size,
+                        warmup_steps=args.warmup_steps, measure_steps=args.steps, threads=args.threads,
+                        device=args.device, dtype=args.dtype)
+        assets = build_assets(work, workdir / size, args)
+        tokens_per_step = (mean_pair_tokens(assets["data_path"], work) * work.batch_size if work.vary_lengths
+                           else step_tokens(work))
+        jobs = [(c, c, m, None) for m in args.ref_modes for c in args.contenders]
+        if args.alt_src:
+            jobs += [(c + "+alt", c, m, args.alt_src) for m in args.ref_modes for c in args.contenders
+                     if c.startswith("isdaa-")]
+        results = []
+        for rnd in range(args.rounds):
+            order = jobs if rnd % 2 == 0 else jobs[::-1]
+            for label, contender, mode, src in order:
+                t0 = time.perf_counter()
+                out = _result(_python(["bench_worker.py", contender, mode, work.to_json(), json.dumps(assets)],
+                                      args.threads, args.timeout, args.verbose, src))
+                results.append({**out, "contender": label, "round": rnd})
+                with open(workdir / "runs.jsonl", "a") as f:  # survives an interrupted run
+                    f.write(json.dumps({"size": size, **results[-1]}) + "\n")
+                print(f"  {size} round {rnd + 1}/{args.rounds} {label:17s} {mode}: "
+                      f"{tokens_per_step / median(out['step_s']):8,.0f} tokens/s  median step "
+                      f"{median(out['step_s']):.3f} s  peak RSS {out['peak_rss_mb']:,.0f} MiB  "
+                      f"(process {time.perf_counter() - t0:.0f} s, load {os.getloadavg()[0]:.2f})", flush=True)
+        rows = summarize(results, work, assets, rates, tokens_per_step)
+        report["sizes"][size] = {"workload": json.loads(work.to_json()), "assets": assets, "runs": results,
+                                 "rows": rows, "tokens_per_step": tokens_per_step}
+        tables.append(format_table(rows, size, assets, work))
+    rates_end = measure_matmul(args)
+    # the better of the two measurements is the physical limit the fractions are computed against
+    best = {k: max(rates[k], rates_end.get(k, 0)) for k in rates}
+    for size, rep in report["sizes"].items():
+        rep["rows"] = summarize(rep["runs"], Workload(**rep["workload"]), rep["assets"], best, rep["tokens_per_step"])
+    tables = [format_table(report["sizes"][s]["rows"], s, report["sizes"][s]["assets"],
+                           Workload(**report["sizes"][s]["workload"])) for s in args.sizes]
+    load_after = os.getloadavg()
+    info = machine_info(args)
+    report.update(matmul_rate_end=rates_end, matmul_rate=best, machine=info, load_before=load_before,
+                  load_after=load_after)
+    cmd = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    text = (
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on {info['cpu']} ({info['cores']} cores"
+        f"{', ' + info['gpu'] if 'gpu' in info else ''}), torch {info['torch']}, transformers "
+        f"{info['transformers']}, TRL {info['trl']}, isdaa {info.get('isdaa_commit', '?')}; load average "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.\n"
+        f"Matmul rate ({args.matmul_size}^3, {args.threads} threads): "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in best.items())
+        + f".\nCommand: `{cmd.strip()}`\n\n" + "\n".join(tables)
+    )
+    print("\n" + text)
+    (workdir / "results.json").write_text(json.dumps(report, indent=1, default=str))
+    print(f"results: {workdir / 'results.json'}")
+    if args.write_readme:
+        write_readme(text)
+        print("recorded in benchmarks/README.md")
+    return report
+
+
+if __name__ == "__main__":
+    main()
