@@ -1,10 +1,19 @@
-"""sequence_logps against a naive per-token loop (values and gradients), masking without NaN."""
+"""sequence_logps and the response-only head (response_logps) against a naive per-token loop (values
+and gradients, float64), masking without NaN, the fused head backward, LoRA models."""
 
 import math
+import types
 
+import pytest
 import torch
 
-from isdaa.logprobs import causal_lm_logps, sequence_logps
+from isdaa.logprobs import (
+    causal_lm_logps,
+    response_head_supported,
+    response_logps,
+    sequence_logps,
+    token_logps,
+)
 
 
 def naive(logits, labels, mask):
@@ -74,3 +83,162 @@ def test_causal_shift():
     resp = torch.tensor([[0, 0, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], dtype=torch.bool)
     expected = naive(logits[:, :-1], ids[:, 1:], resp[:, 1:]).float()
     torch.testing.assert_close(causal_lm_logps(logits, ids, resp), expected, rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------- response-only LM head on a model
+# response_logps projects only the positions that predict a response token; it must equal the naive
+# per-token loop over the model's full logits, in values and in every parameter's gradient.
+
+def _tiny(tiny_dir, lora=False):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir).double().train()
+    if lora:
+        import peft
+
+        model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, init_lora_weights=False,
+                                                           target_modules=["q_proj", "v_proj", "lm_head"]))
+        model = model.double()
+    return model, tok
+
+
+def _pref_batch(tok):
+    """Concatenated chosen/rejected batch (rows [0, B) chosen, [B, 2B) rejected) with padding, prompts
+    and responses of different lengths, and one response truncated by max_length."""
+    from isdaa.data import collate_pref, tokenize_pref
+
+    rows = [{"prompt": "w1 w2 w3", "chosen": "good yes", "rejected": "bad no w4 w5 w6 the a is"},
+            {"prompt": "w7", "chosen": "good yes w8 w9 w10 w11 w12 w13 w14 w15 w16 w17", "rejected": "bad"},
+            {"prompt": "w20 w21 w22 w23 w24 w25", "chosen": "a", "rejected": "no no"}]
+    batch = collate_pref(tokenize_pref(rows, tok, max_length=14, max_prompt_length=6), tok.pad_token_id)
+    assert (batch["attention_mask"] == 0).any() and len(set(batch["response_mask"].sum(-1).tolist())) > 2
+    return batch
+
+
+def naive_model_logps(model, batch):
+    """Per-token loop over full float64 log-softmaxes of the model's logits (no masking tricks)."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    ids, resp = batch["input_ids"], batch["response_mask"]
+    return naive(logits[:, :-1], ids[:, 1:], resp[:, 1:].bool())
+
+
+def _values_and_grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    logps = fn()
+    w = torch.linspace(-1.0, 2.0, logps.shape[0], dtype=torch.float64)  # distinct weight per row
+    (logps.double() * w).sum().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+    return logps.detach().double(), grads
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_response_head_matches_naive_loop_values_and_gradients(tiny_dir, lora):
+    model, tok = _tiny(tiny_dir, lora)
+    batch = _pref_batch(tok)
+    assert response_head_supported(model)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    expected, expected_grads = _values_and_grads(model, lambda: naive_model_logps(model, batch))
+    for kw in ({"fused": True}, {"fused": False}):
+        got, grads = _values_and_grads(model, lambda: response_logps(model, *args, **kw))
+        assert got.dtype == torch.float64  # float64 model: float64 all the way
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+        assert grads.keys() == expected_grads.keys() and grads
+        for name, g in grads.items():
+            torch.testing.assert_close(g, expected_grads[name], rtol=1e-9, atol=1e-11, msg=name)
+    # the full-logits fallback: float32 sums of the same values
+    full, full_grads = _values_and_grads(model, lambda: response_logps(model, *args, response_only_head=False))
+    torch.testing.assert_close(full, expected, rtol=1e-5, atol=1e-5)
+    for name, g in full_grads.items():
+        torch.testing.assert_close(g, expected_grads[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_response_head_counts_and_float32_model(tiny_dir):
+    """A float32 model gives float32 sums equal to the full-logits path; counts = response tokens."""
+    model, tok = _tiny(tiny_dir)
+    model = model.float()
+    batch = _pref_batch(tok)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    with torch.no_grad():
+        got, counts = response_logps(model, *args, return_counts=True)
+        full, full_counts = response_logps(model, *args, response_only_head=False, return_counts=True)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, full, rtol=1e-5, atol=1e-5)
+    assert counts.tolist() == full_counts.tolist() == (batch["response_mask"][:, 1:].sum(-1)).tolist()
+    n = batch["n_pairs"]
+    assert counts[:n].tolist() == batch["chosen_lengths"].tolist()
+    assert counts[n:].tolist() == batch["rejected_lengths"].tolist()
+
+
+def test_fused_token_logps_gradient_checks():
+    """The fused autograd function in float64: its Jacobian (one fresh graph per output row, since the
+    backward reuses p in place) equals central finite differences and plain autograd of log_softmax;
+    the values equal the plain path; a second backward through the same graph is refused."""
+    logits, labels, _ = _inputs(B=6, T=1, V=13, seed=5)
+    x, labels = logits[:, 0].double(), labels[:, 0].clamp(min=0)
+    expected = torch.log_softmax(x, -1).gather(-1, labels[:, None]).squeeze(-1)
+    rows = []
+    for i in range(6):  # row i of the Jacobian d out_i / d x
+        xi = x.clone().requires_grad_(True)
+        torch.autograd.backward(token_logps(xi, labels, chunk=4), torch.eye(6, dtype=torch.float64)[i])
+        rows.append(xi.grad)
+    jac = torch.stack(rows)                                             # (6, 6, 13)
+    eps, numeric = 1e-6, torch.zeros_like(jac)
+    with torch.no_grad():
+        for n in range(6):
+            for v in range(13):
+                d = torch.zeros_like(x)
+                d[n, v] = eps
+                numeric[:, n, v] = (token_logps(x + d, labels) - token_logps(x - d, labels)) / (2 * eps)
+    torch.testing.assert_close(jac, numeric, rtol=1e-6, atol=1e-8)
+    plain = torch.autograd.functional.jacobian(lambda t: torch.log_softmax(t, -1).gather(-1, labels[:, None])[:, 0], x)
+    torch.testing.assert_close(jac, plain, rtol=1e-12, atol=1e-14)
+    xr = x.clone().requires_grad_(True)
+    torch.testing.assert_close(token_logps(xr, labels), expected)
+    torch.testing.assert_close(token_logps(xr, labels, fused=False), expected)
+    with torch.no_grad():
+        torch.testing.assert_close(token_logps(xr, labels, chunk=4), expected)
+    out = token_logps(xr, labels).sum()
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()
+
+
+def test_bf16_logits_fused_in_float32():
+    logits, labels, _ = _inputs(B=9, T=1, V=17, seed=6)
+    x, labels = logits[:, 0].bfloat16().requires_grad_(True), labels[:, 0].clamp(min=0)
+    got = token_logps(x, labels, chunk=4)
+    assert got.dtype == torch.float32
+    ref = x.detach().float().requires_grad_(True)
+    expected = torch.log_softmax(ref, -1).gather(-1, labels[:, None]).squeeze(-1)
+    torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+    got.sum().backward()
+    expected.sum().backward()
+    assert x.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(x.grad.float(), ref.grad.bfloat16().float())
+
+
+def test_support_check_unwraps_and_refuses_unknown_models(tiny_dir):
+    model, _ = _tiny(tiny_dir)
+
+    class Wrapper(torch.nn.Module):  # DDP / FSDP keep the model in `.module`
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+        def forward(self, **kw):
+            return self.module(**kw)
+
+    assert response_head_supported(Wrapper(model))
+
+    class NoKeep(torch.nn.Module):  # a causal LM whose forward knows no logits_to_keep
+        def forward(self, input_ids, attention_mask=None, use_cache=None, **kw):
+            return types.SimpleNamespace(logits=torch.zeros(*input_ids.shape, 5))
+
+    assert not response_head_supported(NoKeep())
+    ids = torch.zeros(2, 4, dtype=torch.long)
+    resp = torch.tensor([[0, 0, 1, 1], [0, 1, 1, 1]], dtype=torch.bool)
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        response_logps(NoKeep(), ids, torch.ones_like(ids), resp)
+    full = response_logps(NoKeep(), ids, torch.ones_like(ids), resp, response_only_head=False)  # uniform over 5
+    assert full.tolist() == pytest.approx([2 * -math.log(5), 3 * -math.log(5)])

@@ -144,6 +144,9 @@ class TrainConfig:
     num_threads: int | None = None  # torch.set_num_threads
     run_name: str | None = None
     max_nonfinite_steps: int = 3       # non-finite loss/gradient: the step is skipped; this many in a row stop
+    response_only_head: bool = True    # sft/pref: LM head on response-predicting positions only (same values,
+                                       # less time and memory); false: full (B, T, V) logits. Models whose
+                                       # forward takes no boolean logits_to_keep use full logits anyway.
 
     def __post_init__(self):
         _check(bool(self.output_dir), "output_dir is required")
@@ -161,6 +164,7 @@ class TrainConfig:
         _check(all(int(e) > 0 for e in self.save_examples), "save_examples must be > 0")
         _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
+        _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
         self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
         for r in self.report_to:

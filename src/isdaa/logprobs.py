@@ -53,3 +53,119 @@ def causal_lm_logps(logits: torch.Tensor, input_ids: torch.Tensor, response_mask
     response tokens (EOS included) of `input_ids`. The shifted slices are views (no copy).
     """
     return sequence_logps(logits[:, :-1], input_ids[:, 1:], response_mask[:, 1:], **kwargs)
+
+
+# ---------------------------------------------------------------- response-only LM head
+# The LM head is the largest matmul of a small model's step and its (B, T, V) output the largest
+# activation; only the positions that predict a response token are needed: N = response tokens of the
+# batch (about half of T for the usual prompt + response). The WRAPPED model's forward is called (DDP
+# and FSDP gradient hooks, accelerate's autocast, peft adapters stay in the path) with `logits_to_keep`
+# set to a boolean (B, T) mask: transformers >= 5 (`slice_logits_to_keep`) then projects only those
+# hidden states and returns (N, V) logits, post-processing (Gemma's soft-capping, Cohere's
+# logit_scale) included, since that runs inside the model's own forward after the head.
+
+
+def response_head_supported(model) -> bool:
+    """True when `model` (or the model inside DDP / FSDP / peft / torch.compile wrappers) takes a boolean
+    (B, T) `logits_to_keep` mask: its forward has the argument and its module uses transformers'
+    `slice_logits_to_keep` (older releases accepted only an int or 1-D positions)."""
+    import inspect
+    import sys
+
+    seen = set()
+    while id(model) not in seen:  # unwrap: DDP/FSDP `.module`, compile `._orig_mod`, peft base model
+        seen.add(id(model))
+        if hasattr(model, "get_base_model"):
+            model = model.get_base_model()
+        elif isinstance(getattr(model, "module", None), torch.nn.Module):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), torch.nn.Module):
+            model = model._orig_mod
+    try:
+        params = inspect.signature(type(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+    module = sys.modules.get(type(model).__module__)
+    return "logits_to_keep" in params and callable(getattr(module, "slice_logits_to_keep", None))
+
+
+class _TokenLogps(torch.autograd.Function):
+    """log softmax(logits)[n, labels[n]] for (N, V) logits, keeping the softmax p of the forward for the
+    backward: d/dlogits = g * (onehot(labels) - p), computed in place in p (no second exp, no
+    zero-filled scatter buffer). Saves p (N, V) in the compute dtype, the same size autograd's
+    logsumexp would save (its float32 input). Rows go through in chunks of `chunk` (the float32 upcast
+    of bf16 logits)."""
+
+    @staticmethod
+    def forward(ctx, logits, labels, chunk):
+        dtype = torch.promote_types(logits.dtype, torch.float32)
+        n = logits.shape[0]
+        out = torch.empty(n, dtype=dtype, device=logits.device)           # (N,)
+        p = torch.empty(logits.shape, dtype=dtype, device=logits.device)  # (N, V)
+        for s in range(0, n, chunk):
+            x = logits[s: s + chunk].to(dtype)                             # (c, V), may alias logits: read only
+            lse = torch.logsumexp(x, -1, keepdim=True)                     # (c, 1)
+            out[s: s + chunk] = (x.gather(-1, labels[s: s + chunk, None]) - lse).squeeze(-1)
+            torch.sub(x, lse, out=p[s: s + chunk]).exp_()
+        ctx.save_for_backward(p, labels)
+        ctx.logits_dtype = logits.dtype
+        ctx.consumed = False
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        if ctx.consumed:  # p was overwritten by the first backward
+            raise RuntimeError("response log-probs: backward through the fused head twice (retain_graph) "
+                               "is not supported")
+        ctx.consumed = True
+        p, labels = ctx.saved_tensors
+        grad = p.mul_(-g[:, None].to(p.dtype))                            # -g * p, in place
+        grad.scatter_add_(-1, labels[:, None], g[:, None].to(p.dtype))    # + g at the label
+        return grad.to(ctx.logits_dtype), None, None
+
+
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, fused: bool = True, chunk: int = 1024):
+    """(N,) log pi(labels[n] | logits[n]) for (N, V) logits, in float32 (float64 for float64 logits)."""
+    if fused and logits.requires_grad and torch.is_grad_enabled():
+        return _TokenLogps.apply(logits, labels, chunk)
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    if logits.requires_grad:  # one piece: each slice of a graph-connected tensor costs an (N, V) zero-fill in backward
+        x = logits.to(dtype)
+        return x.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(x, -1)
+    out = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # no graph: chunks bound the upcast
+    for s in range(0, logits.shape[0], chunk):
+        x = logits[s: s + chunk].to(dtype)                                # (c, V)
+        out[s: s + chunk] = x.gather(-1, labels[s: s + chunk, None]).squeeze(-1) - torch.logsumexp(x, -1)
+    return out
+
+
+def response_logps(model, input_ids, attention_mask, response_mask, *, response_only_head: bool = True,
+                   fused: bool = True, return_counts: bool = False):
+    """(B,) summed response log-probs (float32; float64 for a float64 model) from one forward of `model`.
+
+    input_ids / attention_mask / response_mask (B, T) as collated (response_mask true on the response
+    tokens, EOS included). With `response_only_head` (and `response_head_supported(model)`, which the
+    caller checks once), the head projects only the N positions t with response_mask[b, t + 1]:
+    (N, V) logits -> per-token log-probs (`token_logps`) -> summed per row with index_add. Otherwise
+    the full (B, T, V) logits go through `causal_lm_logps` (the reference path). Returns the (B,) int64
+    response token counts too when `return_counts`.
+    """
+    kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    target = response_mask[:, 1:].bool()                                   # (B, T-1): t predicts token t+1
+    if not response_only_head:
+        logits = model(**kw).logits                                        # (B, T, V)
+        return causal_lm_logps(logits, input_ids, response_mask, return_counts=return_counts)
+    keep = torch.nn.functional.pad(target, (0, 1))                         # (B, T): the last position predicts nothing
+    logits = model(**kw, logits_to_keep=keep).logits                       # (N, V)
+    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
+        raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
+                         "response_only_head: false for it")
+    labels = input_ids[:, 1:][target]                                      # (N,) same row-major order
+    tok = token_logps(logits, labels, fused=fused)                         # (N,)
+    del logits                                                             # (fused: only p stays, inside the graph)
+    rows = target.nonzero()[:, 0]                                          # (N,) the row of each token
+    out = tok.new_zeros(input_ids.shape[0]).index_add(0, rows, tok)        # (B,)
+    if return_counts:
+        return out, target.sum(-1)
+    return out

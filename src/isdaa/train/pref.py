@@ -10,6 +10,10 @@ Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
 policy (or `ref_model`) before training, cached (reference.py); else (`on_the_fly`) a frozen
 reference model in memory (with LoRA: the policy with its adapter disabled, no second model).
 Rows from a `batch_source` without reference columns are scored on the fly the same way.
+
+Log-probs come from `isdaa.logprobs.response_logps`: one call of the (wrapped) model's forward that
+projects only the response-predicting positions through the LM head (`response_only_head`, default),
+or the full logits.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 import torch
 
 from isdaa.data import collate_pref, tokenize_pref
-from isdaa.logprobs import causal_lm_logps
+from isdaa.logprobs import response_head_supported, response_logps
 from isdaa.train import reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
@@ -63,7 +67,7 @@ class PrefTask(Task):
             with self._adapter_off(model) if policy_is_ref else nullcontext():
                 chosen, rejected, hit = reference.load_or_compute(
                     model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
-                    self.tokenizer.pad_token_id, key, cache_dir)
+                    self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
             self.ref_cache_hits += hit
             for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
                 e.setdefault("ref_chosen_logps", c)
@@ -90,11 +94,15 @@ class PrefTask(Task):
         model = self._reference()
         ctx = self._adapter_off(model) if model is self.model else nullcontext()
         with ctx:
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                           use_cache=False).logits
-            logps = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"])
+            logps = self._logps(model, batch)
         n = batch["n_pairs"]
         return logps[:n], logps[n:]
+
+    def _logps(self, model, batch):
+        """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward."""
+        head_only = self.cfg.response_only_head and response_head_supported(model)
+        return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                              response_only_head=head_only)
 
     # -- the loop's interface
     def examples_from_source(self, rows):
@@ -116,9 +124,7 @@ class PrefTask(Task):
         from isdaa.losses import preference_loss
 
         n = batch["n_pairs"]
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits                                # (2B, T, V)
-        logps = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"])  # (2B,) float32
+        logps = self._logps(model, batch)                                     # (2B,) float32
         if "ref_chosen_logps" in batch:
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         else:

@@ -16,7 +16,7 @@ import torch
 
 from isdaa.data import collate_pref
 from isdaa.io import atomic_path
-from isdaa.logprobs import causal_lm_logps
+from isdaa.logprobs import response_head_supported, response_logps
 
 
 def default_cache_dir() -> Path:
@@ -43,8 +43,9 @@ def cache_key(ref_path: str, mcfg, mixed_precision: str, examples: list[dict]) -
 
 
 @torch.no_grad()
-def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: int):
-    """(chosen, rejected) (N,) float32 summed log-probs, the examples sharded over processes.
+def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: int, response_only_head: bool = True):
+    """(chosen, rejected) (N,) float32 summed log-probs, the examples sharded over processes
+    (`response_only_head`: see `isdaa.logprobs.response_logps`).
 
     Every process runs the same number of forwards (its shard padded with copies of example 0:
     FSDP / ZeRO-3 forwards are collective), then the shards are gathered back in order."""
@@ -54,13 +55,14 @@ def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: i
     shard = [examples[i] if i < n else examples[0] for i in range(rank, per * world, world)]
     was_training = model.training
     model.eval()
+    head_only = response_only_head and response_head_supported(model)
     out = []
     for i in range(0, len(shard), batch_size):
         batch = collate_pref(shard[i: i + batch_size], pad_id)
         ids, attn, resp = (batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "response_mask"))
         with accelerator.autocast():
-            logits = model(input_ids=ids, attention_mask=attn, use_cache=False).logits
-        out.append(causal_lm_logps(logits, ids, resp).float().view(2, -1).T)  # (b, 2): chosen, rejected
+            logps = response_logps(model, ids, attn, resp, response_only_head=head_only)
+        out.append(logps.float().view(2, -1).T)  # (b, 2): chosen, rejected
     model.train(was_training)
     local = torch.cat(out) if out else torch.zeros(0, 2, device=accelerator.device)
     if world > 1:
@@ -96,7 +98,8 @@ def read_cache(path: Path, n: int):
     return (chosen, rejected), None
 
 
-def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, cache_dir: Path):
+def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, cache_dir: Path,
+                    response_only_head: bool = True):
     """Cached (chosen, rejected) reference log-probs, or one pass of `model` (then cached). A corrupt
     cache entry is detected (read_cache), reported, and rebuilt."""
     path = Path(cache_dir) / f"{key}.pt"
@@ -106,7 +109,7 @@ def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, 
             return cached[0], cached[1], True
         if accelerator.is_main_process:
             print(f"reference log-prob cache {path} is corrupt ({why}); recomputing it")
-    chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id)
+    chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id, response_only_head)
     if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
         bad = [examples[i].get("row", i) for i in
                torch.nonzero(~(torch.isfinite(chosen) & torch.isfinite(rejected))).flatten().tolist()[:5]]

@@ -4,7 +4,7 @@ tokens and divided by the number of response tokens of the global batch (on each
 from __future__ import annotations
 
 from isdaa.data import collate_sft, tokenize_sft
-from isdaa.logprobs import causal_lm_logps
+from isdaa.logprobs import response_head_supported, response_logps
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
 
@@ -29,8 +29,8 @@ class SFTTask(Task):
         return sum(len(e["response_ids"]) for e in examples)
 
     def loss(self, model, batch):
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       use_cache=False).logits                               # (B, T, V)
-        logps, counts = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"], return_counts=True)
+        head_only = self.cfg.response_only_head and response_head_supported(model)
+        logps, counts = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                       response_only_head=head_only, return_counts=True)   # (B,), (B,)
         nll = -logps.sum()
         return nll, {"nll_per_token": nll.detach() / counts.sum().clamp(min=1)}, None
