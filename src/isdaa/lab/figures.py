@@ -119,8 +119,9 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
     axes[1].set_yscale("log")
     axes[3].set_yscale("log")
     legend_ax.axis("off")
-    legend_ax.legend(*axes[0].get_legend_handles_labels(), loc="center", fontsize=8,
-                     title="line style = beta")
+    handles, labels = axes[0].get_legend_handles_labels()
+    legend_ax.legend(handles, labels, loc="center", fontsize=7, ncol=2 if len(labels) > 12 else 1,
+                     title="line style = beta", title_fontsize=8)
     return _save(fig, out / "fig6_importance.png")
 
 
