@@ -137,7 +137,8 @@ def test_documented_rules_identical_pairs_dropped_and_long_prompts_counted(tok, 
     stats = {}
     with pytest.warns(UserWarning, match=r"dropped 3 pair\(s\).*r.jsonl: line 2, .*line 3, .*line 5"):
         out = tokenize_pref(load_rows(path), tok, max_length=6, max_prompt_length=3, stats=stats)
-    assert stats == {"data/rows": 5, "data/dropped_identical_pairs": 3, "data/truncated_prompts": 1}
+    assert stats == {"data/rows": 5, "data/dropped_identical_pairs": 3, "data/dropped_unfinished_pairs": 0,
+                     "data/truncated_prompts": 1}
     assert [e["row"] for e in out] == [f"{path}: line 1", f"{path}: line 4"]
     assert all(len(e["chosen_ids"]) >= 1 and len(e["rejected_ids"]) >= 1 for e in out)
     assert len(out[1]["prompt_ids"]) == 3 and out[1]["chosen_truncated"]

@@ -66,7 +66,9 @@ def test_conversational_renders_with_chat_template(tok):
     assert prompt == "user: w1 w2\nassistant:"
     assert (chosen, rejected) == (" good\n", " bad\n")
     ex = tokenize_pref([row], tok, 64, 32)[0]
-    assert ex["prompt_ids"] == tok(prompt)["input_ids"] and ex["chosen_ids"][-1] == tok.eos_token_id
+    # as TRL: the template's text tokenized without added special tokens, and no EOS after the template's
+    # own end of turn (test_tokenize_trl.py checks each template family)
+    assert ex["prompt_ids"] == ids(tok, prompt) and ex["chosen_ids"] == ids(tok, " good\n")
 
 
 def test_implicit_prompt_strings_and_messages(tok):

@@ -105,8 +105,9 @@ def test_cli_label(tiny_dir, tmp_path):
 
 
 def test_logps_are_those_of_the_trainer_tokenization(tiny):
-    """Stored log-probs = log pi of tokenizer(text) + [eos] (the ids `isdaa train` builds), whether the
-    sampled ids round-trip (finished) or not (cut at max_new_tokens: EOS appended by the trainer)."""
+    """Stored log-probs = log pi of tokenizer(text) + [eos] (the ids `isdaa train` builds) for a finished
+    sample, and of tokenizer(text) alone for one cut at max_new_tokens (flagged unfinished: never
+    completed with an EOS it did not emit)."""
     from isdaa.evaluate.label import label_pairs
     from isdaa.evaluate.metrics import response_logps
     from isdaa.evaluate.sampling import encode_prompts
@@ -116,8 +117,10 @@ def test_logps_are_those_of_the_trainer_tokenization(tiny):
     rows = label_pairs(model, tok, prompts, hashed_reward, n=2, max_new_tokens=30, seed=0)
     flags = [r["chosen_ids_exact"] for r in rows] + [r["rejected_ids_exact"] for r in rows]
     assert any(flags) and not all(flags)
+    assert not all(r["chosen_finished"] and r["rejected_finished"] for r in rows)  # both cases occur
     pids = encode_prompts(tok, [r["prompt"] for r in rows])
     for col in ("chosen", "rejected"):
-        ids = [x + [tok.eos_token_id] for x in tok([r[col] for r in rows], add_special_tokens=False)["input_ids"]]
+        ids = [x + [tok.eos_token_id] * r[f"{col}_finished"]
+               for x, r in zip(tok([r[col] for r in rows], add_special_tokens=False)["input_ids"], rows)]
         expect = response_logps(model, pids, ids)
         np.testing.assert_allclose([r[f"{col}_logps"] for r in rows], expect, atol=1e-3)

@@ -80,6 +80,8 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     sft_source: str = "auto"           # sft only: auto | completion | messages | chosen
+    drop_unfinished: bool = True       # pref: drop pairs flagged `chosen_finished`/`rejected_finished` false
+                                       # (samples cut at max_new_tokens); false keeps them, without EOS
 
     def __post_init__(self):
         _check(bool(self.train), "data.train is required (hub name or local file)")
@@ -221,12 +223,37 @@ class PrefConfig(TrainConfig):
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
     ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
+    disable_dropout: bool = True       # dropout off in policy and reference (TRL's default): at step 1
+                                       # pi_theta = pi_ref = pi_b exactly; false keeps the model's dropout
+    check_logps: str = "error"         # stored ref_* / behavior log-probs vs the initial models on the
+                                       # trainer's ids, before training: error | recompute | off
+    check_logps_rows: int = 32         # rows sampled for that check
 
     def __post_init__(self):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
         _one_of(self.method, _method_names(), "method")
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
+        _one_of(self.check_logps, ("error", "recompute", "off"), "check_logps")
+        _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
+
+
+def check_schedule(cfg: TrainConfig, n_train: int, online: bool = False) -> list[str]:
+    """Settings that cannot train as meant, said with what to set. A batch larger than the data is an
+    error; a warmup of at least the run's steps (the learning rate never reaches optim.lr) is
+    returned as a warning message. Same step count as the loop: (n_train // batch_size) per epoch."""
+    steps = cfg.max_steps or (0 if online else max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size))))
+    if not online and n_train < cfg.batch_size:
+        raise ValueError(f"{n_train} training examples make no full batch of batch_size={cfg.batch_size}: set "
+                         f"batch_size <= {n_train} (a multiple of micro_batch_size={cfg.micro_batch_size}), or "
+                         "give more data")
+    o = cfg.optim
+    warmup = math.ceil(o.warmup_ratio * steps) if o.warmup_ratio > 0 else o.warmup_steps
+    if steps and warmup >= steps:
+        return [f"warmup ({warmup} steps) >= the run's {steps} steps: the learning rate never reaches optim.lr="
+                f"{o.lr:g} (the model barely moves); set optim.warmup_steps below {steps} (e.g. "
+                f"optim.warmup_steps={steps // 10}) or optim.warmup_ratio=0.1, or train longer"]
+    return []
 
 
 def _method_names():

@@ -187,20 +187,32 @@ def split_implicit_prompt(chosen, rejected):
     return chosen[:n], chosen[n:], rejected[n:]
 
 
-def render_chat(tokenizer, prompt_messages: list, response_messages: list) -> tuple[str, str]:
-    """Prompt text (with the generation prompt) and the response text that follows it."""
+def _need_template(tokenizer) -> None:
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("conversational data needs a tokenizer with a chat template")
+
+
+def _apply_template(tokenizer, messages: list, tokenize: bool = False, add_generation_prompt: bool = False):
+    """`tokenizer.apply_chat_template` (text, or ids: the rendered text tokenized WITHOUT added
+    special tokens); a template error becomes a ValueError naming the roles."""
     try:
-        prompt = tokenizer.apply_chat_template(prompt_messages, tokenize=False, add_generation_prompt=True)
-        full = tokenizer.apply_chat_template(prompt_messages + response_messages, tokenize=False)
+        out = tokenizer.apply_chat_template(messages, tokenize=tokenize, add_generation_prompt=add_generation_prompt,
+                                            **({"return_dict": True} if tokenize else {}))
     except Exception as err:  # noqa: BLE001 -- jinja2 TemplateError / raise_exception(...) in the template
-        roles = [m.get("role") for m in prompt_messages + response_messages]
+        roles = [m.get("role") for m in messages]
         raise ValueError(f"the chat template rejected the messages (roles {roles}): {err}") from None
+    return list(out["input_ids"]) if tokenize else out
+
+
+def render_chat(tokenizer, prompt_messages: list, response_messages: list) -> tuple[str, str]:
+    """Prompt text (with the generation prompt) and the response text that follows it."""
+    _need_template(tokenizer)
+    prompt = _apply_template(tokenizer, prompt_messages, add_generation_prompt=True)
+    full = _apply_template(tokenizer, prompt_messages + response_messages)
     if not full.startswith(prompt):
         raise ValueError("chat template: the rendered conversation does not start with the rendered prompt "
                          "(generation prompt); cannot split prompt and response")
-    return prompt, full[len(prompt):]
+    return ChatText(prompt), full[len(prompt):]
 
 
 def _short(value, n: int = 60) -> str:
@@ -252,37 +264,85 @@ def check_logps_fields(row: dict) -> dict:
     return out
 
 
-def pref_text(row: dict, tokenizer) -> tuple[str, str, str]:
-    """(prompt, chosen, rejected) text of one preference row, in any supported format. A malformed
-    row raises ValueError naming the field."""
+class ChatText(str):
+    """Text rendered by a chat template. It is tokenized WITHOUT the tokenizer's own special tokens
+    (the template holds them, e.g. `{{ bos_token }}`), as `apply_chat_template(tokenize=True)` and
+    TRL do: a plain string prompt would get a second BOS."""
+
+
+def pref_parts(row: dict, need_rejected: bool = True):
+    """(prompt, chosen, rejected) of a preference or evaluation row, each a string or a message list:
+    THE row parser of isdaa (training, `isdaa label`, `isdaa eval`). Rules:
+    - `prompt` given: taken as is (a string prompt with message responses becomes one user message
+      when rendered); `"prompt": null` is an error (omit the key for the implicit-prompt format);
+    - no `prompt`, chosen != rejected: the prompt is their shared prefix (`split_implicit_prompt`);
+    - no `prompt`, one conversation (no `rejected`, or an identical pair): all but its last message;
+      a string needs an explicit prompt (an identical string pair is kept whole: dropped later).
+    `rejected` is None when not `need_rejected` and absent. A malformed row raises ValueError naming
+    the field."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be an object, got {type(row).__name__}")  # noqa: TRY004
-    chosen, rejected = check_text_field(row, "chosen"), check_text_field(row, "rejected")
-    if isinstance(chosen, str) != isinstance(rejected, str):
+    if "prompt" in row and row["prompt"] is None:
+        raise ValueError("field 'prompt' is null; give a prompt, or omit the key for the implicit-prompt format "
+                         "(the prompt is then the prefix chosen and rejected share)")
+    chosen = check_text_field(row, "chosen")
+    rejected = check_text_field(row, "rejected") if need_rejected or row.get("rejected") is not None else None
+    if rejected is not None and isinstance(chosen, str) != isinstance(rejected, str):
         raise ValueError("fields 'chosen' and 'rejected' must both be strings or both be message lists")
-    prompt = check_text_field(row, "prompt", allow_blank=True) if row.get("prompt") is not None else None
-    if prompt is None and chosen == rejected:  # identical pair: kept whole, dropped by tokenize_pref
-        if isinstance(chosen, str):
-            return "", chosen, rejected
-        prompt, chosen, rejected = chosen[:-1] or [{"role": "user", "content": ""}], chosen[-1:], rejected[-1:]
-    elif prompt is None:
+    if "prompt" in row:
+        return check_text_field(row, "prompt", allow_blank=True), chosen, rejected
+    if rejected is not None and chosen != rejected:
         prompt, chosen, rejected = split_implicit_prompt(chosen, rejected)
         for name, rest in (("chosen", chosen), ("rejected", rejected)):
             if not rest or (isinstance(rest, str) and not rest.strip()):
                 raise ValueError(f"field {name!r} is empty after removing the prompt shared with the other "
                                  "response (implicit-prompt format)")
-    if _is_messages(chosen) or _is_messages(prompt):
-        prompt_msgs = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
-        texts = []
-        for name, response in (("chosen", chosen), ("rejected", rejected)):
-            if not _is_messages(response):
-                raise ValueError(f"field {name!r} must be a message list when the prompt is one")
-            try:
-                texts.append(render_chat(tokenizer, prompt_msgs, response))
-            except ValueError as err:
-                raise ValueError(f"field {name!r}: {err}") from None
-        return texts[0][0], texts[0][1], texts[1][1]
-    return prompt, chosen, rejected
+        return prompt, chosen, rejected
+    if isinstance(chosen, str):
+        if rejected is None:
+            raise ValueError(f"missing field 'prompt' (the row has {sorted(row)}); a string response needs one")
+        return "", chosen, rejected  # identical string pair: kept whole, dropped by tokenize_pref
+    if len(chosen) < 2 and rejected is None:
+        raise ValueError("field 'chosen': a conversation without `prompt` needs the prompt messages before the "
+                         "response")
+    prompt = chosen[:-1] or [{"role": "user", "content": ""}]  # (an identical one-message pair: dropped later)
+    return prompt, chosen[-1:], None if rejected is None else rejected[-1:]
+
+
+def is_chat(prompt, *responses) -> bool:
+    """Conversational: the prompt or a response is a message list."""
+    return any(_is_messages(x) for x in (prompt, *responses))
+
+
+def prompt_messages(prompt) -> list:
+    return prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
+
+
+def render_prompt(tokenizer, prompt) -> str:
+    """The prompt's text as the model sees it: a string as is; messages rendered with the chat template
+    and the generation prompt (a `ChatText`, tokenized without added special tokens)."""
+    if not _is_messages(prompt):
+        return prompt
+    _need_template(tokenizer)
+    return ChatText(_apply_template(tokenizer, prompt, add_generation_prompt=True))
+
+
+def pref_text(row: dict, tokenizer) -> tuple[str, str, str]:
+    """(prompt, chosen, rejected) TEXT of one preference row (conversations rendered; a response is
+    the rest of the rendered conversation). Tokenization does not go through this text for
+    conversations (see `encode_chat`), but their ids decode to it."""
+    prompt, chosen, rejected = pref_parts(row)
+    if not is_chat(prompt, chosen, rejected):
+        return prompt, chosen, rejected
+    texts = []
+    for name, response in (("chosen", chosen), ("rejected", rejected)):
+        if not _is_messages(response):
+            raise ValueError(f"field {name!r} must be a message list when the prompt is one")
+        try:
+            texts.append(render_chat(tokenizer, prompt_messages(prompt), response))
+        except ValueError as err:
+            raise ValueError(f"field {name!r}: {err}") from None
+    return texts[0][0], texts[0][1], texts[1][1]
 
 
 def sft_text(row: dict, tokenizer, source: str = "auto") -> tuple[str, str]:
@@ -321,27 +381,128 @@ def _row_error(rows, i: int, err: Exception) -> DataError:
 # ---------------------------------------------------------------- tokenization
 
 
-def _encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
-    """Prompt ids with the tokenizer's special tokens, unless the text already starts with BOS."""
+def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Prompt ids, THE rule shared by training, labelling and evaluation: a message list through the
+    chat template with the generation prompt (no added special tokens, as TRL); a `ChatText` without
+    added special tokens; a string with the tokenizer's special tokens (e.g. BOS), unless it already
+    starts with BOS."""
     bos = tokenizer.bos_token
-    has_bos = [bool(bos) and p.startswith(bos) for p in prompts]
     out: list = [None] * len(prompts)
-    for flag in (False, True):
-        idx = [i for i, h in enumerate(has_bos) if h == flag]
+    groups: dict[bool, list[int]] = {True: [], False: []}  # add_special_tokens -> indices
+    for i, p in enumerate(prompts):
+        if _is_messages(p):
+            _need_template(tokenizer)
+            out[i] = _apply_template(tokenizer, p, tokenize=True, add_generation_prompt=True)
+        else:
+            groups[not (isinstance(p, ChatText) or (bool(bos) and p.startswith(bos)))].append(i)
+    for special, idx in groups.items():
         if idx:
-            enc = tokenizer([prompts[i] for i in idx], add_special_tokens=not flag)["input_ids"]
+            enc = tokenizer([str(prompts[i]) for i in idx], add_special_tokens=special)["input_ids"]
             for i, ids in zip(idx, enc):
                 out[i] = list(ids)
     return out
 
 
-def _encode_responses(tokenizer, responses: list[str]) -> list[list[int]]:
+def _encode_responses(tokenizer, responses: list[str], finished: list[bool]) -> list[list[int]]:
+    """tokenizer(response) + [eos] for a finished response; an unfinished one gets no EOS."""
     eos = tokenizer.eos_token_id
     if eos is None:
         raise ValueError("the tokenizer has no EOS token; responses must end with EOS")
     if not responses:
         return []
-    return [list(ids) + [eos] for ids in tokenizer(responses, add_special_tokens=False)["input_ids"]]
+    enc = tokenizer(list(responses), add_special_tokens=False)["input_ids"]
+    return [list(ids) + [eos] * done for ids, done in zip(enc, finished)]
+
+
+def encode_chat(tokenizer, prompt, responses: Sequence[list], finished: Sequence[bool]):
+    """TRL's conversational tokenization (trl 1.x `DPOTrainer._prepare_dataset`): prompt ids =
+    apply_chat_template(prompt, add_generation_prompt=True, tokenize=True); a response = the ids of
+    apply_chat_template(prompt + response, tokenize=True) after the prefix they share with the prompt
+    ids (the prompt is cut to the shortest shared prefix). No EOS is appended: the template's
+    end-of-turn ends the response. An unfinished response (a sample cut at max_new_tokens) stops at
+    the end of its last message's content: no end-of-turn it did not emit. Returns (prompt_ids,
+    [response_ids, ...])."""
+    _need_template(tokenizer)
+    msgs = prompt_messages(prompt)
+    p_ids = _apply_template(tokenizer, msgs, tokenize=True, add_generation_prompt=True)
+    fulls = []
+    for name, resp, done in zip(("chosen", "rejected"), responses, finished):
+        if not _is_messages(resp):
+            raise ValueError(f"field {name!r} must be a message list when the prompt is one")
+        try:
+            if done:
+                fulls.append(_apply_template(tokenizer, msgs + resp, tokenize=True))
+                continue
+            text, content = _apply_template(tokenizer, msgs + resp), resp[-1]["content"]
+            end = text.rfind(content) if content.strip() else -1
+            if end < 0:
+                raise ValueError("an unfinished response's content is not found in the rendered conversation")
+            fulls.append(tokenizer(text[: end + len(content)], add_special_tokens=False)["input_ids"])
+        except ValueError as err:
+            raise ValueError(f"field {name!r}: {err}") from None
+    n = min(_common_prefix_len(p_ids, f) for f in fulls)
+    return p_ids[:n], [list(f[n:]) for f in fulls]
+
+
+def check_finished_fields(row: dict) -> tuple[bool, bool]:
+    """(chosen_finished, rejected_finished): optional booleans written by `isdaa label` (False: the
+    sample was cut at max_new_tokens and has no EOS); absent means finished."""
+    out = []
+    for col in ("chosen_finished", "rejected_finished"):
+        v = row.get(col, True)
+        if not isinstance(v, bool):
+            raise ValueError(f"field {col!r} must be true or false, got {_short(v)}")  # noqa: TRY004
+        out.append(v)
+    return out[0], out[1]
+
+
+def check_behavior_fields(row: dict) -> dict:
+    """The optional declaration of the sampler pi_b (`isdaa label` writes it): `behavior_model` (name
+    or path) and `behavior_temperature` (> 0)."""
+    out = {}
+    if row.get("behavior_model") is not None:
+        if not isinstance(row["behavior_model"], str):
+            raise ValueError(f"field 'behavior_model' must be a string, got {_short(row['behavior_model'])}")  # noqa: TRY004
+        out["behavior_model"] = row["behavior_model"]
+    t = row.get("behavior_temperature")
+    if t is not None:
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0:
+            raise ValueError(f"field 'behavior_temperature' must be a number > 0, got {_short(t)}")
+        out["behavior_temperature"] = float(t)
+    return out
+
+
+def encode_pairs(rows, tokenizer) -> list[dict]:
+    """Full (untruncated) ids of each preference row: prompt_ids, chosen_ids, rejected_ids, the flags
+    chosen_finished / rejected_finished and the row's float columns. Standard rows follow the
+    tokenization rule (batched), conversational rows `encode_chat`. A malformed row raises DataError
+    naming the file, row (line) and field."""
+    out, plain = [], []
+    for i, row in enumerate(rows):
+        try:
+            prompt, chosen, rejected = pref_parts(row)
+            done = check_finished_fields(row)
+            ex = {"chosen_finished": done[0], "rejected_finished": done[1], **check_logps_fields(row),
+                  **check_behavior_fields(row)}
+            if is_chat(prompt, chosen, rejected):
+                ex["prompt_ids"], (ex["chosen_ids"], ex["rejected_ids"]) = encode_chat(
+                    tokenizer, prompt, (chosen, rejected), done)
+                for name in ("chosen", "rejected"):
+                    if not ex[f"{name}_ids"]:
+                        raise ValueError(f"field {name!r}: the chat template renders it to no tokens")
+            else:
+                plain.append((i, prompt, chosen, rejected))
+        except Exception as err:
+            raise _row_error(rows, i, err) from err
+        out.append(ex)
+    if plain:
+        idx = [t[0] for t in plain]
+        prompts = encode_prompts(tokenizer, [t[1] for t in plain])
+        chosen = _encode_responses(tokenizer, [t[2] for t in plain], [out[i]["chosen_finished"] for i in idx])
+        rejected = _encode_responses(tokenizer, [t[3] for t in plain], [out[i]["rejected_finished"] for i in idx])
+        for i, p, c, r in zip(idx, prompts, chosen, rejected):
+            out[i].update(prompt_ids=p, chosen_ids=c, rejected_ids=r)
+    return out
 
 
 def truncate(prompt_ids: list[int], response_ids: list[int], max_length: int, max_prompt_length: int):
@@ -354,42 +515,44 @@ def truncate(prompt_ids: list[int], response_ids: list[int], max_length: int, ma
     return prompt_ids, response_ids[:keep], len(response_ids) > keep
 
 
-def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
-                  stats: dict | None = None, drop_identical: bool = True) -> list[dict]:
-    """Pre-tokenized pairs: prompt_ids, chosen_ids, rejected_ids (EOS appended, truncated), flags, the
-    optional float columns (ref_/behavior log-probs) carried over, and `row` (the row's location).
+def _warn_dropped(what: str, where: list[str]) -> None:
+    if where:
+        shown = ", ".join(where[:3]) + (", ..." if len(where) > 3 else "")
+        warnings.warn(f"dropped {len(where)} pair(s) {what}: {shown}", stacklevel=3)
 
-    A malformed row raises DataError naming the file, row (line) and field. Pairs whose chosen and
-    rejected token ids are identical (after truncation) are dropped when `drop_identical` (a dataset;
-    an online batch keeps them: their loss gradient is zero anyway). `stats`, when given, receives the
-    counts: data/rows, data/dropped_identical_pairs, data/truncated_prompts."""
-    texts, logps = [], []
-    for i, row in enumerate(rows):
-        try:
-            texts.append(pref_text(row, tokenizer))
-            logps.append(check_logps_fields(row))
-        except Exception as err:
-            raise _row_error(rows, i, err) from err
-    prompts = _encode_prompts(tokenizer, [t[0] for t in texts])
-    chosen = _encode_responses(tokenizer, [t[1] for t in texts])
-    rejected = _encode_responses(tokenizer, [t[2] for t in texts])
-    out, dropped, long_prompts = [], [], 0
-    for i, (cols, p, c, r) in enumerate(zip(logps, prompts, chosen, rejected)):
-        p_ids, c_ids, c_trunc = truncate(p, c, max_length, max_prompt_length)
-        _, r_ids, r_trunc = truncate(p, r, max_length, max_prompt_length)
+
+def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
+                  stats: dict | None = None, drop_identical: bool = True, drop_unfinished: bool = True) -> list[dict]:
+    """Pre-tokenized pairs (`encode_pairs`, then `truncate`): prompt_ids, chosen_ids, rejected_ids,
+    chosen/rejected_truncated (cut at max_length) and _finished (sampled to EOS), the optional float
+    columns (ref_/behavior log-probs) carried over, and `row` (the row's location).
+
+    Dropped, counted and warned about: pairs whose chosen and rejected token ids are identical (after
+    truncation) when `drop_identical` (a dataset; an online batch keeps them: their loss gradient is
+    zero anyway); pairs with an unfinished response (`chosen_finished` / `rejected_finished` false:
+    written by `isdaa label` for samples cut at max_new_tokens) when `drop_unfinished`. `stats`, when
+    given, receives the counts: data/rows, data/dropped_identical_pairs, data/dropped_unfinished_pairs,
+    data/truncated_prompts."""
+    out, identical, unfinished, long_prompts = [], [], [], 0
+    for i, ex in enumerate(encode_pairs(rows, tokenizer)):
+        p = ex.pop("prompt_ids")
+        p_ids, ex["chosen_ids"], ex["chosen_truncated"] = truncate(p, ex["chosen_ids"], max_length, max_prompt_length)
+        _, ex["rejected_ids"], ex["rejected_truncated"] = truncate(p, ex["rejected_ids"], max_length,
+                                                                   max_prompt_length)
         long_prompts += len(p) > max_prompt_length
-        if drop_identical and c_ids == r_ids:
-            dropped.append(row_where(rows, i))
-            continue
-        out.append({"prompt_ids": p_ids, "chosen_ids": c_ids, "rejected_ids": r_ids,
-                    "chosen_truncated": c_trunc, "rejected_truncated": r_trunc, "row": row_where(rows, i), **cols})
-    if dropped:
-        shown = ", ".join(dropped[:3]) + (", ..." if len(dropped) > 3 else "")
-        warnings.warn(f"dropped {len(dropped)} pair(s) whose chosen and rejected responses are identical "
-                      f"(after truncation): {shown}", stacklevel=2)
+        if drop_unfinished and not (ex["chosen_finished"] and ex["rejected_finished"]):
+            unfinished.append(row_where(rows, i))
+        elif drop_identical and ex["chosen_ids"] == ex["rejected_ids"]:
+            identical.append(row_where(rows, i))
+        else:
+            out.append({"prompt_ids": p_ids, **ex, "row": row_where(rows, i)})
+    _warn_dropped("whose chosen and rejected responses are identical (after truncation)", identical)
+    _warn_dropped("with a response cut at max_new_tokens (`chosen_finished` / `rejected_finished` false; "
+                  "data.drop_unfinished: false keeps them, without EOS)", unfinished)
     if stats is not None:
         stats["data/rows"] = stats.get("data/rows", 0) + len(rows)
-        stats["data/dropped_identical_pairs"] = stats.get("data/dropped_identical_pairs", 0) + len(dropped)
+        stats["data/dropped_identical_pairs"] = stats.get("data/dropped_identical_pairs", 0) + len(identical)
+        stats["data/dropped_unfinished_pairs"] = stats.get("data/dropped_unfinished_pairs", 0) + len(unfinished)
         stats["data/truncated_prompts"] = stats.get("data/truncated_prompts", 0) + long_prompts
     return out
 
@@ -402,8 +565,8 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, max_prompt_length
             texts.append(sft_text(row, tokenizer, source))
         except Exception as err:
             raise _row_error(rows, i, err) from err
-    prompts = _encode_prompts(tokenizer, [t[0] for t in texts])
-    responses = _encode_responses(tokenizer, [t[1] for t in texts])
+    prompts = encode_prompts(tokenizer, [t[0] for t in texts])
+    responses = _encode_responses(tokenizer, [t[1] for t in texts], [True] * len(texts))
     out, long_prompts = [], 0
     for i, (p, y) in enumerate(zip(prompts, responses)):
         p_ids, y_ids, trunc = truncate(p, y, max_length, max_prompt_length)

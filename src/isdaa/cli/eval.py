@@ -29,27 +29,29 @@ def _read_samples(path: Path) -> list[dict]:
         raise click.ClickException(str(err)) from None
 
 
-def prompts_and_chosen(rows: list[dict], tokenizer, need_chosen: bool = True) -> tuple[list[str], list[str]]:
-    """Standard rows (prompt, chosen strings), conversational rows (lists of messages; the prompt is
-    rendered with the chat template and a generation prompt) or implicit-prompt rows (chosen = the
-    whole conversation: the prompt is all but its last message)."""
+def prompts_and_chosen(rows: list[dict], tokenizer, need_chosen: bool = True, render: bool = True):
+    """(prompts, chosen) of evaluation / labelling rows through THE row parser (`isdaa.data.pref_parts`:
+    standard, conversational or implicit prompt, exactly as training reads them). A conversational
+    prompt is rendered with the chat template and the generation prompt (a `ChatText`: tokenized
+    without a second BOS) when `render`, else kept as messages (`isdaa label` writes conversational
+    rows); a conversational chosen response is its last message's content. need_chosen=False: a
+    `prompt` column alone is enough (chosen is then None where absent). A bad row is an error naming
+    the file, row and field."""
+    from isdaa.data import _row_error, check_text_field, pref_parts, render_prompt
+
     prompts, chosen = [], []
-    for row in rows:
-        c = row.get("chosen")
-        p = row.get("prompt")
-        if p is None and isinstance(c, list):  # implicit prompt
-            p, c = c[:-1], c[-1:]
-        if isinstance(p, list):
-            p = tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
-        if isinstance(c, list):
-            c = c[-1]["content"]
-        if p is None or (need_chosen and c is None):
-            raise click.ClickException("evaluation rows need `prompt` and `chosen` columns")
-        if not isinstance(p, str) or (need_chosen and not isinstance(c, str)):
-            raise click.ClickException(f"evaluation row {len(prompts)}: `prompt` and `chosen` must be strings "
-                                       "or message lists")
-        prompts.append(p)
-        chosen.append(c)
+    for i, row in enumerate(rows):
+        try:
+            if not need_chosen and isinstance(row, dict) and "prompt" in row and "chosen" not in row:
+                if row["prompt"] is None:
+                    raise ValueError("field 'prompt' is null")
+                p, c = check_text_field(row, "prompt"), None
+            else:
+                p, c, _ = pref_parts(row, need_rejected=False)
+            prompts.append(render_prompt(tokenizer, p) if render else p)
+        except ValueError as err:
+            raise click.ClickException(str(_row_error(rows, i, err))) from None
+        chosen.append(c if c is None or isinstance(c, str) else c[-1]["content"])
     return prompts, chosen
 
 
@@ -122,7 +124,7 @@ def eval_cmd(policy, run_dir, ref, reward, data, split, out, alpaca, generator, 
     prompts, chosen = prompts_and_chosen(load_rows(data, split), tok)
     reward_fn = load_reward(reward)
     if run_dir:
-        rows = evaluate_run(run_dir, ref_model, tok, prompts, chosen, reward_fn, cfg,
+        rows = evaluate_run(run_dir, ref_model, tok, prompts, chosen, reward_fn, cfg, include_final=True,
                             progress=lambda r: click.echo(f"{r['name']}: win rate {r['win_rate']:.3f}, "
                                                           f"sqrt KL {r['sqrt_kl']:.3f}", err=True))
         eval_dir = Path(run_dir) / "eval"
@@ -172,24 +174,29 @@ def _fit_and_plot(eval_dir: Path, kl: str) -> None:
 @click.option("--temperature", type=float, default=1.0, show_default=True)
 @click.option("--labeling", type=click.Choice(["bt", "argmax"]), default="bt", show_default=True)
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--max-length", type=int, default=640, show_default=True,
+              help="the trainer's data.max_length: log-probs are stored for the ids it will see")
+@click.option("--max-prompt-length", type=int, default=512, show_default=True,
+              help="the trainer's data.max_prompt_length")
 @click.option("--n-prompts", type=int, default=0, help="first N prompts (0: all)")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--batch-size", type=int, default=64, show_default=True)
 @click.option("--shard-size", type=int, default=1024, show_default=True)
-def label(policy, ref, reward, data, split, out, n, temperature, labeling, max_new_tokens, n_prompts, seed,
-          batch_size, shard_size):
+def label(policy, ref, reward, data, split, out, n, temperature, labeling, max_new_tokens, max_length,
+          max_prompt_length, n_prompts, seed, batch_size, shard_size):
     """Golden-labelled preference pairs (D_golden) with behavior and reference log-probs; resumable."""
     from isdaa.evaluate.label import label_pairs
     from isdaa.evaluate.rewards import load_reward
 
     model, tok = _load_lm(policy)
     ref_model = _load_lm(ref)[0] if ref else None
-    prompts, _ = prompts_and_chosen(load_rows(data, split), tok, need_chosen=False)
+    prompts, _ = prompts_and_chosen(load_rows(data, split), tok, need_chosen=False, render=False)
     prompts = prompts[:n_prompts] if n_prompts else prompts
     rows = label_pairs(model, tok, prompts, load_reward(reward), n=n, temperature=temperature,
                        labeling=labeling, seed=seed, max_new_tokens=max_new_tokens, batch_size=batch_size,
                        ref=ref_model, out_dir=out, shard_size=shard_size,
-                       progress=lambda k, m: click.echo(f"shard {k}/{m}", err=True))
+                       progress=lambda k, m: click.echo(f"shard {k}/{m}", err=True), max_length=max_length,
+                       max_prompt_length=max_prompt_length, behavior_name=policy)
     click.echo(f"{len(rows)} pairs -> {Path(out) / 'pairs.jsonl'}")
 
 

@@ -231,10 +231,17 @@ def export_alpaca(samples: Sequence[dict], prompts: Sequence[str], generator: st
 
 # ---------------------------------------------------------------- whole training runs
 
-def list_checkpoints(run_dir: str | Path) -> list[Path]:
-    """RUN/checkpoints/step-*/ holding a trainer_state.json, sorted by step."""
+def list_checkpoints(run_dir: str | Path, include_final: bool = False) -> list[Path]:
+    """RUN/checkpoints/step-*/ holding a trainer_state.json, sorted by step; with `include_final`,
+    RUN/final/ too unless a checkpoint has its step (a run saved only at the end has only final/)."""
     ckpts = [p for p in Path(run_dir, "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
-    return sorted(ckpts, key=lambda p: int(p.name.split("-")[1]))
+    ckpts.sort(key=lambda p: int(p.name.split("-")[1]))
+    final = Path(run_dir, "final", "trainer_state.json")
+    if include_final and final.exists():
+        step = int(json.loads(final.read_text()).get("step", -1))
+        if step not in {int(p.name.split("-")[1]) for p in ckpts}:
+            ckpts.append(final.parent)
+    return ckpts
 
 
 def _load_causal_lm(path):
@@ -259,13 +266,15 @@ def evaluate_run(
     load_model=_load_causal_lm,
     include_reference: bool = True,
     progress=None,
+    include_final: bool = False,
 ) -> list[dict]:
     """Evaluate every checkpoint of a training run; returns the table rows (sorted by step).
 
     ref: reference policy (model or path). Writes RUN/eval/step-XXXXXXXX.json per checkpoint (a
     checkpoint whose JSON exists with the same settings key is not redone), RUN/eval/samples/...,
     RUN/eval/reference.json (the reference policy's own win rate, KL = 0: the R(0) of the fits),
-    RUN/eval/table.csv and table.md. The golden rewards of the chosen responses are computed once.
+    RUN/eval/table.csv and table.md; `include_final`: RUN/final/ too (`list_checkpoints`). The golden
+    rewards of the chosen responses are computed once.
     """
     cfg = cfg or EvalConfig()
     run_dir = Path(run_dir)
@@ -293,7 +302,7 @@ def evaluate_run(
     if include_reference:
         ref_res = _eval("reference", lambda: ref, {"step": None, "examples_seen": None, "name": "reference"},
                         skip_kl=True)
-    for ck in list_checkpoints(run_dir):
+    for ck in list_checkpoints(run_dir, include_final):
         state = json.loads((ck / "trainer_state.json").read_text())
         meta = {"step": int(state.get("step", ck.name.split("-")[1])),
                 "examples_seen": state.get("examples_seen"), "epoch": state.get("epoch"),

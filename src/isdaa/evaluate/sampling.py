@@ -39,12 +39,17 @@ class Sample:
         return len(self.response_ids)
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]]) -> list[list[int]]:
-    """Prompt token ids: `tokenizer(prompt)` with the tokenizer's own special tokens (e.g. BOS).
-    Prompts given as lists of ints are taken as already tokenized."""
-    if len(prompts) and not isinstance(prompts[0], str):
+def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
+    """Prompt token ids by the trainer's rule (`isdaa.data.encode_prompts`: a string with the
+    tokenizer's special tokens unless it starts with BOS, a `ChatText` or a message list through the
+    chat template without a second BOS). Prompts given as lists of ints are taken as already tokenized."""
+    from isdaa.data import encode_prompts as encode
+
+    prompts = list(prompts)
+    first = prompts[0] if prompts else ""
+    if not isinstance(first, str) and not (len(first) and isinstance(first[0], dict)):  # token ids
         return [list(map(int, p)) for p in prompts]
-    return [list(ids) for ids in tokenizer(list(prompts))["input_ids"]]
+    return encode(tokenizer, prompts)
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

@@ -51,7 +51,7 @@ class OnlineDPOSource:
 
     @torch.no_grad()
     def __call__(self, step: int, model, tokenizer=None) -> list[dict]:
-        from isdaa.evaluate.label import bt_first_wins
+        from isdaa.evaluate.label import bt_pairs
         from isdaa.evaluate.metrics import response_logps
         from isdaa.evaluate.sampling import encode_prompts, sample_responses
 
@@ -67,18 +67,15 @@ class OnlineDPOSource:
         r_ids = [s.response_ids for s in samples]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
         lp_pol = response_logps(model, p_ids, r_ids, 1024, temperature=self.temperature, pad_id=pad)
-        first, second = np.arange(0, len(samples), 2), np.arange(1, len(samples), 2)
-        wins = bt_first_wins(rewards[first], rewards[second], np.random.default_rng([self.seed, step, 7]))
+        pairs = bt_pairs(rewards, np.random.default_rng([self.seed, step, 7]))
         rows = []
-        for a, b, w in zip(first, second, wins):
-            c, r = (a, b) if w else (b, a)
+        for c, r in pairs:
             if not (texts[c].strip() and texts[r].strip()):
                 continue  # an EOS-only response: the engine refuses blank responses (counted in stats)
             rows.append({
-                "prompt": prompts[samples[a].prompt_index], "chosen": texts[c], "rejected": texts[r],
+                "prompt": prompts[samples[c].prompt_index], "chosen": texts[c], "rejected": texts[r],
                 "chosen_logps": float(lp_pol[c]), "rejected_logps": float(lp_pol[r]),
             })
         self.stats.append({"step": step, "sample_reward": float(rewards.mean()), "pairs": len(rows),
-                           "label_agrees": float(np.mean([rewards[c] >= rewards[r] for c, r in
-                                                          ((a, b) if w else (b, a) for a, b, w in zip(first, second, wins))]))})
+                           "label_agrees": float(np.mean([rewards[c] >= rewards[r] for c, r in pairs]))})
         return rows

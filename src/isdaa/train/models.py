@@ -85,10 +85,32 @@ def _finish(model, mcfg, tokenizer, task_type: str, trainable: bool = True):
     return model
 
 
-def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True):
+def disable_dropout(model) -> int:
+    """Dropout off in place (TRL's `disable_dropout`): every `nn.Dropout` gets p = 0, and every float
+    module attribute named `*dropout*` (attention dropout read at forward time, e.g. Llama's
+    `attention_dropout`, which TRL's version misses) is set to 0. The config is left as saved.
+    Returns how many were non-zero."""
+    changed = 0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            changed += module.p > 0
+            module.p = 0.0
+        for name, value in vars(module).items():
+            if "dropout" in name and isinstance(value, float) and not isinstance(value, bool):
+                changed += value > 0
+                setattr(module, name, 0.0)
+    return changed
+
+
+def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True,
+                   no_dropout: bool = False):
+    """A causal LM; `no_dropout`: `disable_dropout` on the base model (before LoRA: the adapter keeps
+    lora.dropout, which has no effect before the first update since B = 0)."""
     from transformers import AutoModelForCausalLM
 
     model = safe_from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
+    if no_dropout:
+        disable_dropout(model)
     model = _finish(model, mcfg, tokenizer, "CAUSAL_LM", trainable)
     if not trainable:
         model.eval().requires_grad_(False)

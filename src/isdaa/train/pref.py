@@ -1,8 +1,14 @@
 """Preference training with any method of the registry (`isdaa.losses.METHODS`), selected by name.
 
 The trainer never branches on the method: it always passes response lengths and behavior log-probs
-(the dataset's `chosen_logps` / `rejected_logps` when present, else None so that pi_b = pi_ref) and
-every loss option; the registry entry decides what is read. Chosen and rejected go through the
+(the dataset's `chosen_logps` / `rejected_logps` when present, else None so that pi_b = pi_ref, with
+a warning for a method that reads them) and every loss option; the registry entry decides what is
+read. Dropout is off in policy and reference (`disable_dropout`), so that at step 1 pi_theta = pi_ref.
+
+Before training (`check_logps`), stored log-probs are checked on a sample of rows against the models
+on the trainer's own ids: dataset `ref_*` columns against the reference, behavior columns against
+the initial policy for rows that declare it as their sampler (`behavior_model`, at temperature 1, as
+`isdaa label` writes). A mismatch is an error naming the rows and the likely cause, or recomputes. Chosen and rejected go through the
 policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
 
 Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
@@ -19,13 +25,16 @@ or the full logits.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 
+from isdaa.config import check_schedule
 from isdaa.data import collate_pref, tokenize_pref
 from isdaa.logprobs import response_head_supported, response_logps
+from isdaa.losses import METHODS
 from isdaa.train import reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
@@ -34,11 +43,13 @@ from isdaa.train.models import load_causal_lm, load_tokenizer
 class PrefTask(Task):
     kind = "pref"
 
+    _warned_behavior = False
+
     def build(self, accelerator, online=False):
         cfg = self.cfg
         self.accelerator = accelerator
         self.tokenizer = load_tokenizer(cfg.model)
-        self.model = load_causal_lm(cfg.model, self.tokenizer)
+        self.model = load_causal_lm(cfg.model, self.tokenizer, no_dropout=cfg.disable_dropout)
         self.ref_model = None
         self.options = dataclasses.asdict(cfg.loss)
         self.ref_cache_hits = 0
@@ -46,17 +57,34 @@ class PrefTask(Task):
         self.train_examples = [] if online else self.tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)
         self.eval_examples = self.tokenize(self.load("eval")) if cfg.data.eval else None
+        for msg in check_schedule(cfg, len(self.train_examples), online):
+            warnings.warn(msg, stacklevel=2)
+        self._warn_no_behavior(self.train_examples)
 
     def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
-        return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length, stats, drop_identical)
+        return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length, stats, drop_identical,
+                             d.drop_unfinished)
+
+    def _warn_no_behavior(self, examples):
+        """Once per run: an importance-weighted method on rows without behavior log-probs uses pi_b = pi_ref."""
+        if self._warned_behavior or not METHODS[self.cfg.method].uses_behavior_logps:
+            return
+        missing = sum("chosen_logps" not in e for e in examples)
+        if missing:
+            self._warned_behavior = True
+            warnings.warn(f"method {self.cfg.method!r}: {missing} of {len(examples)} pairs have no behavior log-probs "
+                          "(chosen_logps / rejected_logps), so pi_b = pi_ref for them (IS weight = "
+                          "pi_theta / pi_ref); label the data with `isdaa label` to store pi_b", stacklevel=3)
 
     # -- reference log-probs
     def after_prepare(self, accelerator):
         cfg = self.cfg
+        policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
+        if cfg.check_logps != "off":
+            self._check_stored_logps(accelerator, policy_is_ref)
         if cfg.ref_logps == "on_the_fly":
             return
-        policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
         for examples in (self.train_examples, self.eval_examples or []):
             if not examples or all("ref_chosen_logps" in e for e in examples):
                 continue
@@ -75,6 +103,44 @@ class PrefTask(Task):
         if not policy_is_ref:
             self.ref_model = None  # precomputed: free it
 
+    def _check_stored_logps(self, accelerator, policy_is_ref):
+        """`reference.check_stored`: dataset ref_* columns against the reference model, behavior columns
+        against the initial policy (rows declaring it their sampler); `recompute` replaces mismatching
+        columns on every row (ref_*: the precompute pass below; behavior: one pass of the policy)."""
+        cfg, bs, pad = self.cfg, self.cfg.eval_batch_size or 2 * self.cfg.micro_batch_size, self.tokenizer.pad_token_id
+        kw = {"n_rows": cfg.check_logps_rows, "seed": cfg.seed, "data": cfg.data,
+              "response_only_head": cfg.response_only_head}
+        for examples in (self.train_examples, self.eval_examples or []):
+            ref_rows = [e for e in examples if "ref_chosen_logps" in e]
+            if ref_rows:
+                model = self.model if policy_is_ref else self._reference()
+                with self._adapter_off(model) if policy_is_ref else nullcontext():
+                    err = reference.check_stored(model, ref_rows, reference.REF_COLUMNS, "reference model "
+                                                 f"({cfg.ref_model or cfg.model.name_or_path})", accelerator, bs, pad, **kw)
+                if err and cfg.check_logps == "error":
+                    raise ValueError(err)
+                if err:  # recompute: the precompute pass fills them
+                    _report(accelerator, f"{err.splitlines()[0]} -> recomputing ref_* with the reference model")
+                    for e in examples:
+                        e.pop("ref_chosen_logps", None), e.pop("ref_rejected_logps", None)
+            if not METHODS[cfg.method].uses_behavior_logps:
+                continue
+            beh_rows = [e for e in examples if "chosen_logps" in e and reference.sampled_by(e, cfg.model.name_or_path)]
+            if not beh_rows:
+                continue
+            with self._adapter_off(self.model):
+                err = reference.check_stored(self.model, beh_rows, reference.BEHAVIOR_COLUMNS,
+                                             f"initial policy ({cfg.model.name_or_path})", accelerator, bs, pad, **kw)
+                if err and cfg.check_logps == "error":
+                    raise ValueError(err)
+                if err:
+                    _report(accelerator, f"{err.splitlines()[0]} -> recomputing behavior log-probs with the "
+                                         "initial policy")
+                    chosen, rejected = reference.compute(self.model, beh_rows, accelerator, bs, pad,
+                                                         cfg.response_only_head)
+                    for e, c, r in zip(beh_rows, chosen.tolist(), rejected.tolist()):
+                        e["chosen_logps"], e["rejected_logps"] = c, r
+
     def _adapter_off(self, model):
         unwrapped = self.accelerator.unwrap_model(model)
         return unwrapped.disable_adapter() if hasattr(unwrapped, "peft_config") else nullcontext()
@@ -85,8 +151,8 @@ class PrefTask(Task):
             if self.cfg.model.lora is not None and self.cfg.ref_model is None:
                 self.ref_model = self.model  # used with the adapter disabled
             else:
-                self.ref_model = load_causal_lm(self.cfg.model, self.tokenizer, self.cfg.ref_model,
-                                                trainable=False).to(self.accelerator.device)
+                self.ref_model = load_causal_lm(self.cfg.model, self.tokenizer, self.cfg.ref_model, trainable=False,
+                                                no_dropout=self.cfg.disable_dropout).to(self.accelerator.device)
         return self.ref_model
 
     @torch.no_grad()
@@ -110,7 +176,9 @@ class PrefTask(Task):
         collated batch (collate_pref's keys); the latter is used as one micro-batch."""
         if isinstance(rows, dict):
             return [rows]
-        return self.tokenize(list(rows), drop_identical=False)  # sampled pairs may coincide
+        examples = self.tokenize(list(rows), drop_identical=False)  # sampled pairs may coincide
+        self._warn_no_behavior(examples)
+        return examples
 
     def collate(self, examples):
         if len(examples) == 1 and "input_ids" in examples[0]:
@@ -138,3 +206,8 @@ class PrefTask(Task):
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
+
+
+def _report(accelerator, message: str) -> None:
+    if accelerator.is_main_process:
+        print(message)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 from array import array
 from pathlib import Path
 
@@ -120,3 +121,62 @@ def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, 
                         "sha256": _digest(chosen, rejected)}, tmp)
     accelerator.wait_for_everyone()
     return chosen, rejected, False
+
+
+# ---------------------------------------------------------------- the start-of-training check
+
+REF_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps")
+BEHAVIOR_COLUMNS = ("chosen_logps", "rejected_logps")
+# |stored - recomputed| <= ATOL + RTOL * |stored| (summed log-probs); in full fp32 round-off is ~1e-5,
+# under bf16/fp16 a fraction of a nat on long responses. A truncation, a template or EOS difference or
+# active dropout moves a sequence's log-prob by whole nats.
+TOLERANCE = {"fp32": (1e-3, 1e-4), "low": (0.05, 2e-2)}
+
+
+def sampled_by(example: dict, policy: str) -> bool:
+    """Does the row declare `policy` (at temperature 1) as its sampler pi_b? (`behavior_model` /
+    `behavior_temperature`, written by `isdaa label`.)"""
+    name = example.get("behavior_model")
+    if not isinstance(name, str) or example.get("behavior_temperature", 1.0) != 1.0:
+        return False
+    a, b = Path(name), Path(policy)
+    return a.resolve() == b.resolve() if a.is_dir() and b.is_dir() else name == policy
+
+
+def _check_sample(examples: list[dict], n: int, seed: int) -> list[int]:
+    """Up to n indices: truncated pairs first (the likely culprits), then a seeded random sample."""
+    trunc = [i for i, e in enumerate(examples) if e.get("chosen_truncated") or e.get("rejected_truncated")]
+    seen = set(trunc)
+    rest = [i for i in range(len(examples)) if i not in seen]
+    rng = random.Random(seed)
+    picked = rng.sample(trunc, min(len(trunc), n // 2 or 1))
+    return sorted(picked + rng.sample(rest, min(len(rest), n - len(picked))))
+
+
+def check_stored(model, examples: list[dict], cols: tuple[str, str], who: str, accelerator, batch_size: int,
+                 pad_id: int, n_rows: int = 32, seed: int = 0, data=None, response_only_head: bool = True) -> str | None:
+    """Recompute `cols` (chosen, rejected summed log-probs) with `model` on the trainer's ids for a
+    sample of `n_rows` examples; None when they match (TOLERANCE), else the error message naming the
+    rows, the likely cause and the way out."""
+    idx = _check_sample(examples, n_rows, seed)
+    sample = [examples[i] for i in idx]
+    chosen, rejected = compute(model, sample, accelerator, batch_size, pad_id, response_only_head)
+    dtype = next(accelerator.unwrap_model(model).parameters()).dtype
+    atol, rtol = TOLERANCE["fp32" if accelerator.mixed_precision == "no" and dtype == torch.float32 else "low"]
+    bad = []
+    for e, got in zip(sample, zip(chosen.tolist(), rejected.tolist())):
+        for col, g in zip(cols, got):
+            if abs(e[col] - g) > atol + rtol * abs(e[col]):
+                bad.append(f"{e.get('row', '?')}: {col} stored {e[col]:.4f}, {who.split(' (')[0]} gives {g:.4f}")
+    if not bad:
+        return None
+    n_trunc = sum(bool(e.get("chosen_truncated") or e.get("rejected_truncated")) for e in sample)
+    lengths = f"data.max_length={data.max_length}, data.max_prompt_length={data.max_prompt_length}" if data else ""
+    return (f"stored {cols[0]} / {cols[1]} do not match the {who} on the trainer's token ids: {len(bad)} value(s) "
+            f"in the {len(sample)} rows checked differ by more than {atol:g} + {rtol:g} * |logp|:\n  "
+            + "\n  ".join(bad[:5]) + ("\n  ..." if len(bad) > 5 else "") +
+            f"\nLikely causes: the log-probs were computed on other token ids -- truncation ({n_trunc} of the "
+            f"checked rows are cut by {lengths}; label with the same lengths: `isdaa label --max-length "
+            "--max-prompt-length`), another chat template or special tokens (BOS, EOS after the end of turn) -- "
+            "with dropout active, or by another model. Set check_logps=recompute to recompute them with the "
+            f"{who.split(' (')[0]}, or check_logps=off to use them as given.")
