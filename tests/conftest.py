@@ -28,3 +28,36 @@ def tiny_dir(tmp_path_factory):
         pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id, bos_token_id=tok.bos_token_id,
     )
     return save_tiny(model, tok, tmp_path_factory.mktemp("tiny") / "model")
+
+
+# Chat template families (as their hub tokenizers have them, reduced to role/content), on the tiny
+# word-level tokenizer: (template, special tokens, eos_token, tokenizer adds BOS).
+CHAT_FAMILIES = {
+    "chatml": ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+               "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+               ["<|im_start|>", "<|im_end|>"], "<|im_end|>", False),
+    "llama3": ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+               "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+               "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}",
+               ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "<|eot_id|>", True),
+    "gemma": ("{{ bos_token }}{% for m in messages %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' "
+              "else m['role'] }}\n{{ m['content'] | trim }}<end_of_turn>\n{% endfor %}"
+              "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}",
+              ["<start_of_turn>", "<end_of_turn>"], "<eos>", True),
+    "bos": ("{{ bos_token }}{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}assistant:{% endif %}", [], "<eos>", True),
+}
+CHAT_WORDS = ["user", "assistant", "model", "system", "user:", "assistant:", "system:", "hello", "there", "good",
+              "bad", "yes", "no", "fine", "be", "brief"] + [f"w{i}" for i in range(40)]
+
+
+def chat_family_tokenizer(name: str):
+    """A word-level tokenizer with family `name`'s chat template, special tokens and EOS."""
+    from isdaa.tiny import build_word_tokenizer
+
+    template, specials, eos, add_bos = CHAT_FAMILIES[name]
+    tok = build_word_tokenizer(words=CHAT_WORDS + specials, add_bos=add_bos)
+    if specials:
+        tok.add_tokens(specials, special_tokens=True)  # split out before the whitespace pre-tokenizer
+    tok.chat_template, tok.eos_token = template, eos
+    return tok

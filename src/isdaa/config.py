@@ -245,8 +245,8 @@ def check_schedule(cfg: TrainConfig, n_train: int, online: bool = False) -> list
     steps = cfg.max_steps or (0 if online else max(1, math.ceil(cfg.epochs * (n_train // cfg.batch_size))))
     if not online and n_train < cfg.batch_size:
         raise ValueError(f"{n_train} training examples make no full batch of batch_size={cfg.batch_size}: set "
-                         f"batch_size <= {n_train} (a multiple of micro_batch_size={cfg.micro_batch_size}), or "
-                         "give more data")
+                         f"batch_size <= {n_train} (and micro_batch_size, now {cfg.micro_batch_size}, dividing it), "
+                         "or give more data")
     o = cfg.optim
     warmup = math.ceil(o.warmup_ratio * steps) if o.warmup_ratio > 0 else o.warmup_steps
     if steps and warmup >= steps:

@@ -345,8 +345,9 @@ def pref_text(row: dict, tokenizer) -> tuple[str, str, str]:
     return texts[0][0], texts[0][1], texts[1][1]
 
 
-def sft_text(row: dict, tokenizer, source: str = "auto") -> tuple[str, str]:
-    """(prompt, response) text of one SFT row. A malformed row raises ValueError naming the field."""
+def sft_parts(row: dict, source: str = "auto"):
+    """(prompt, response) of one SFT row, each a string or a message list. A malformed row raises
+    ValueError naming the field."""
     if not isinstance(row, dict):
         raise ValueError(f"a row must be an object, got {type(row).__name__}")  # noqa: TRY004
     if source == "auto":
@@ -358,19 +359,26 @@ def sft_text(row: dict, tokenizer, source: str = "auto") -> tuple[str, str]:
         msgs = check_text_field(row, "messages")
         if not isinstance(msgs, list):
             raise ValueError("field 'messages' must be a list of messages")
-        return render_chat(tokenizer, msgs[:-1], msgs[-1:])
+        return msgs[:-1], msgs[-1:]
     if source == "chosen":
         check_text_field(row, "chosen")
-        prompt, chosen, _ = pref_text({**row, "rejected": row.get("rejected", row["chosen"])}, tokenizer)
+        prompt, chosen, _ = pref_parts({**row, "rejected": row.get("rejected", row["chosen"])})
         return prompt, chosen
     prompt = check_text_field(row, "prompt", allow_blank=True)
     completion = check_text_field(row, "completion")
-    if _is_messages(completion) or _is_messages(prompt):
-        prompt_msgs = prompt if _is_messages(prompt) else [{"role": "user", "content": prompt}]
-        if not _is_messages(completion):
-            raise ValueError("field 'completion' must be a message list when the prompt is one")
-        return render_chat(tokenizer, prompt_msgs, completion)
+    if is_chat(prompt) and not _is_messages(completion):
+        raise ValueError("field 'completion' must be a message list when the prompt is one")
     return prompt, completion
+
+
+def sft_text(row: dict, tokenizer, source: str = "auto") -> tuple[str, str]:
+    """(prompt, response) text of one SFT row (conversations rendered)."""
+    prompt, response = sft_parts(row, source)
+    if not is_chat(prompt, response):
+        return prompt, response
+    if not _is_messages(response):
+        raise ValueError("the response must be a message list when the prompt is one")
+    return render_chat(tokenizer, prompt_messages(prompt), response)
 
 
 def _row_error(rows, i: int, err: Exception) -> DataError:
@@ -559,16 +567,27 @@ def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_lengt
 
 def tokenize_sft(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int, source: str = "auto",
                  stats: dict | None = None):
-    texts = []
+    """SFT examples (prompt_ids, response_ids, truncated, row): standard rows by the tokenization rule
+    (EOS appended), conversational rows as TRL (`encode_chat`: the template's end of turn, no EOS)."""
+    full, plain = [], []
     for i, row in enumerate(rows):
         try:
-            texts.append(sft_text(row, tokenizer, source))
+            prompt, response = sft_parts(row, source)
+            if is_chat(prompt, response):
+                p, (y,) = encode_chat(tokenizer, prompt, [response], [True])
+                full.append((p, y))
+            else:
+                plain.append((i, prompt, response))
+                full.append(None)
         except Exception as err:
             raise _row_error(rows, i, err) from err
-    prompts = encode_prompts(tokenizer, [t[0] for t in texts])
-    responses = _encode_responses(tokenizer, [t[1] for t in texts], [True] * len(texts))
+    if plain:
+        prompts = encode_prompts(tokenizer, [t[1] for t in plain])
+        responses = _encode_responses(tokenizer, [t[2] for t in plain], [True] * len(plain))
+        for (i, _, _), p, y in zip(plain, prompts, responses):
+            full[i] = (p, y)
     out, long_prompts = [], 0
-    for i, (p, y) in enumerate(zip(prompts, responses)):
+    for i, (p, y) in enumerate(full):
         p_ids, y_ids, trunc = truncate(p, y, max_length, max_prompt_length)
         long_prompts += len(p) > max_prompt_length
         out.append({"prompt_ids": p_ids, "response_ids": y_ids, "truncated": trunc, "row": row_where(rows, i)})

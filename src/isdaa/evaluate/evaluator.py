@@ -304,7 +304,7 @@ def evaluate_run(
                         skip_kl=True)
     for ck in list_checkpoints(run_dir, include_final):
         state = json.loads((ck / "trainer_state.json").read_text())
-        meta = {"step": int(state.get("step", ck.name.split("-")[1])),
+        meta = {"step": int(state["step"] if "step" in state else ck.name.split("-")[1]),
                 "examples_seen": state.get("examples_seen"), "epoch": state.get("epoch"),
                 "checkpoint": str(ck), "name": ck.name}
         res = _eval(ck.name, lambda ck=ck: load_model(ck), meta)
