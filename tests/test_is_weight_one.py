@@ -136,3 +136,22 @@ def test_conversational_rows_per_template_family(family, tmp_path):
     rec, _ = step1(model, data, tmp_path / "run", **{"data.drop_unfinished": False, "data.max_length": 64,
                                                      "data.max_prompt_length": 32})
     assert_weight_one(rec)
+
+
+def test_declared_behavior_logps_checked_against_the_initial_policy(word_tok, tmp_path):
+    """Behavior columns of rows declaring the initial policy (at T = 1) as their sampler are checked;
+    off by 0.5 nat they are an error, recomputed with check_logps=recompute (weight 1 again). Rows
+    sampled at another temperature are not the initial policy: not checked."""
+    model = save_model(word_tok, tmp_path / "m")
+    _, data = label_cli(model, [f"w{i} w{i + 1} good" for i in range(8)], tmp_path / "golden")
+    rows = [{**r, "chosen_logps": r["chosen_logps"] - 0.5} for r in load_rows(data)]
+    bad = write_jsonl(tmp_path / "bad.jsonl", rows)
+    over = {"data.drop_unfinished": False}
+    with pytest.raises(ValueError, match=r"chosen_logps / rejected_logps do not match the initial policy"):
+        step1(model, bad, tmp_path / "err", **over)
+    rec, _ = step1(model, bad, tmp_path / "re", check_logps="recompute", **over)
+    assert_weight_one(rec)
+    tempered = write_jsonl(tmp_path / "t.jsonl", [{**r, "behavior_temperature": 0.7} for r in rows])
+    rec, _ = step1(model, tempered, tmp_path / "t", **over)
+    # joint ratio pi_theta(y_c) pi_theta(y_r) / (pi_b(y_c) pi_b(y_r)) = e^0.5 for every pair, as stored
+    assert rec["is/weight_mean"] == pytest.approx(math.exp(0.5), abs=1e-4)
