@@ -106,7 +106,8 @@ def test_label_train_round_trip_on_long_rows(word_tok, tmp_path):
     assert summary["data/truncated_prompts"] == summary["data/rows"] > 0
     stats = {}
     with pytest.warns(UserWarning, match=f"dropped {unfinished} pair"):
-        kept = tokenize_pref(load_rows(data), word_tok, MAX_LENGTH, MAX_PROMPT_LENGTH, stats)  # the default
+        kept = tokenize_pref(load_rows(data), word_tok, MAX_LENGTH, MAX_PROMPT_LENGTH, stats,
+                             drop_unfinished=True)  # data.drop_unfinished's default
     assert stats["data/dropped_unfinished_pairs"] == unfinished and len(kept) == len(rows) - unfinished
 
 

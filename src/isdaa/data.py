@@ -535,7 +535,7 @@ def _warn_dropped(what: str, where: list[str]) -> None:
 
 
 def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
-                  stats: dict | None = None, drop_identical: bool = True, drop_unfinished: bool = True) -> list[dict]:
+                  stats: dict | None = None, drop_identical: bool = True, drop_unfinished: bool = False) -> list[dict]:
     """Pre-tokenized pairs (`encode_pairs`, then `truncate`): prompt_ids, chosen_ids, rejected_ids,
     chosen/rejected_truncated (cut at max_length) and _finished (sampled to EOS), the optional float
     columns (ref_/behavior log-probs) carried over, and `row` (the row's location).
@@ -543,7 +543,8 @@ def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_lengt
     Dropped, counted and warned about: pairs whose chosen and rejected token ids are identical (after
     truncation) when `drop_identical` (a dataset; an online batch keeps them: their loss gradient is
     zero anyway); pairs with an unfinished response (`chosen_finished` / `rejected_finished` false:
-    written by `isdaa label` for samples cut at max_new_tokens) when `drop_unfinished`. `stats`, when
+    written by `isdaa label` for samples cut at max_new_tokens) when `drop_unfinished` (the trainer
+    passes data.drop_unfinished, true by default; here false: one example per row). `stats`, when
     given, receives the counts: data/rows, data/dropped_identical_pairs, data/dropped_unfinished_pairs,
     data/truncated_prompts."""
     out, identical, unfinished, long_prompts = [], [], [], 0
