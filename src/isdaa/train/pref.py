@@ -105,41 +105,39 @@ class PrefTask(Task):
 
     def _check_stored_logps(self, accelerator, policy_is_ref):
         """`reference.check_stored`: dataset ref_* columns against the reference model, behavior columns
-        against the initial policy (rows declaring it their sampler); `recompute` replaces mismatching
-        columns on every row (ref_*: the precompute pass below; behavior: one pass of the policy)."""
-        cfg, bs, pad = self.cfg, self.cfg.eval_batch_size or 2 * self.cfg.micro_batch_size, self.tokenizer.pad_token_id
-        kw = {"n_rows": cfg.check_logps_rows, "seed": cfg.seed, "data": cfg.data,
-              "response_only_head": cfg.response_only_head}
+        against the initial policy (rows declaring it their sampler). A mismatch raises (check_logps:
+        error) or replaces those columns on every row (recompute; ref_*: by the precompute pass or on the
+        fly, behavior: one pass of the initial policy)."""
+        cfg = self.cfg
+        bs, pad = cfg.eval_batch_size or 2 * cfg.micro_batch_size, self.tokenizer.pad_token_id
+
+        def mismatch(model, rows, cols, who):
+            with self._adapter_off(model) if model is self.model else nullcontext():
+                err = reference.check_stored(model, rows, cols, who, accelerator, bs, pad, cfg.check_logps_rows,
+                                             cfg.seed, cfg.data, cfg.response_only_head)
+            if err and cfg.check_logps == "error":
+                raise ValueError(err)
+            if err:
+                _report(accelerator, f"{err.splitlines()[0]} -> check_logps=recompute: recomputing them")
+            return err is not None
+
         for examples in (self.train_examples, self.eval_examples or []):
             ref_rows = [e for e in examples if "ref_chosen_logps" in e]
-            if ref_rows:
-                model = self.model if policy_is_ref else self._reference()
-                with self._adapter_off(model) if policy_is_ref else nullcontext():
-                    err = reference.check_stored(model, ref_rows, reference.REF_COLUMNS, "reference model "
-                                                 f"({cfg.ref_model or cfg.model.name_or_path})", accelerator, bs, pad, **kw)
-                if err and cfg.check_logps == "error":
-                    raise ValueError(err)
-                if err:  # recompute: the precompute pass fills them
-                    _report(accelerator, f"{err.splitlines()[0]} -> recomputing ref_* with the reference model")
-                    for e in examples:
-                        e.pop("ref_chosen_logps", None), e.pop("ref_rejected_logps", None)
+            ref_name = f"reference model ({cfg.ref_model or cfg.model.name_or_path})"
+            if ref_rows and mismatch(self.model if policy_is_ref else self._reference(), ref_rows,
+                                     reference.REF_COLUMNS, ref_name):
+                for e in examples:
+                    e.pop("ref_chosen_logps", None), e.pop("ref_rejected_logps", None)
             if not METHODS[cfg.method].uses_behavior_logps:
                 continue
-            beh_rows = [e for e in examples if "chosen_logps" in e and reference.sampled_by(e, cfg.model.name_or_path)]
-            if not beh_rows:
-                continue
-            with self._adapter_off(self.model):
-                err = reference.check_stored(self.model, beh_rows, reference.BEHAVIOR_COLUMNS,
-                                             f"initial policy ({cfg.model.name_or_path})", accelerator, bs, pad, **kw)
-                if err and cfg.check_logps == "error":
-                    raise ValueError(err)
-                if err:
-                    _report(accelerator, f"{err.splitlines()[0]} -> recomputing behavior log-probs with the "
-                                         "initial policy")
-                    chosen, rejected = reference.compute(self.model, beh_rows, accelerator, bs, pad,
+            rows = [e for e in examples if "chosen_logps" in e and reference.sampled_by(e, cfg.model.name_or_path)]
+            if rows and mismatch(self.model, rows, reference.BEHAVIOR_COLUMNS,
+                                 f"initial policy ({cfg.model.name_or_path})"):
+                with self._adapter_off(self.model):
+                    chosen, rejected = reference.compute(self.model, rows, accelerator, bs, pad,
                                                          cfg.response_only_head)
-                    for e, c, r in zip(beh_rows, chosen.tolist(), rejected.tolist()):
-                        e["chosen_logps"], e["rejected_logps"] = c, r
+                for e, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
+                    e["chosen_logps"], e["rejected_logps"] = c, r
 
     def _adapter_off(self, model):
         unwrapped = self.accelerator.unwrap_model(model)
