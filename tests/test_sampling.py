@@ -48,7 +48,12 @@ def test_eos_terminated_ids(tiny):
         assert s.length == len(s.response_ids)
     for s in unfinished:
         assert len(s.response_ids) == 40 and eos not in s.response_ids
-    assert all(s.text == tok.decode(s.response_ids, skip_special_tokens=True) for s in samples)
+    # the text is what was emitted (special tokens included, the terminating EOS not): it re-tokenizes
+    # to exactly the sampled ids, so training on it sees the sequence the sample's log-prob describes
+    for s in samples:
+        again = tok(s.text, add_special_tokens=False)["input_ids"] + ([eos] if s.finished else [])
+        assert again == s.response_ids, (s.text, s.response_ids)
+    assert any(set(s.response_ids) & (set(tok.all_special_ids) - {eos}) for s in samples)  # the case that matters
 
 
 def test_left_padding_matches_unpadded(tiny):

@@ -21,7 +21,8 @@ class Sample:
 
     prompt_index: index into the `prompts` given to `sample_responses`.
     response_ids: sampled token ids, cut after the first EOS (EOS included when it was generated).
-    text: the response decoded without special tokens.
+    text: the response as emitted, decoded WITH special tokens except the terminating EOS (`response_text`):
+        a sampled <unk> or <bos> stays visible to a reward and re-tokenizes to the same ids.
     finished: True when the response ended with EOS (False: cut at `max_new_tokens`).
     logp: summed log pi(y_t | x, y_<t) of the response under the UNTEMPERED model (raw logits, before
         temperature/top-p), recorded during generation (HF backend); None otherwise.
@@ -169,10 +170,16 @@ def sample_responses(
     finally:
         model.generation_config = saved_config
         model.train(was_training)
-    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    for s, t in zip(samples, texts):
-        s.text = t
+    for s in samples:
+        s.text = response_text(tokenizer, s.response_ids, s.finished)
     return samples
+
+
+def response_text(tokenizer, ids: Sequence[int], finished: bool) -> str:
+    """The text of a sampled response: every emitted token, special ones included, but not the
+    terminating EOS (the tokenization rule appends it again), so that the text re-tokenizes to exactly
+    the sampled ids and a reward scores what the policy actually emitted."""
+    return tokenizer.decode(list(ids[:-1] if finished else ids), skip_special_tokens=False)
 
 
 def sample_logps(model, prompt_ids, samples: Sequence[Sample], batch_size: int = 256, pad_id: int = 0,
@@ -214,5 +221,5 @@ def sample_responses_vllm(model, tokenizer, prompts, n=2, temperature=0.7, top_p
             ids, finished = _cut_at_eos(list(comp.token_ids), eos)
             if not finished and comp.finish_reason == "stop" and tokenizer.eos_token_id is not None:
                 ids, finished = ids + [int(tokenizer.eos_token_id)], True  # vLLM strips the stop token
-            samples.append(Sample(i, ids, tokenizer.decode(ids, skip_special_tokens=True), finished))
+            samples.append(Sample(i, ids, response_text(tokenizer, ids, finished), finished))
     return samples

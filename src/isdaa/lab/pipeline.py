@@ -287,11 +287,13 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
     from isdaa.config import load_config
 
     method = "dpo" if spec.online else spec.method
+    scheduler = spec.scheduler or p.scheduler
+    warmup = p.warmup_ratio if spec.warmup_ratio is None else spec.warmup_ratio
     cfg = {
         "model": {"name_or_path": str(lab.ref_model)},
         "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": task.MAX_LENGTH,
-                 "max_prompt_length": task.PROMPT_TOKENS + 2},
-        "optim": {"lr": spec.lr, "scheduler": p.scheduler, "warmup_ratio": p.warmup_ratio, "weight_decay": 0.0,
+                 "max_prompt_length": task.PROMPT_TOKENS + 2, "max_train_examples": spec.n_pairs},
+        "optim": {"lr": spec.lr, "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": 0.0,
                   "max_grad_norm": 1.0},
         "output_dir": str(lab.run(spec)), "seed": spec.seed, "epochs": p.epochs,
         "batch_size": p.batch, "micro_batch_size": p.batch, "mixed_precision": "no",
@@ -301,8 +303,7 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
         "ref_cache_dir": str(lab.cache / "ref_logps"), "run_name": spec.run_id,
     }
     if spec.online:  # the offline runs' steps and pairs per step; the pairs come from the policy
-        offline_pairs = sum(r["chosen"] != r["rejected"] for r in golden_pairs(lab, "train"))  # engine drops identical
-        cfg["max_steps"] = max(1, int(p.epochs * (offline_pairs // p.batch)))
+        cfg["max_steps"] = offline_steps(lab, p, spec)
         cfg["ref_logps"] = "on_the_fly"
     if spec.optimizer != "adamw":
         from isdaa.config import OptimConfig
@@ -313,6 +314,12 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
                 "`optimizer` field (adamw | sgd) yet")
         cfg["optim"]["optimizer"] = spec.optimizer
     return load_config(cfg, kind="pref")
+
+
+def offline_steps(lab: LabDir, p: Preset, spec: RunSpec) -> int:
+    """The optimizer steps of an offline run of `spec` (the engine drops the last partial batch)."""
+    n = len(golden_pairs(lab, "train")[: spec.n_pairs])  # pairs_consistent.jsonl holds no identical pairs
+    return max(1, int(p.epochs * (n // p.batch)))
 
 
 def eval_config(p: Preset, seed: int = 0):
