@@ -475,6 +475,9 @@ def stage_sweep(lab: LabDir, p: Preset, jobs: int = 1, progress=None) -> list[di
             records.append(rec)
         else:
             todo.append(spec)
+    # seed by seed (an interrupted sweep leaves whole seeds), the main grid first, and within that the
+    # longest runs first (online DPO samples every step): the pool's tail stays short
+    todo.sort(key=lambda s: (s.seed, s.group != "main", -(2 if s.online else 1) * (s.n_pairs or p.n_pairs)))
     if progress:
         progress(len(records), len(p.runs), None)
     if jobs <= 1 or len(todo) <= 1:
