@@ -97,7 +97,7 @@ CALIBRATION = (
     "any IS run: the smallest rate at which DPO's win rate visibly declines within 2 epochs (smoothed peak "
     "minus final > 0.1)"
 )
-CALIBRATION_LRS = (3e-5, 1e-4, 3e-4)
+CALIBRATION_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
 SAVE_FRACTIONS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 # The first round's regime: 2 epochs of ~3.7k pairs (114 steps), constant Adam 2e-3 after a 10% warmup.
 OLD_REGIME = {"n_pairs": 3_700, "scheduler": "constant", "warmup_ratio": 0.1}
