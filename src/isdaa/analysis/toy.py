@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from isdaa import importance
+
 MODES = ((-2.0, 0.0), (2.0, 0.0))  # pi_ref's component means
 MODE_STD = 0.6                     # isotropic std of each component
 SETTINGS = ("on-policy", "off-policy", "is")
@@ -76,14 +78,10 @@ class GaussianPolicy(torch.nn.Module):
 def pair_loss(policy: GaussianPolicy, ref, y1, y2, weighted: bool, clip: float | None) -> torch.Tensor:
     """mean over pairs of w * 1/2 rho^2; y1, y2 (N, 2) fixed samples; w detached joint ratio if weighted."""
     pi = policy.dist()
-    l1 = pi.log_prob(y1) - ref.log_prob(y1)  # (N,)
-    l2 = pi.log_prob(y2) - ref.log_prob(y2)
-    loss = 0.5 * (l1 - l2) ** 2
-    if weighted:
-        log_w = (l1 + l2).detach()
-        if clip is not None:
-            log_w = log_w.clamp(max=2.0 * clip)
-        loss = log_w.exp() * loss
+    logp1, logp2, ref1, ref2 = pi.log_prob(y1), pi.log_prob(y2), ref.log_prob(y1), ref.log_prob(y2)  # (N,)
+    loss = 0.5 * ((logp1 - ref1) - (logp2 - ref2)) ** 2
+    if weighted:  # pi_b = pi_ref: the samples came from it
+        loss = importance.log_weights(logp1, logp2, ref1, ref2, clip).exp() * loss
     return loss.mean()
 
 
