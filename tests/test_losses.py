@@ -99,6 +99,31 @@ def test_rdpo_learns_less_from_a_longer_chosen():
         assert sign * (g.abs().item() - g_dpo.abs().item()) > 0
 
 
+def test_simpo_value_gradient_and_no_reference():
+    """SimPO, beta = 2, gamma = 0.5, logp(c) = -1 over |c| = 2 tokens, logp(r) = -2 over |r| = 5:
+    z = 2 * (-1/2) - 2 * (-2/5) - 0.5 = -1 + 0.8 - 0.5 = -0.7; loss = log(1 + e^0.7) = 1.1031044...
+    d loss / d logp(c) = -sigmoid(-z) * beta/|c| = -sigmoid(0.7) = -0.6681878; d / d logp(r) =
+    +sigmoid(0.7) * 2/5 = 0.2672751. No reference enters: the front door takes none, and IS-SimPO with
+    behavior log-probs needs none either (its weight is pi_theta/pi_b); without them it needs pi_ref."""
+    pc, pr = t(-1.0, grad=True), t(-2.0, grad=True)
+    lengths = LENGTHS_2_5
+    out = losses.simpo(pc, pr, beta=2.0, gamma=0.5, **lengths)
+    assert out.item() == pytest.approx(math.log1p(math.exp(0.7)), rel=1e-6)
+    gc, gr = torch.autograd.grad(out.sum(), (pc, pr))
+    sig = 1 / (1 + math.exp(-0.7))
+    assert gc.item() == pytest.approx(-sig, rel=1e-6) and gr.item() == pytest.approx(sig * 2 / 5, rel=1e-6)
+    front = preference_loss("simpo", 2.0, pc, pr, simpo_gamma=0.5, **lengths)
+    assert front.loss.item() == pytest.approx(out.item(), rel=1e-6)
+    assert front.metrics["rewards/chosen"].item() == pytest.approx(-2.0)  # beta * logp, ref taken as 0
+    assert not METHODS["simpo"].requires_reference(has_behavior_logps=False)
+    behavior = {"behavior_chosen_logps": t(-1.5), "behavior_rejected_logps": t(-2.0)}
+    weighted = preference_loss("is-simpo", 2.0, pc, pr, simpo_gamma=0.5, is_clip=10.0, **behavior, **lengths)
+    assert weighted.weights.item() == pytest.approx(math.exp(0.5), rel=1e-6)  # (-1 + 1.5) + (-2 + 2)
+    assert weighted.loss.item() == pytest.approx(math.exp(0.5) * out.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs ref_chosen_logps"):
+        preference_loss("is-simpo", 2.0, pc, pr, **lengths)
+
+
 def test_ipo_minimum_at_half_inverse_beta():
     """(h - 1/(2 beta))^2 is 0 with zero gradient at h = 1/(2 beta) = 2.5 (beta = 0.2); 0.01 at 2.5 +- 0.1."""
     beta = 0.2

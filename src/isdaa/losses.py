@@ -1,4 +1,4 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO), their IS-DAA variants, and the one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, and the one registry.
 
 Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
 (docs/METHOD.md's notation), response lengths where a method needs them, and scalar
@@ -121,6 +121,19 @@ def rdpo(
     return -F.logsigmoid(beta * (u_c - u_r) + alpha * length_gap)
 
 
+def simpo(policy_chosen_logps, policy_rejected_logps, beta, *, gamma, chosen_lengths, rejected_lengths):
+    """SimPO (Meng et al. 2024, Eq. 6), reference-free: the implicit reward is the length-normalized
+    log-prob beta/|y| logp_theta(y), with a target margin gamma:
+
+        -log sigmoid(beta/|chosen| logp_theta(chosen) - beta/|rejected| logp_theta(rejected) - gamma)
+
+    gamma is absolute (TRL's `simpo_gamma`; the authors' code sets gamma = beta * gamma_beta_ratio).
+    """
+    reward_c = beta * policy_chosen_logps / safe_lengths(chosen_lengths)
+    reward_r = beta * policy_rejected_logps / safe_lengths(rejected_lengths)
+    return -F.logsigmoid(reward_c - reward_r - gamma)
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry: options, then methods
 
@@ -175,6 +188,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("chipo_rmax", None, "chi-PO: logit clipped to [-2R, 2R]; null: no clip", minimum=0, exclusive=True,
            nullable=True),
     Option("rdpo_alpha", 0.01, "R-DPO: length-gap coefficient alpha (the release's default)", minimum=0),
+    Option("simpo_gamma", 0.5, "SimPO: target reward margin gamma (TRL's default)", minimum=0),
 )}
 OPTION_DEFAULTS: dict[str, object] = {name: o.default for name, o in OPTIONS.items()}
 IS_OPTIONS = tuple(name for name in OPTIONS if name.startswith("is_"))  # read by every is-* method
@@ -249,6 +263,10 @@ _BASE = (
     Method(
         "rdpo", rdpo, {"rdpo_alpha": "alpha"},
         length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True,
+    ),
+    Method(
+        "simpo", simpo, {"simpo_gamma": "gamma"},
+        length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True, needs_reference=False,
     ),
 )
 
