@@ -1,5 +1,5 @@
 """Golden-reward evaluation of one policy (`evaluate_policy`) and of every checkpoint of a training run
-(`evaluate_run`), per METHOD.md "Evaluation protocol".
+(`evaluate_run`), per docs/METHOD.md "Evaluation".
 
 Win rate: n samples per prompt at (temperature, top-p) scored by the golden reward against the
 dataset's chosen response. KL(pi_theta || pi_ref): by default from SEPARATE samples of pi_theta at

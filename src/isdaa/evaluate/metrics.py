@@ -64,7 +64,7 @@ def kl_estimates(
     l = logp_theta(y) - logp_ref(y):
         k1 = mean(l)                       unbiased, can be negative
         k3 = mean(exp(-l) - 1 + l)         unbiased, >= 0, heavy-tailed (exp(-l) for l << 0)
-    (METHOD.md: the paper's appendix prints pi_theta/pi_ref - 1, a typo; k3 uses pi_ref/pi_theta.)
+    (docs/METHOD.md: the paper's appendix prints pi_theta/pi_ref - 1, a typo; k3 uses pi_ref/pi_theta.)
     Unbiased only when the samples come from pi_theta itself (temperature 1, no top-p).
 
     Robust summaries: `l_median` (median of l) and `k1_trimmed` (mean of l with the `trim` fraction
