@@ -11,6 +11,7 @@ import torch
 from isdaa import importance
 from isdaa.analysis import toy
 from isdaa.analysis.bandit import gradient_cosines
+from isdaa.losses import OPTION_DEFAULTS, preference_loss
 
 
 def t(*values, dtype=torch.float32):
@@ -78,7 +79,7 @@ def test_importance_stats_by_hand():
     pc, pr = torch.tensor([-1.0, -2.0 + math.log(3)], dtype=torch.float64), torch.tensor([-3.0, -3.0],
                                                                                          dtype=torch.float64)
     bc, br = torch.tensor([-1.0, -2.0], dtype=torch.float64), pr.clone()
-    s = importance.importance_stats(pc, pr, bc, br, eps=0.25)
+    s = importance.importance_stats(pc, pr, bc, br, {**OPTION_DEFAULTS, "is_clip": 0.25})
     e = math.exp(0.5)
     assert s["weight_mean"] == pytest.approx((1 + e) / 2, rel=1e-12)
     assert s["weight_max"] == pytest.approx(e, rel=1e-12)
@@ -127,3 +128,20 @@ def test_toy_is_loss_agrees_with_numpy():
     expect = np.mean(np.minimum(np.exp(l1 + l2), np.exp(1.0)) * 0.5 * (l1 - l2) ** 2)
     got = toy.pair_loss(policy, ref, y1, y2, weighted=True, clip=0.5).item()
     assert got == pytest.approx(expect, rel=1e-10)
+
+
+def test_importance_stats_are_the_trainers_is_metrics():
+    """The lab's Figure 6 statistics and the loss's is/* metrics come from one computation: for every
+    combination of the IS options they agree (hand values above pin the formulas)."""
+    gen = torch.Generator().manual_seed(7)
+    pc, pr, bc, br = (-8 * torch.rand(10, generator=gen) for _ in range(4))
+    lengths = {"chosen_lengths": torch.arange(1.0, 11), "rejected_lengths": torch.arange(3.0, 13)}
+    for self_norm in (False, True):
+        for length_norm in (False, True):
+            options = {**OPTION_DEFAULTS, "is_clip": 0.5, "is_self_normalize": self_norm,
+                       "is_length_normalize": length_norm}
+            stats = importance.importance_stats(pc, pr, bc, br, options, **lengths)
+            out = preference_loss("is-dpo", 0.1, pc, pr, bc, br, behavior_chosen_logps=bc, behavior_rejected_logps=br,
+                                  **lengths, **{k: v for k, v in options.items() if k.startswith("is_")})
+            for key in ("weight_mean", "weight_max", "clip_frac", "ess", "top_share"):
+                assert out.metrics[f"is/{key}"].item() == pytest.approx(stats[key], rel=1e-6), key

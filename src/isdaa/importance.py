@@ -60,9 +60,14 @@ def self_normalize(log_w: Tensor) -> Tensor:
     return log_w - (torch.logsumexp(log_w, dim=0) - math.log(log_w.numel()))
 
 
+def _clip_and_normalize(log_ratio: Tensor, eps: float | None, self_normalized: bool) -> Tensor:
+    log_w = clip_log_weights(log_ratio, eps)
+    return self_normalize(log_w) if self_normalized else log_w
+
+
 def log_weights(
     policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
-    eps: float | None = 1.0, *, self_normalized=False, length_normalize=False, chosen_lengths=None,
+    eps: float | None, *, self_normalized=False, length_normalize=False, chosen_lengths=None,
     rejected_lengths=None,
 ) -> Tensor:
     """Detached, clipped log importance weights (B,): clip_log_weights(log_ratios(...), eps), then
@@ -71,8 +76,24 @@ def log_weights(
         policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
         length_normalize=length_normalize, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
     )
-    log_w = clip_log_weights(log_ratio, eps)
-    return self_normalize(log_w) if self_normalized else log_w
+    return _clip_and_normalize(log_ratio, eps, self_normalized)
+
+
+def weights_with_stats(
+    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+    options, *, chosen_lengths=None, rejected_lengths=None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """(log w (B,), `weight_stats`) under the IS options of a loss config: `options` maps is_clip,
+    is_self_normalize and is_length_normalize (a resolved `config.LossOptions` as a dict, or
+    `losses.validate_options(...)`). The IS losses and the lab's Figure 6 both go through here."""
+    eps = options["is_clip"]
+    log_ratio = log_ratios(
+        policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+        length_normalize=options["is_length_normalize"], chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    log_w = _clip_and_normalize(log_ratio, eps, options["is_self_normalize"])
+    return log_w, weight_stats(log_ratio, eps, log_w)
 
 
 def clip_fraction(log_ratio: Tensor, eps: float | None) -> Tensor:
@@ -110,7 +131,7 @@ def log_mean_exp(x: Tensor) -> Tensor:
     return torch.logsumexp(x, 0) - math.log(x.numel())
 
 
-def weight_stats(log_ratio: Tensor, eps: float | None = 1.0, log_w: Tensor | None = None) -> dict[str, Tensor]:
+def weight_stats(log_ratio: Tensor, eps: float | None, log_w: Tensor | None = None) -> dict[str, Tensor]:
     """Diagnostics of a batch, detached 0-dim tensors: weight_mean, weight_max, clip_frac, ess,
     top_share of the weights exp(log_w) (default: clip_log_weights(log_ratio, eps)), and the drift of
     the unclipped ratio: log_ratio_mean and ratio_mean_log = log mean exp(log r) (Figure 6)."""
@@ -130,14 +151,16 @@ def weight_stats(log_ratio: Tensor, eps: float | None = 1.0, log_w: Tensor | Non
 
 def importance_stats(
     policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
-    eps: float | None = 1.0,
+    options, *, chosen_lengths=None, rejected_lengths=None,
 ) -> dict[str, float]:
-    """Figure 6's statistics of a set of pairs, as floats: `weight_stats` of the joint log-ratio plus
-    logps_chosen / logps_rejected (means of pi_theta's log-probs) and n_pairs. Inputs (P,) tensors of
-    summed log-probs (use float64 to compare a policy with itself: the ratio is then 1 to round-off)."""
-    log_ratio = log_ratios(policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps,
-                           behavior_rejected_logps)
-    stats = {k: float(v) for k, v in weight_stats(log_ratio, eps).items()}
+    """Figure 6's statistics of a set of pairs, as floats: `weights_with_stats` under the run's IS
+    `options` (see there; a run's resolved `loss` config), plus logps_chosen / logps_rejected (means of
+    pi_theta's log-probs) and n_pairs. Inputs (P,) tensors of summed log-probs (use float64 to compare
+    a policy with itself: the ratio is then 1 to round-off)."""
+    _, stats = weights_with_stats(policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps,
+                                  behavior_rejected_logps, options, chosen_lengths=chosen_lengths,
+                                  rejected_lengths=rejected_lengths)
+    stats = {k: float(v) for k, v in stats.items()}
     stats.update(logps_chosen=float(policy_chosen_logps.mean()), logps_rejected=float(policy_rejected_logps.mean()),
-                 n_pairs=int(log_ratio.numel()))
+                 n_pairs=int(policy_chosen_logps.numel()))
     return stats

@@ -351,12 +351,7 @@ def preference_loss(
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
     lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
     if entry.importance_weighted:
-        log_ratio = importance.log_ratios(*policy, *behavior, length_normalize=opts["is_length_normalize"],
-                                          **lengths)
-        log_w = importance.clip_log_weights(log_ratio, opts["is_clip"])
-        if opts["is_self_normalize"]:
-            log_w = importance.self_normalize(log_w)
-        stats = importance.weight_stats(log_ratio, opts["is_clip"], log_w)
+        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, **lengths)
         weights = log_w.exp()
     else:
         weights = torch.ones_like(base)

@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from isdaa import importance
+from isdaa.losses import OPTION_DEFAULTS
 
 MODES = ((-2.0, 0.0), (2.0, 0.0))  # pi_ref's component means
 MODE_STD = 0.6                     # isotropic std of each component
@@ -42,7 +43,7 @@ class ToyConfig:
     lr: float = 0.05
     init_mean: tuple[float, float] = (1.0, 2.0)  # away from pi_ref's modes (+-2, 0), nearer the right one
     init_std: float = 0.5             # narrower than the modes: finite-variance IS weights at the start
-    clip: float | None = 1.0          # IS clip eps, w <= e^(2 eps) (is_clip's default); None = unclipped
+    clip: float | None = OPTION_DEFAULTS["is_clip"]  # IS clip eps, w <= e^(2 eps); None = unclipped
     kl_samples: int = 20000           # Monte-Carlo samples of pi_theta for the final KL
     seed: int = 0
     modes: tuple = MODES  # pi_ref's component means (M, 2), equal weights
