@@ -321,31 +321,12 @@ def preference_loss(
     method/option, a missing required input, mismatched shapes, beta <= 0 or an option out of range
     (TypeError on a non-tensor or non-bool flag).
     """
-    entry = _lookup(method)
-    opts = validate_options(options)
-    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    beta = float(beta)
-    if entry.requires_lengths(opts) and (chosen_lengths is None or rejected_lengths is None):
-        raise ValueError(
-            f"method {entry.name!r} with these options needs chosen_lengths and rejected_lengths "
-            f"(response token counts, EOS included)"
-        )
-    for prefix, c, r in (("ref", ref_chosen_logps, ref_rejected_logps),
-                         ("behavior", behavior_chosen_logps, behavior_rejected_logps)):
-        if (c is None) != (r is None):
-            raise ValueError(f"give both {prefix}_chosen_logps and {prefix}_rejected_logps, or neither")
-    if behavior_chosen_logps is None:  # pi_b = pi_ref
-        behavior_chosen_logps, behavior_rejected_logps = ref_chosen_logps, ref_rejected_logps
-    if ref_chosen_logps is None and entry.requires_reference(behavior_chosen_logps is not None):
-        raise ValueError(f"method {entry.name!r} needs ref_chosen_logps and ref_rejected_logps"
-                         + (" (or behavior log-probs)" if not entry.needs_reference else ""))
-    x = _float32_inputs(
-        policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
-        behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-    )
+    entry, opts = _lookup(method), validate_options(options)
+    beta = _check_beta(beta)
+    x = _inputs(entry, opts, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
+                behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
+                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
     base = entry.base_losses(beta, opts, x)  # (B,)
     behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
@@ -362,6 +343,31 @@ def preference_loss(
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
     metrics = _metrics(beta, *policy, *ref, stats, drift)
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
+
+
+def _check_beta(beta) -> float:
+    if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
+        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    return float(beta)
+
+
+def _inputs(entry: Method, opts, **x) -> dict[str, Tensor | None]:
+    """The inputs `entry` needs are present (lengths, reference, behavior in pairs); pi_b = pi_ref when
+    no behavior log-probs are given; then `_float32_inputs`."""
+    if entry.requires_lengths(opts) and (x["chosen_lengths"] is None or x["rejected_lengths"] is None):
+        raise ValueError(
+            f"method {entry.name!r} with these options needs chosen_lengths and rejected_lengths "
+            f"(response token counts, EOS included)"
+        )
+    for prefix in ("ref", "behavior"):
+        if (x[f"{prefix}_chosen_logps"] is None) != (x[f"{prefix}_rejected_logps"] is None):
+            raise ValueError(f"give both {prefix}_chosen_logps and {prefix}_rejected_logps, or neither")
+    if x["behavior_chosen_logps"] is None:  # pi_b = pi_ref
+        x["behavior_chosen_logps"], x["behavior_rejected_logps"] = x["ref_chosen_logps"], x["ref_rejected_logps"]
+    if x["ref_chosen_logps"] is None and entry.requires_reference(x["behavior_chosen_logps"] is not None):
+        raise ValueError(f"method {entry.name!r} needs ref_chosen_logps and ref_rejected_logps"
+                         + (" (or behavior log-probs)" if not entry.needs_reference else ""))
+    return _float32_inputs(**x)
 
 
 def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift):
