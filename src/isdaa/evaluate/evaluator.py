@@ -113,7 +113,8 @@ def evaluate_policy(
     lp_pol = _policy_logps(policy, prompt_ids, samples, cfg, pad_id)
     p_ids, r_ids = _rows(prompt_ids, samples)
     lp_ref = lp_pol if skip_kl else score_responses(ref, p_ids, r_ids, cfg.batch_size, pad_id=pad_id)
-    kl = kl_divergence(policy, ref, tokenizer, prompt_ids, cfg, (lp_pol, lp_ref, wins["prompt_index"]), skip_kl)
+    kl = kl_divergence(policy, ref, tokenizer, prompt_ids, cfg, (lp_pol, lp_ref, wins["prompt_index"]), skip_kl,
+                       pad_id)
     timings = {"sample": t_sample, "reward": t_reward, "total": time.perf_counter() - t0}
     result = eval_record(cfg, reward, samples, wins, kl, lp_pol, lp_ref, timings)
     if out_dir is not None:
@@ -134,7 +135,8 @@ def golden_win_rate(samples, prompts, chosen, reward: RewardFn, chosen_rewards=N
             "prompt_index": idx}
 
 
-def kl_divergence(policy, ref, tokenizer, prompt_ids, cfg: EvalConfig, eval_logps, skip_kl: bool) -> dict:
+def kl_divergence(policy, ref, tokenizer, prompt_ids, cfg: EvalConfig, eval_logps, skip_kl: bool,
+                  pad_id: int) -> dict:
     """`metrics.kl_estimates` from the samples `cfg.kl_source` names, with the temperature and top-p
     they were drawn at: "eval" reuses `eval_logps` = (policy, ref log-probs, prompt index) of the
     win-rate samples (the authors' evaluator; biased); "separate" draws `kl_n_samples` fresh samples
@@ -148,7 +150,6 @@ def kl_divergence(policy, ref, tokenizer, prompt_ids, cfg: EvalConfig, eval_logp
     else:
         samples = sample_responses(policy, tokenizer, prompt_ids, cfg.kl_n_samples, cfg.kl_temperature, 1.0,
                                    cfg.max_new_tokens, cfg.seed + 1_000_003, cfg.batch_size, cfg.backend)
-        pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         lp_pol = _policy_logps(policy, prompt_ids, samples, cfg, pad_id)
         lp_ref = score_responses(ref, *_rows(prompt_ids, samples), cfg.batch_size, pad_id=pad_id)
         idx, temperature, top_p = np.array([s.prompt_index for s in samples]), cfg.kl_temperature, 1.0
