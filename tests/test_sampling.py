@@ -73,14 +73,14 @@ def test_vllm_backend_is_optional(tiny):
 def test_recorded_logps_match_forward_and_generation_config_is_ignored(tiny):
     """Sample.logp (raw logits during generation, even at T = 0.7 / top-p) equals the untempered
     log-prob of a full forward on the exact ids; a checkpoint's repetition penalty is not applied."""
-    from isdaa.evaluate.metrics import response_logps
     from isdaa.evaluate.sampling import encode_prompts, sample_responses
+    from isdaa.logprobs import score_responses
 
     model, tok = tiny
     samples = sample_responses(model, tok, PROMPTS, n=4, temperature=0.7, top_p=0.9, max_new_tokens=10,
                                seed=3, batch_size=16)
     pids = encode_prompts(tok, PROMPTS)
-    fwd = response_logps(model, [pids[s.prompt_index] for s in samples], [s.response_ids for s in samples])
+    fwd = score_responses(model, [pids[s.prompt_index] for s in samples], [s.response_ids for s in samples])
     assert max(abs(s.logp - f) for s, f in zip(samples, fwd)) < 1e-3
     saved = model.generation_config
     try:

@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-# The registry's names, for validation when isdaa.losses is unavailable (kept in sync by a test).
-KNOWN_METHODS = ("dpo", "ipo", "rpo", "chipo", "rdpo", "is-dpo", "is-ipo", "is-rpo", "is-chipo", "is-rdpo")
+from isdaa.losses import METHODS, OPTIONS
 
 
 def _nearest(name: str, options) -> str:
@@ -191,24 +190,23 @@ class RMConfig(TrainConfig):
         super().__post_init__()
 
 
-@dataclass
-class LossOptions:
-    """Options forwarded to `isdaa.losses.preference_loss` (METHOD.md has the formulas)."""
+def _check_loss_options(self):
+    for option in OPTIONS.values():
+        try:
+            option.check(getattr(self, option.name))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"loss.{err}") from None
 
-    is_clip: float = 1.0               # eps: log-weights clipped from above at 2*eps (release default 1.0)
-    is_self_normalize: bool = False
-    is_length_normalize: bool = False
-    ipo_length_normalize: bool = False
-    rpo_eta: float = 0.005
-    rpo_nll_mean: bool = False
-    chipo_rmax: float | None = None
-    rdpo_alpha: float = 0.01
 
-    def __post_init__(self):
-        _check(math.isfinite(self.is_clip) and self.is_clip > 0,
-               f"loss.is_clip (eps) must be > 0 and finite, got {self.is_clip}")
-        _check(self.rpo_eta >= 0, "loss.rpo_eta must be >= 0")
-        _check(self.chipo_rmax is None or self.chipo_rmax > 0, "loss.chipo_rmax must be > 0")
+# Options forwarded to `isdaa.losses.preference_loss`: one field per entry of the registry's OPTIONS
+# (name, type, default and check live there; docs/METHOD.md has the formulas).
+LossOptions = dataclasses.make_dataclass(
+    "LossOptions",
+    [(o.name, o.annotation, field(default=o.default, metadata={"doc": o.doc})) for o in OPTIONS.values()],
+    namespace={"__post_init__": _check_loss_options,
+               "__doc__": "Loss options (`loss.<name>`), derived from isdaa.losses.OPTIONS.",
+               "__module__": __name__},
+)
 
 
 @dataclass
@@ -225,16 +223,8 @@ class PrefConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
-        _one_of(self.method, _method_names(), "method")
+        _one_of(self.method, tuple(METHODS), "method")
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
-
-
-def _method_names():
-    try:
-        from isdaa.losses import METHODS
-        return tuple(METHODS)
-    except ImportError:
-        return KNOWN_METHODS
 
 
 KIND_OF = {SFTConfig: "sft", RMConfig: "rm", PrefConfig: "pref"}

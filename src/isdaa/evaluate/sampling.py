@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from isdaa.padding import pad_batch
+
 
 @dataclass
 class Sample:
@@ -86,17 +88,6 @@ class _RawLogpRecorder:
         return torch.stack(self.steps, dim=1) if self.steps else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
 
 
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, p in enumerate(batch):
-        if p:
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return input_ids, mask  # (B, P) each
-
-
 @torch.no_grad()
 def sample_responses(
     model,
@@ -153,7 +144,8 @@ def sample_responses(
     try:
         for b, start in enumerate(range(0, len(flat), batch_size)):
             chunk = flat[start: start + batch_size]
-            input_ids, mask = _left_pad([p for _, p in chunk], pad_id)
+            padded = pad_batch([p for _, p in chunk], pad_id, side="left")
+            input_ids, mask = padded["input_ids"], padded["attention_mask"]  # (B, P) each
             recorder = _RawLogpRecorder()
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed + b)
@@ -190,14 +182,14 @@ def sample_logps(model, prompt_ids, samples: Sequence[Sample], batch_size: int =
     up as spurious KL against a reference scored by a forward)."""
     import numpy as np
 
-    from isdaa.evaluate.metrics import response_logps
+    from isdaa.logprobs import score_responses
 
     if mode == "auto":
         mode = "generate" if next(model.parameters()).dtype == torch.float32 else "forward"
     if mode == "generate" and all(s.logp is not None for s in samples):
         return np.array([s.logp for s in samples], dtype=np.float64)
-    return response_logps(model, [prompt_ids[s.prompt_index] for s in samples],
-                          [s.response_ids for s in samples], batch_size, pad_id=pad_id)
+    return score_responses(model, [prompt_ids[s.prompt_index] for s in samples],
+                           [s.response_ids for s in samples], batch_size, pad_id=pad_id)
 
 
 def sample_responses_vllm(model, tokenizer, prompts, n=2, temperature=0.7, top_p=0.95,
