@@ -258,7 +258,7 @@ def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tup
     """
     nonblank = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]
     distinct = [r for r in nonblank if r["chosen"] != r["rejected"]]
-    gaps = importance_stats(ref, tokenizer, distinct, per_pair=True) if distinct else []
+    gaps = behavior_gaps(ref, tokenizer, distinct) if distinct else []
     keep = [r for r, d in zip(distinct, gaps) if d <= tol]
     return keep, {"empty_response": len(rows) - len(nonblank), "identical": len(nonblank) - len(distinct),
                   "not_reproducible": len(distinct) - len(keep)}
@@ -379,33 +379,28 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     evaluate_run(lab.run(spec), ref, tok, [r["prompt"] for r in ev], [r["chosen"] for r in ev],
                  task.golden_reward, eval_config(p, seed=spec.seed))
     pairs = golden_pairs(lab, "train")[: p.evaluation.n_ratio_pairs]
-    eps = dict(spec.options).get("is_clip", 1.0)
-    rows = [{"step": 0, **importance_stats(ref, tok, pairs, eps)}]  # pi_theta = pi_ref: ratio ~ 1
+    options = dict(spec.options)  # the run's IS options (clip, normalizations); the registry fills defaults
+    rows = [{"step": 0, **importance_stats(ref, tok, pairs, options)}]  # pi_theta = pi_ref: ratio ~ 1
     for ck in list_checkpoints(lab.run(spec)):
         policy = safe_from_pretrained(AutoModelForCausalLM, str(ck)).eval()
         state = json.loads((ck / "trainer_state.json").read_text())
-        rows.append({"step": state["step"], **importance_stats(policy, tok, pairs, eps)})
+        rows.append({"step": state["step"], **importance_stats(policy, tok, pairs, options)})
     atomic_write_jsonl(lab.run(spec) / "ratios.jsonl", rows)
 
 
-def importance_stats(policy, tokenizer, pairs: list[dict], eps: float = 1.0, batch_pairs: int = 256,
-                     per_pair: bool = False):
-    """Figure 6's quantities on training pairs: the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(...),
-    pi_b's log-probs from the data (behaviour columns), pi_theta's through the engine's own tokenization
-    (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at pi_theta = pi_b
-    the ratio is 1 up to float error. `ratio_mean_log` = log of the unclipped mean ratio (log-mean-exp);
-    `weight_mean` / `ess` / `clip_frac` describe the clipped IS weights exp(min(log ratio, 2 eps))."""
-    import math
-
+def pair_logps(policy, tokenizer, pairs: list[dict], batch_pairs: int = 256):
+    """pi_theta's summed log-probs of each pair's chosen and rejected response through the engine's own
+    tokenization (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at
+    pi_theta = pi_b they equal the behaviour columns up to float error. Returns (P,) float64 tensors
+    (chosen, rejected) and (P,) lengths (chosen, rejected)."""
     import torch
 
     from isdaa.data import collate_pref, tokenize_pref
     from isdaa.logprobs import causal_lm_logps
-    from isdaa.losses import ess
 
     # one example per pair, identical pairs included (the engine drops those from a training set)
     examples = tokenize_pref(pairs, tokenizer, task.MAX_LENGTH, task.PROMPT_TOKENS + 2, drop_identical=False)
-    lp_c, lp_r = [], []
+    lp_c, lp_r, len_c, len_r = [], [], [], []
     was_training = policy.training
     policy.eval()
     with torch.no_grad():
@@ -416,24 +411,40 @@ def importance_stats(policy, tokenizer, pairs: list[dict], eps: float = 1.0, bat
             n = batch["n_pairs"]
             lp_c.append(logps[:n])
             lp_r.append(logps[n:])
+            len_c.append(batch["chosen_lengths"])
+            len_r.append(batch["rejected_lengths"])
     policy.train(was_training)
-    lp_c, lp_r = torch.cat(lp_c), torch.cat(lp_r)  # (P,) each
-    beh_c = torch.tensor([r["chosen_logps"] for r in pairs], dtype=torch.float64)
-    beh_r = torch.tensor([r["rejected_logps"] for r in pairs], dtype=torch.float64)
-    log_ratio = lp_c - beh_c + lp_r - beh_r  # (P,)
-    if per_pair:  # |log ratio| of each side, summed: 0 when the behaviour columns match the policy
-        return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()
-    w = log_ratio.clamp(max=2 * eps).exp()
-    return {
-        "log_ratio_mean": float(log_ratio.mean()),
-        "ratio_mean_log": float(torch.logsumexp(log_ratio, 0) - math.log(len(pairs))),
-        "weight_mean": float(w.mean()),
-        "ess": float(ess(w)),
-        "clip_frac": float((log_ratio > 2 * eps).double().mean()),
-        "logps_chosen": float(lp_c.mean()),
-        "logps_rejected": float(lp_r.mean()),
-        "n_pairs": len(pairs),
-    }
+    return torch.cat(lp_c), torch.cat(lp_r), torch.cat(len_c), torch.cat(len_r)
+
+
+def _behavior_logps(pairs: list[dict]):
+    import torch
+
+    return (torch.tensor([r["chosen_logps"] for r in pairs], dtype=torch.float64),
+            torch.tensor([r["rejected_logps"] for r in pairs], dtype=torch.float64))
+
+
+def importance_stats(policy, tokenizer, pairs: list[dict], options: dict | None = None) -> dict:
+    """Figure 6's quantities on training pairs under the run's IS options (`loss` config; defaults
+    filled in by the registry): the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(y_c) pi_b(y_r) with
+    pi_b's log-probs from the data (behaviour columns), through `isdaa.importance` -- the same code as
+    the trainer's `is/*` metrics (weight_mean, weight_max, clip_frac, ess, top_share, log_ratio_mean,
+    ratio_mean_log = log of the unclipped mean ratio)."""
+    from isdaa import importance
+    from isdaa.losses import validate_options
+
+    lp_c, lp_r, len_c, len_r = pair_logps(policy, tokenizer, pairs)
+    beh_c, beh_r = _behavior_logps(pairs)
+    return importance.importance_stats(lp_c, lp_r, beh_c, beh_r, validate_options(options or {}),
+                                       chosen_lengths=len_c, rejected_lengths=len_r)
+
+
+def behavior_gaps(policy, tokenizer, pairs: list[dict]) -> list[float]:
+    """Per pair, |log pi(y_c) - behaviour column| + |log pi(y_r) - behaviour column|: 0 when the stored
+    behaviour log-probs describe exactly the sequences the engine trains on."""
+    lp_c, lp_r, _, _ = pair_logps(policy, tokenizer, pairs)
+    beh_c, beh_r = _behavior_logps(pairs)
+    return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()
 
 
 def _jsonable(obj):
