@@ -81,6 +81,8 @@ def test_threshold_table_counts(lab):
     assert (r["runs"], r["declined"], r["early"], r["late"], r["missed"]) == (7, 6, 6, 0, 0)
     assert (r["no_decline"], r["false_alarms"]) == (1, 1)
     assert r["median_lead_fraction"] == pytest.approx((80 - 25) / 100)  # 4 runs lead 55, 2 lead 35
+    # peak at 40: the alarms at 25 come before it (4 runs, lead 15), those at 45 after it (2 runs)
+    assert r["before_peak"] == 4 and r["median_lead_peak_fraction"] == pytest.approx(0.15)
     assert lab_drift.predicts(r) is False  # 1 false alarm in 1 run without a decline > 1/3
     (ess,) = [r for r in rows if r["signal"] == "is/ess" and r["threshold"] == 0.8]
     assert ess["runs"] == 3  # the IS-DPO runs only: constant for DPO and IPO
@@ -96,7 +98,8 @@ def test_heldout_selects_on_seed_0_and_reports_seeds_1_2(lab):
     assert s["threshold"] == -2.0 and s["selection_seeds"] == "0"
     assert s["selection_rule_win_rate"] == pytest.approx(0.6425) and s["selection_no_stop_win_rate"] == 0.55
     (h,) = [r for r in held if r["signal"] == "drift/log_ratio_mean" and r["method"] == "dpo"]
-    assert h["heldout_seeds"] == "1 2" and h["n"] == 2 and h["fired"] == 2
+    assert h["heldout_seeds"] == "1 2" and h["n"] == 2 and h["fired"] == 2 and h["beta"] == 0.1
+    assert h["regime"] == "main, adamw lr 0.002, beta 0.1"
     assert (h["no_stop"], h["oracle"]) == (pytest.approx(0.55), pytest.approx(0.65))
     assert h["rule"] == pytest.approx(0.6125) and h["delta"] == pytest.approx(0.0625)
     assert h["alarm_fraction"] == pytest.approx(0.25)
@@ -113,6 +116,7 @@ def test_drift_section_writes_tables_figures_and_markdown(lab):
     assert [p.name for p in figures] == ["drift_main_adamw_lr_0.002_beta_0.1.png"] and figures[0].exists()
     assert "## Golden-free drift alarm" in md and "Held-out evaluation" in md
     assert "7 runs; 6 of them" in md and "chosen threshold" in md
+    assert "`stop_on_drift: {signal: drift/" in md  # the selected trainer-side rule, as a config line
 
 
 def test_one_seed_reports_that_nothing_is_held_out(tmp_path):

@@ -159,10 +159,13 @@ def threshold_rows(leadlag: list[dict]) -> list[dict]:
         late = [r for r in declined if r["alarm_step"] is not None and r["lead_decline"] < 0]
         flat = [r for r in rows if r["decline_step"] is None]
         leads = [r["lead_decline"] / r["total_steps"] for r in early if r["total_steps"]]
+        peak_leads = [r["lead_peak"] / r["total_steps"] for r in declined if r["lead_peak"] is not None and r["total_steps"]]
         out.append({"signal": signal, "threshold": th, "runs": len(rows), "declined": len(declined),
                     "early": len(early), "late": len(late), "missed": len(declined) - len(early) - len(late),
                     "no_decline": len(flat), "false_alarms": sum(r["alarm_step"] is not None for r in flat),
                     "median_lead_fraction": statistics.median(leads) if leads else None,
+                    "before_peak": sum(r["lead_peak"] is not None and r["lead_peak"] >= 0 for r in declined),
+                    "median_lead_peak_fraction": statistics.median(peak_leads) if peak_leads else None,
                     "gain_in_sample": statistics.fmean(r["win_rate_at_alarm"] - r["final_win_rate"] for r in rows)})
     return out
 
@@ -190,12 +193,13 @@ def predicts(row: dict) -> bool:
 
 
 def heldout(runs: list[RunData]) -> tuple[list[dict], list[dict], str | None]:
-    """(selection rows, held-out rows, why not) for DPO / IS-DPO runs of the main group."""
-    pool = [r for r in runs if r.method in HELDOUT_METHODS and r.group == "main" and not r.spec.get("options")]
+    """(selection rows, held-out rows, why not) for the DPO / IS-DPO runs without loss options: one
+    threshold per signal for all of them, reported per regime (group, optimizer, lr, beta) and method."""
+    pool = [r for r in runs if r.method in HELDOUT_METHODS and not r.spec.get("options")]
     select_seeds, hold_seeds = drift.split_seeds(r.seed for r in pool)
     if not hold_seeds:
-        return [], [], (f"The held-out evaluation needs at least 2 seeds of {'/'.join(HELDOUT_METHODS)} in the "
-                        f"main group; this folder has seeds {sorted({r.seed for r in pool})}")
+        return [], [], (f"The held-out evaluation needs at least 2 seeds of {'/'.join(HELDOUT_METHODS)} runs; "
+                        f"this folder has seeds {sorted({r.seed for r in pool})}")
     select = [r for r in pool if r.seed in select_seeds]
     hold = [r for r in pool if r.seed in hold_seeds]
     sel_rows, held_rows = [], []
@@ -207,12 +211,13 @@ def heldout(runs: list[RunData]) -> tuple[list[dict], list[dict], str | None]:
                 best_th, best = th, score
         sel_rows.append({"signal": signal, "threshold": best_th, "selection_seeds": " ".join(map(str, select_seeds)),
                          "selection_rule_win_rate": best, "selection_no_stop_win_rate": scored[0][1]})
-        for (method, beta), group in sorted(_groups(hold).items()):
+        for (regime, method), group in sorted(_groups(hold).items()):
             alarms = [_alarm(r, signal, best_th)[0] for r in group]
             with_rule = [drift.win_rate_at(a, r.golden_steps, r.golden_wr) for a, r in zip(alarms, group)]
             none = [r.golden_wr[-1] for r in group]
             held_rows.append({
-                "signal": signal, "threshold": best_th, "method": method, "beta": beta,
+                "signal": signal, "threshold": best_th, "regime": regime, "method": method,
+                "beta": group[0].beta, "lr": group[0].lr, "optimizer": group[0].optimizer,
                 "heldout_seeds": " ".join(str(r.seed) for r in group), "n": len(group),
                 "no_stop": statistics.fmean(none), "rule": statistics.fmean(with_rule),
                 "oracle": statistics.fmean(max(r.golden_wr) for r in group),
@@ -230,7 +235,7 @@ def _mean_wr(runs, signal, th) -> float:
 def _groups(runs):
     out = defaultdict(list)
     for r in runs:
-        out[(r.method, r.beta)].append(r)
+        out[(r.regime, r.method)].append(r)
     return out
 
 
@@ -267,7 +272,7 @@ def fig_regime(runs: list[RunData], chosen: dict, drop: float, path: Path) -> Pa
             for row, (train, probe) in ((1, ("drift/log_ratio_mean", "probe/log_ratio_mean")),
                                         (2, ("is/ess", "probe/ess"))):
                 ax = axes[row][col]
-                if train in run.signals:
+                if train in run.signals and not drift.is_constant(run.signals[train][1]):
                     steps, values = run.signals[train]
                     ax.plot(steps, _trailing(values, ANALYSIS_SMOOTHING["train"]), color=c, lw=0.8)
                 if probe in run.signals:
@@ -345,6 +350,7 @@ def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> 
     cols = [("signal", "signal", ""), ("threshold", "threshold", "3"), ("runs", "runs", ""),
             ("declined", "declined", ""), ("early", "early", ""), ("late", "late", ""), ("missed", "missed", ""),
             ("false_alarms", "alarms w/o decline", ""), ("median_lead_fraction", "median lead (of training)", "2"),
+            ("before_peak", "at/before peak", ""), ("median_lead_peak_fraction", "median lead on peak", "2"),
             ("gain_in_sample", "WR at alarm - final", "3")]
     lines += ["", "### Lead / lag, each signal at its best threshold (in-sample; all thresholds: "
               "csv/drift_thresholds.csv, every run: csv/drift_leadlag.csv)", "",
@@ -364,7 +370,7 @@ def _findings(best: dict, n_declined: int) -> list[str]:
         return ["No run declined: these runs cannot tell whether any signal predicts over-optimization; "
                 "`stop_on_drift` ships as an option with that caveat."]
     out = []
-    for s, r in best.items():
+    for s, r in sorted(best.items(), key=lambda kv: list(drift.SIGNALS).index(kv[0])):
         verdict = "predicts the decline" if predicts(r) else "does not predict the decline"
         lead = _lead_text(r["median_lead_fraction"])
         out.append(f"- {s} {'<' if drift.SIGNALS[s].direction == 'below' else '>'} {r['threshold']:g}: {verdict} "
@@ -422,15 +428,21 @@ def _heldout_md(sel, held, _fmt, _table) -> list[str]:
                             ("no_stop", "no stop", "3"), ("rule", "rule", "3"), ("oracle", "oracle", "3"),
                             ("beats", "conditions rule > no stop", ""), ("loses", "rule < no stop", ""),
                             ("conditions", "conditions", ""), ("fired", "fired", "")]))
+    gain = {s["signal"]: s["selection_rule_win_rate"] - s["selection_no_stop_win_rate"] for s in sel}
     trainable = [a for a in agg if drift.SIGNALS[a["signal"]].source == "train"]
-    if trainable:
-        top = max(trainable, key=lambda a: a["rule"] - a["no_stop"])
+    if trainable:  # the headline signal is chosen on the selection seeds too, never on the held-out ones
+        top = max(trainable, key=lambda a: gain[a["signal"]])
         rows = [h for h in held if h["signal"] == top["signal"]]
-        out += ["", f"Per method and beta, {top['signal']} (the trainer-side signal with the largest held-out gain):", "",
-                _table(_dashes(rows), [("method", "method", ""), ("beta", "beta", "3"), ("heldout_seeds", "seeds", ""),
+        out += ["", f"Per regime and method, {top['signal']} (the trainer-side signal with the largest gain on "
+                "the selection seeds):", "",
+                _table(_dashes(rows), [("regime", "regime", ""), ("method", "method", ""), ("heldout_seeds", "seeds", ""),
                               ("no_stop", "no stop", "3"), ("rule", "rule", "3"), ("oracle", "oracle", "3"),
                               ("delta", "rule - no stop", "3"), ("fired", "fired", ""),
                               ("alarm_fraction", "alarm at (of training)", "2")])]
         if top["rule"] - top["no_stop"] <= 0:
             out.append("No trainer-side rule beats 'no stopping' on the held-out seeds.")
+        elif top["threshold"] != "never":
+            out += ["", "The same rule in the trainer (the lab logs every step): `stop_on_drift: {signal: "
+                    f"{top['signal']}, threshold: {top['threshold']}, smoothing: {ANALYSIS_SMOOTHING['train']}, "
+                    "patience: 1, every: 1}`."]
     return out
