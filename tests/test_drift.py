@@ -133,3 +133,21 @@ def test_callback_on_a_scripted_signal():
     block = summary["stop_on_drift"]
     assert block["fired"] and block["step"] == 8 and block["smoothed"] == pytest.approx(-2.1)
     assert block["checks"] == 4 and block["every"] == 2
+
+
+def test_resumed_run_keeps_its_best_by_drift(tmp_path):
+    """A keep-best alarm that fired before a resume is not raised again (best_by_drift/ is kept), and the
+    summary reports the recorded alarm."""
+    best = tmp_path / "best_by_drift"
+    best.mkdir()
+    (best / "trainer_state.json").write_text('{"step": 7, "stop_on_drift": {"step": 7, "smoothed": -1.375}}')
+    cb = DriftStop(DriftStopConfig(threshold=-1.0, smoothing=1, action="keep-best"), logging_steps=1)
+    for step in range(8, 12):
+        ctx = _ctx(step, -5.0)
+        ctx.output_dir = str(tmp_path)
+        cb.on_step_end(ctx)  # would fire (and save) at step 8 without the recorded alarm
+        assert ctx.stop_reason is None and not ctx.logged
+    summary = {}
+    cb.on_train_end(TrainContext(step=11, examples_seen=44, total_steps=100, epoch=0.0, model=None, tokenizer=None,
+                                 cfg=None, output_dir=str(tmp_path), is_main_process=False, summary=summary))
+    assert summary["stop_on_drift"]["fired"] and summary["stop_on_drift"]["step"] == 7
