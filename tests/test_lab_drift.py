@@ -89,8 +89,9 @@ def test_threshold_table_counts(lab):
 
 
 def test_heldout_selects_on_seed_0_and_reports_seeds_1_2(lab):
-    """Selection (seed 0, slope 0.05): alarms at 15 / 25 / 45 / 85 / never for -0.5 / -1 / -2 / -4 / -8;
-    interpolated win rates 0.575 / 0.6125 / 0.6425 / 0.5725 / 0.55 -> -2 is chosen. Held out (slope 0.1):
+    """Selection (seed 0, slope 0.05): alarms at 15 / 25 / 45 / 85 / never for -0.5 / -1 / -2 / -4 / -8
+    (-0.25 at step 9 or 10: its mean is -0.25 up to rounding); interpolated win rates 0.575 / 0.6125 /
+    0.6425 / 0.5725 / 0.55 (-0.25: about 0.55) -> -2 is chosen. Held out (slope 0.1):
     -0.1 (t - 4.5) < -2 at t = 25 -> 0.6125; no stop 0.55; oracle 0.65."""
     sel, held, why_not = lab_drift.heldout(lab_drift.load_runs(lab))
     assert why_not is None

@@ -54,10 +54,10 @@ TRAIN_SIGNALS = tuple(n for n, s in SIGNALS.items() if s.source == "train")  # w
 
 # The lab's candidate thresholds per signal, from lenient to strict.
 THRESHOLDS: dict[str, tuple[float, ...]] = {
-    "drift/log_ratio_mean": (-0.5, -1.0, -2.0, -4.0, -8.0, -16.0),
-    "drift/ratio_mean": (0.9, 0.75, 0.5, 0.25, 0.1),
-    "is/ess": (0.95, 0.9, 0.8, 0.6, 0.4, 0.2),
-    "is/clip_frac": (0.01, 0.05, 0.1, 0.2, 0.4),
+    "drift/log_ratio_mean": (-0.25, -0.5, -1.0, -2.0, -4.0, -8.0, -16.0, -32.0),
+    "drift/ratio_mean": (0.95, 0.9, 0.75, 0.5, 0.25, 0.1, 0.01),
+    "is/ess": (0.98, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2),
+    "is/clip_frac": (0.005, 0.01, 0.05, 0.1, 0.2, 0.4),
 }
 for _name in TRAIN_SIGNALS:
     THRESHOLDS["probe/" + _name.split("/", 1)[1]] = THRESHOLDS[_name]
