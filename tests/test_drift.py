@@ -61,6 +61,15 @@ def test_golden_events_lead_and_interpolation_by_hand():
     assert drift.lead(None, 40) is None and drift.lead(30, None) is None
     assert drift.golden_events([0, 10, 20], [0.6, 0.6, 0.59]).peak_step == 0  # first maximum; no decline
     assert drift.golden_events([0, 10, 20], [0.6, 0.6, 0.59]).decline_step is None
+    # smoothed over 3 checkpoints (2 at the ends): .55 .5733 .6 .5867 .57; peak .6 at 20; nothing after it
+    # is <= .55: no decline. With a last value of .40: .5333 at 30 (<= .55) is the decline.
+    ev = drift.golden_events([0, 10, 20, 30, 40], [0.50, 0.60, 0.62, 0.58, 0.56], window=3)
+    assert (ev.peak_step, ev.decline_step) == (20, None) and ev.peak_win_rate == pytest.approx(0.6)
+    ev = drift.golden_events([0, 10, 20, 30, 40], [0.50, 0.60, 0.62, 0.58, 0.40], window=3)
+    assert ev.decline_step == 30 and ev.final_win_rate == 0.40  # final: raw
+    assert drift.centered_mean([1.0, 2.0, 6.0], 3) == [1.5, 3.0, 4.0]
+    with pytest.raises(ValueError, match="odd"):
+        drift.centered_mean([1.0], 2)
     steps, wr = [0, 10, 20, 30, 40], [0.50, 0.60, 0.62, 0.58, 0.56]
     assert drift.win_rate_at(25, steps, wr) == pytest.approx(0.60)  # halfway between 0.62 and 0.58
     assert drift.win_rate_at(None, steps, wr) == 0.56 and drift.win_rate_at(99, steps, wr) == 0.56

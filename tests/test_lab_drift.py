@@ -9,7 +9,9 @@ import pytest
 from isdaa.lab import drift as lab_drift
 
 STEPS = [0, 20, 40, 60, 80, 100]
-PEAKED = [0.50, 0.60, 0.65, 0.62, 0.58, 0.55]  # peak 0.65 at 40; first <= 0.60 after it: step 80
+# centered means of 3 (2 at the ends): .55 .5833 .6233 .6167 .5833 .565: peak .6233 at 40, first <= .5733
+# after it at 100 (.5833 at 80 is not)
+PEAKED = [0.50, 0.60, 0.65, 0.62, 0.58, 0.55]
 RISING = [0.50, 0.52, 0.54, 0.56, 0.58, 0.60]  # no decline
 
 
@@ -56,12 +58,13 @@ def _row(rows, run_id, signal, threshold):
 
 def test_crossing_steps_and_leads_by_hand(lab):
     """Batch log-ratio -0.05 t, trailing mean of 10 (t >= 10): -0.05 (t - 4.5). Below -2 first at t = 45
-    (-2.025; t = 44 gives -1.975); below -0.5 at t = 15. Peak at 40, decline at 80: the -2 alarm lags the
-    peak by 5 and leads the decline by 35. The probe (-0.05 step, raw) is below -2 first at step 60."""
+    (-2.025; t = 44 gives -1.975); below -0.5 at t = 15. Peak at 40, decline at 100 (PEAKED): the -2 alarm
+    lags the peak by 5 and leads the decline by 55. The probe (-0.05 step, raw) is below -2 first at 60."""
     rows = lab_drift.leadlag_rows(lab_drift.load_runs(lab), drop=0.05)
     r = _row(rows, "dpo_b0.1_s0", "drift/log_ratio_mean", -2.0)
-    assert (r["alarm_step"], r["peak_step"], r["decline_step"]) == (45, 40, 80)
-    assert (r["lead_peak"], r["lead_decline"]) == (-5, 35)
+    assert (r["alarm_step"], r["peak_step"], r["decline_step"]) == (45, 40, 100)
+    assert (r["lead_peak"], r["lead_decline"]) == (-5, 55)
+    assert r["peak_win_rate"] == pytest.approx((0.60 + 0.65 + 0.62) / 3)
     assert r["smoothed_at_alarm"] == pytest.approx(-2.025)
     assert r["win_rate_at_alarm"] == pytest.approx(0.65 - 0.03 * 5 / 20)  # between 0.65 (40) and 0.62 (60)
     assert _row(rows, "dpo_b0.1_s0", "drift/log_ratio_mean", -0.5)["alarm_step"] == 15
@@ -74,13 +77,13 @@ def test_crossing_steps_and_leads_by_hand(lab):
 
 
 def test_threshold_table_counts(lab):
-    """At drift/log_ratio_mean < -2: the 6 DPO/IS-DPO runs decline at 80 and alarm at 45 or 25 (early);
+    """At drift/log_ratio_mean < -2: the 6 DPO/IS-DPO runs decline at 100 and alarm at 45 or 25 (early);
     the rising IPO run never declines and alarms at 45 (a false alarm)."""
     rows = lab_drift.threshold_rows(lab_drift.leadlag_rows(lab_drift.load_runs(lab), drop=0.05))
     (r,) = [r for r in rows if r["signal"] == "drift/log_ratio_mean" and r["threshold"] == -2.0]
     assert (r["runs"], r["declined"], r["early"], r["late"], r["missed"]) == (7, 6, 6, 0, 0)
     assert (r["no_decline"], r["false_alarms"]) == (1, 1)
-    assert r["median_lead_fraction"] == pytest.approx((80 - 25) / 100)  # 4 runs lead 55, 2 lead 35
+    assert r["median_lead_fraction"] == pytest.approx((100 - 25) / 100)  # 4 runs lead 75, 2 lead 55
     # peak at 40: the alarms at 25 come before it (4 runs, lead 15), those at 45 after it (2 runs)
     assert r["before_peak"] == 4 and r["median_lead_peak_fraction"] == pytest.approx(0.15)
     assert lab_drift.predicts(r) is False  # 1 false alarm in 1 run without a decline > 1/3
@@ -131,3 +134,13 @@ def test_bad_file_is_named(lab):
     bad.write_text('{"step": 1, "is/ess": "x"}\n')
     with pytest.raises(ValueError, match=r"dpo_b0.1_s0/metrics.jsonl: record 1 \(step 1\), field 'is/ess'"):
         lab_drift.load_runs(lab)
+
+
+def test_regime_names_the_runs_own_pairs_and_schedule():
+    """The regimes preset varies steps (n_pairs) and schedule per run: they are part of the regime."""
+    spec = {"group": "regimes", "optimizer": "adamw", "lr": 5e-4, "beta": 0.01, "n_pairs": 12400,
+            "scheduler": None, "warmup_ratio": None}
+    assert lab_drift.RunData(spec, 100, [0], [0.5]).regime == "regimes, adamw lr 0.0005, beta 0.01, 12400 pairs"
+    spec.update(n_pairs=None, scheduler="constant", warmup_ratio=0.1)
+    assert lab_drift.RunData(spec, 100, [0], [0.5]).regime == \
+        "regimes, adamw lr 0.0005, beta 0.01, constant, 0.1 warmup"

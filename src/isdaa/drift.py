@@ -157,22 +157,35 @@ def is_constant(values: Sequence[float]) -> bool:
 @dataclass(frozen=True)
 class GoldenEvents:
     peak_step: int
-    peak_win_rate: float
-    decline_step: int | None  # first checkpoint after the peak with win rate <= peak - drop; None: never
+    peak_win_rate: float  # of the smoothed curve
+    decline_step: int | None  # first checkpoint after the peak with smoothed win rate <= peak - drop
     final_step: int
-    final_win_rate: float
+    final_win_rate: float  # raw, the last checkpoint
 
 
-def golden_events(steps: Sequence[int], win_rates: Sequence[float], drop: float = 0.05) -> GoldenEvents:
+def golden_events(steps: Sequence[int], win_rates: Sequence[float], drop: float = 0.05,
+                  window: int = 1) -> GoldenEvents:
     """Peak (first maximum) of the golden win rate over the evaluated checkpoints (step 0 = pi_ref
-    included when given), and the first later checkpoint whose win rate has fallen by `drop` or more."""
+    included when given), and the first later checkpoint whose win rate has fallen by `drop` or more.
+    `window` > 1 smooths the curve first by a centered mean over that many checkpoints (fewer at the
+    ends): a checkpoint's win rate carries a standard error of the order of `drop` itself."""
     if not steps or len(steps) != len(win_rates):
         raise ValueError("golden_events needs one win rate per step, at least one")
     pts = sorted(zip(steps, win_rates))
-    i_peak = max(range(len(pts)), key=lambda i: (pts[i][1], -i))
-    peak_step, peak = pts[i_peak]
-    decline = next((s for s, w in pts[i_peak + 1:] if w <= peak - drop + 1e-12), None)
-    return GoldenEvents(int(peak_step), float(peak), decline, int(pts[-1][0]), float(pts[-1][1]))
+    smooth = centered_mean([w for _, w in pts], window)
+    i_peak = max(range(len(pts)), key=lambda i: (smooth[i], -i))
+    peak = smooth[i_peak]
+    decline = next((pts[i][0] for i in range(i_peak + 1, len(pts)) if smooth[i] <= peak - drop + 1e-12), None)
+    return GoldenEvents(int(pts[i_peak][0]), float(peak), decline, int(pts[-1][0]), float(pts[-1][1]))
+
+
+def centered_mean(values: Sequence[float], window: int) -> list[float]:
+    """Centered moving mean over `window` (odd) points; the window shrinks symmetrically-clipped at the ends."""
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd number >= 1, got {window}")
+    h = window // 2
+    return [math.fsum(values[max(0, i - h): i + h + 1]) / len(values[max(0, i - h): i + h + 1])
+            for i in range(len(values))]
 
 
 def lead(alarm: int | None, event: int | None) -> int | None:

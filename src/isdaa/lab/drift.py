@@ -12,8 +12,8 @@ csv/drift_heldout.csv (the honest evaluation), figures/drift_<regime>.png.
 Definitions (isdaa.drift): the alarm is `DriftRule` with patience 1 and a trailing mean over
 ANALYSIS_SMOOTHING checks (10 batch records for training signals; 1 for the probe, which is only
 measured at checkpoints). Golden peak = first maximum of the win rate over the checkpoints (step 0
-included); decline = first later checkpoint at least `drop` (the preset's overopt_drop, 0.05) below
-the peak. An alarm "leads" when it fires at or before the decline step.
+included), smoothed over GOLDEN_WINDOW (3) neighbouring checkpoints first; decline = first later
+checkpoint at least `drop` (the preset's overopt_drop, 0.05) below the peak on that smoothed curve. An alarm "leads" when it fires at or before the decline step.
 
 Held-out evaluation: DPO and IS-DPO runs of the main group. For each signal, the threshold (or "never
 stop") that maximizes the mean golden win rate of the policy at the alarm step is chosen on the
@@ -37,6 +37,7 @@ from isdaa import drift
 from isdaa.io import atomic_write_csv, read_jsonl
 
 ANALYSIS_SMOOTHING = {"train": 10, "probe": 1}
+GOLDEN_WINDOW = 3  # the golden curve is smoothed over 3 checkpoints before its peak and decline are read
 HELDOUT_METHODS = ("dpo", "is-dpo")
 
 
@@ -56,7 +57,10 @@ class RunData:
 
     @property
     def regime(self) -> str:
-        return f"{self.group}, {self.optimizer} lr {self.lr:g}, beta {self.beta:g}"
+        """group, optimizer, lr, beta, and the run's own pairs / schedule when the preset sets them."""
+        extra = [f"{self.spec[k]}{unit}" for k, unit in (("n_pairs", " pairs"), ("scheduler", ""),
+                                                         ("warmup_ratio", " warmup")) if self.spec.get(k) is not None]
+        return ", ".join([self.group, f"{self.optimizer} lr {self.lr:g}", f"beta {self.beta:g}", *extra])
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -127,7 +131,7 @@ def leadlag_rows(runs: list[RunData], drop: float) -> list[dict]:
     """One row per run x signal x candidate threshold."""
     out = []
     for run in runs:
-        ev = drift.golden_events(run.golden_steps, run.golden_wr, drop)
+        ev = drift.golden_events(run.golden_steps, run.golden_wr, drop, GOLDEN_WINDOW)
         base = {k: run.spec.get(k) for k in ("run_id", "label", "method", "group", "beta", "lr", "optimizer", "seed")}
         base.update(regime=run.regime, total_steps=run.total_steps, peak_step=ev.peak_step,
                     peak_win_rate=ev.peak_win_rate, decline_step=ev.decline_step, final_win_rate=ev.final_win_rate,
@@ -263,12 +267,12 @@ def fig_regime(runs: list[RunData], chosen: dict, drop: float, path: Path) -> Pa
     for col, label in enumerate(labels):
         for run in (r for r in runs if r.label == label):
             c = colors[label]
-            ev = drift.golden_events(run.golden_steps, run.golden_wr, drop)
+            ev = drift.golden_events(run.golden_steps, run.golden_wr, drop, GOLDEN_WINDOW)
             ax = axes[0][col]
             ax.plot(run.golden_steps, run.golden_wr, color=c, lw=1, marker=".", ms=3)
-            ax.plot([ev.peak_step], [ev.peak_win_rate], "o", color=c, ms=5)
+            ax.plot([ev.peak_step], [ev.peak_win_rate], "o", color=c, ms=5)  # smoothed peak
             if ev.decline_step is not None:
-                ax.plot([ev.decline_step], [run.golden_wr[run.golden_steps.index(ev.decline_step)]], "x", color=c)
+                ax.plot([ev.decline_step], [ev.peak_win_rate - drop], "x", color=c)
             for row, (train, probe) in ((1, ("drift/log_ratio_mean", "probe/log_ratio_mean")),
                                         (2, ("is/ess", "probe/ess"))):
                 ax = axes[row][col]
@@ -338,11 +342,12 @@ def drift_section(lab_root: str | Path) -> tuple[str, list[Path], dict]:
 def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> str:
     from isdaa.lab.report import _fmt, _table
 
-    n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop).decline_step is not None for r in runs)
+    n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop, GOLDEN_WINDOW).decline_step is not None for r in runs)
     best = _best_per_signal(trows)
     lines = ["## Golden-free drift alarm (issue 14)", "",
              f"Can a signal that needs no golden reward announce over-optimization? {len(runs)} runs; "
-             f"{n_declined} of them have a golden win rate that fell by >= {drop:g} from its peak (a decline). "
+             f"{n_declined} of them have a golden win rate that fell by >= {drop:g} from its peak (a decline; the "
+             f"curve smoothed over {GOLDEN_WINDOW} checkpoints). "
              f"Alarm: trailing mean over {ANALYSIS_SMOOTHING['train']} batch records (probe: raw, at checkpoints), "
              "patience 1. Early = the alarm fires at or before the decline step. is/* batch signals are constant "
              "for methods without importance weights and are left out for them.", ""]
