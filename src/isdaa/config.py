@@ -210,6 +210,29 @@ LossOptions = dataclasses.make_dataclass(
 
 
 @dataclass
+class DriftStopConfig:
+    """`stop_on_drift`: a golden-free over-optimization alarm on a training-batch signal (isdaa.drift;
+    the callback is isdaa.train.drift_stop). The smoothed signal is the mean of the last `smoothing`
+    checks; the alarm fires after `patience` checks in a row beyond `threshold`."""
+
+    signal: str = "drift/log_ratio_mean"  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
+    threshold: float = -2.0            # alarm below it (above it for is/clip_frac); the signal's units
+    smoothing: int = 10                # trailing mean over this many checks (1: the raw value)
+    patience: int = 1                  # consecutive checks beyond the threshold before the alarm
+    action: str = "stop"               # stop | keep-best (save best_by_drift/ at the alarm, train on)
+    every: int | None = None           # check every N steps; default logging_steps
+
+    def __post_init__(self):
+        from isdaa.drift import TRAIN_SIGNALS, check_threshold
+
+        _one_of(self.signal, TRAIN_SIGNALS, "stop_on_drift.signal")
+        check_threshold(self.signal, self.threshold, "stop_on_drift.threshold")
+        _check(self.smoothing >= 1 and self.patience >= 1, "stop_on_drift.smoothing and patience must be >= 1")
+        _one_of(self.action, ("stop", "keep-best"), "stop_on_drift.action")
+        _check(self.every is None or self.every >= 1, "stop_on_drift.every must be >= 1")
+
+
+@dataclass
 class PrefConfig(TrainConfig):
     """Preference training with any method of the registry (dpo ... is-rdpo)."""
 
@@ -219,6 +242,7 @@ class PrefConfig(TrainConfig):
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
     ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
+    stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
 
     def __post_init__(self):
         super().__post_init__()
