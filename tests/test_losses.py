@@ -357,3 +357,20 @@ def test_front_door_is_finite_fuzz(method, data, n, beta, normalize):
     assert torch.isfinite(out.loss) and torch.isfinite(out.losses).all() and torch.isfinite(out.weights).all()
     assert torch.isfinite(pc.grad).all() and torch.isfinite(pr.grad).all()
     assert 0 < out.metrics["is/ess"].item() <= 1 + 1e-5
+
+
+def test_drift_metrics_for_a_method_without_weights():
+    """DPO logs the would-be IS weights' ESS and clip fraction (the golden-free drift signal), computed
+    here with numpy: log r = (pc - bc) + (pr - br) = [-3, 0.5, 2.5, -0.2]; eps = 1 clips 2.5 -> 2."""
+    import numpy as np
+
+    pc, pr = torch.tensor([-4.0, -2.0, -1.0, -3.0]), torch.tensor([-5.0, -3.0, -2.0, -3.2])
+    bc, br = torch.tensor([-2.0, -2.5, -3.0, -3.0]), torch.tensor([-4.0, -3.0, -2.5, -3.0])
+    ref = torch.zeros(4)
+    out = preference_loss("dpo", 0.1, pc, pr, ref, ref, behavior_chosen_logps=bc, behavior_rejected_logps=br)
+    w = np.exp(np.minimum(np.array([-3.0, 0.5, 2.5, -0.2]), 2.0))
+    m = out.metrics_float()
+    assert m["drift/ess"] == pytest.approx(w.sum() ** 2 / (4 * (w ** 2).sum()), rel=1e-6)
+    assert m["drift/clip_frac"] == pytest.approx(0.25)
+    assert m["drift/log_ratio_mean"] == pytest.approx(np.mean([-3.0, 0.5, 2.5, -0.2]), rel=1e-6)
+    assert m["is/ess"] == 1.0 and float(out.weights.sum()) == 4.0  # DPO itself is not weighted

@@ -12,6 +12,8 @@ Signals (`SIGNALS`): the trainer's per-batch metrics (`losses._metrics`, logged 
 
     drift/log_ratio_mean  mean unclipped joint log pi_theta(y_c, y_r) / pi_b over the batch   (below)
     drift/ratio_mean      mean unclipped joint ratio (log-mean-exp, may be inf)               (below)
+    drift/ess             ESS of the clipped weights the pair WOULD get, every method           (below)
+    drift/clip_frac       fraction of those would-be weights at the clip exp(2 eps)            (above)
     is/ess                ESS of the clipped IS weights: CONSTANT 1 for non-IS methods         (below)
     is/clip_frac          fraction of weights clipped at exp(2 eps): CONSTANT 0 for non-IS     (above)
 
@@ -43,6 +45,8 @@ class Signal:
 SIGNALS: dict[str, Signal] = {s.name: s for s in (
     Signal("drift/log_ratio_mean", "train", "drift/log_ratio_mean", "below", -math.inf, math.inf),
     Signal("drift/ratio_mean", "train", "drift/ratio_mean", "below", 0.0, math.inf),
+    Signal("drift/ess", "train", "drift/ess", "below", 0.0, 1.0),
+    Signal("drift/clip_frac", "train", "drift/clip_frac", "above", 0.0, 1.0),
     Signal("is/ess", "train", "is/ess", "below", 0.0, 1.0, is_only=True),
     Signal("is/clip_frac", "train", "is/clip_frac", "above", 0.0, 1.0, is_only=True),
     Signal("probe/log_ratio_mean", "probe", "log_ratio_mean", "below", -math.inf, math.inf),
@@ -59,6 +63,7 @@ THRESHOLDS: dict[str, tuple[float, ...]] = {
     "is/ess": (0.98, 0.95, 0.9, 0.8, 0.6, 0.4, 0.2),
     "is/clip_frac": (0.005, 0.01, 0.05, 0.1, 0.2, 0.4),
 }
+THRESHOLDS["drift/ess"], THRESHOLDS["drift/clip_frac"] = THRESHOLDS["is/ess"], THRESHOLDS["is/clip_frac"]
 for _name in TRAIN_SIGNALS:
     THRESHOLDS["probe/" + _name.split("/", 1)[1]] = THRESHOLDS[_name]
 

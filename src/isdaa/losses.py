@@ -341,7 +341,7 @@ def preference_loss(
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
     drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
-    metrics = _metrics(beta, *policy, *ref, stats, drift)
+    metrics = _metrics(beta, *policy, *ref, stats, drift, opts["is_clip"])
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
 
 
@@ -370,8 +370,11 @@ def _inputs(entry: Method, opts, **x) -> dict[str, Tensor | None]:
     return _float32_inputs(**x)
 
 
-def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift):
-    """TRL's names where they exist, plus ours (is/*, drift/*): detached 0-dim float32 tensors."""
+def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift, eps):
+    """TRL's names where they exist, plus ours (is/*, drift/*): detached 0-dim float32 tensors.
+    drift/* is logged for every method with a pi_b, IS or not: the unclipped joint log-ratio and the
+    ESS / clip fraction the clipped weights exp(min(log r, 2 eps)) WOULD have (the golden-free drift
+    signal of `isdaa.drift`; for an IS method without normalization they equal is/ess, is/clip_frac)."""
     with torch.no_grad():
         reward_c, reward_r = beta * (policy_c - ref_c), beta * (policy_r - ref_r)
         metrics = {
@@ -386,6 +389,9 @@ def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift):
         if drift is not None:  # Figure 6's drift: mean unclipped joint log-ratio; mean ratio (may be inf)
             metrics["drift/log_ratio_mean"] = drift.mean()
             metrics["drift/ratio_mean"] = importance.log_mean_exp(drift).exp()
+            would_be = importance.weight_stats(drift, eps)
+            metrics["drift/ess"] = would_be["ess"]
+            metrics["drift/clip_frac"] = would_be["clip_frac"]
     return {k: v.detach().float() for k, v in metrics.items()}
 
 
