@@ -70,7 +70,7 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""                    # hub dataset name, or a local .jsonl / .json / .parquet file
+    train: Any = ""                    # hub name, local .jsonl / .json / .parquet file, glob, or a list (mixture)
     train_split: str = "train"
     eval: str | None = None         # same forms; for a hub dataset usually the same name
     eval_split: str = "test"
@@ -80,6 +80,8 @@ class DataConfig:
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
     sft_source: str = "auto"           # sft only: auto | completion | messages | chosen
+    streaming: bool = False            # hub datasets: read rows lazily (with max_*_examples: only those rows)
+    num_proc: int | None = None        # processes for datasets.load_dataset (hub download / preparation)
 
     def __post_init__(self):
         _check(bool(self.train), "data.train is required (hub name or local file)")
@@ -89,6 +91,7 @@ class DataConfig:
             v = getattr(self, name)
             _check(v is None or v > 0, f"data.{name} must be > 0")
         _one_of(self.sft_source, ("auto", "completion", "messages", "chosen"), "data.sft_source")
+        _check(self.num_proc is None or self.num_proc > 0, "data.num_proc must be > 0")
 
 
 @dataclass
@@ -117,6 +120,50 @@ class OptimConfig:
 
 
 @dataclass
+class LiveEvalConfig:
+    """Live over-optimization eval every `every` steps (isdaa.evaluate.live): KL(pi_theta || pi_ref) from
+    T=1 samples, golden win rate against the chosen responses when `reward` is set, eval/* metrics."""
+
+    reward: str | None = None          # reward-model folder or `module:function`; None: KL only
+    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval, else data.train
+    split: str = "test"                # split of a hub `prompts` dataset
+    every: int = 50                    # evaluate every N optimizer steps (and at the last step)
+    n_prompts: int = 64                # the first N prompts, the same at every evaluation
+    n: int = 2                         # samples per prompt for the win rate
+    temperature: float = 0.7           # win-rate sampling (paper Appendix D); KL samples use T=1
+    top_p: float = 0.95
+    max_new_tokens: int = 128
+    kl_samples: int = 1                # T=1 samples per prompt for the KL estimate
+    kl_estimator: str = "k1"           # k1 | k3: which one sqrt_kl and kl_budget use
+    kl_budget: float | None = None     # stop the run once sqrt(KL) exceeds it
+    batch_size: int = 64               # sampling batch
+    at_start: bool = False             # also evaluate after step 1
+    log_generations: int = 4           # rows of the generations table per eval (0: none)
+
+    def __post_init__(self):
+        for name in ("every", "n_prompts", "n", "max_new_tokens", "kl_samples", "batch_size"):
+            _check(getattr(self, name) > 0, f"eval.{name} must be > 0")
+        _check(self.temperature >= 0 and 0 < self.top_p <= 1, "eval.temperature must be >= 0, eval.top_p in (0, 1]")
+        _one_of(self.kl_estimator, ("k1", "k3"), "eval.kl_estimator")
+        _check(self.kl_budget is None or self.kl_budget > 0, "eval.kl_budget must be > 0")
+        _check(self.log_generations >= 0, "eval.log_generations must be >= 0")
+
+
+def _tracker_names(value) -> list:
+    """report_to: a name or list of accelerate's tracker names (or `all`); `none` / false / [] = no tracker."""
+    if value in (None, False, "none", "None"):
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    names = [n for n in names if n not in (None, False, "none", "None")]
+    if names:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # built-in and registered trackers
+
+        for n in names:
+            _one_of(n, ("all", *LOGGER_TYPE_TO_CLASS), "report_to")
+    return names
+
+
+@dataclass
 class TrainConfig:
     """Fields shared by sft, rm and pref runs."""
 
@@ -140,7 +187,11 @@ class TrainConfig:
     save_resume_state: bool = True     # optimizer/scheduler/RNG in checkpoints (resumable)
     resume_state_keep: int = 1         # only the latest N checkpoints keep their resume state
     progress: bool = True              # tqdm bar (the lab's workers turn it off)
-    report_to: list = field(default_factory=list)  # tensorboard, wandb
+    report_to: list = field(default_factory=list)  # accelerate trackers (tensorboard, wandb, mlflow, ...), all, none
+    push_to_hub: bool = False          # upload final/ (weights, tokenizer, model card) at the end of the run
+    hub_model_id: str | None = None    # repo id for push_to_hub; default: output_dir's folder name
+    hub_private: bool | None = None    # private repo on creation (None: the hub's default)
+    eval: LiveEvalConfig | None = None  # live over-optimization eval during training (evaluate/live.py)
     num_threads: int | None = None  # torch.set_num_threads
     run_name: str | None = None
     max_nonfinite_steps: int = 3       # non-finite loss/gradient: the step is skipped; this many in a row stop
@@ -166,9 +217,7 @@ class TrainConfig:
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
-        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
-        for r in self.report_to:
-            _one_of(r, ("tensorboard", "wandb"), "report_to")
+        self.report_to = _tracker_names(self.report_to)
 
     @property
     def kind(self) -> str:
@@ -189,6 +238,7 @@ class RMConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _check(self.eval is None, "the eval block (live generation eval) is for sft and pref runs, not rm")
 
 
 @dataclass
@@ -331,10 +381,20 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
             raise ValueError(f"{source}: not valid UTF-8 ({err.reason})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a config must be a mapping of keys, got {type(data).__name__}")  # noqa: TRY004
-    data = _merge(data, parse_overrides(overrides))
+    from isdaa import trl_compat
+
+    cls = CONFIG_CLASSES[kind]
+    data, problems = trl_compat.translate(data, cls)           # TRL key names -> isdaa's (trl_compat.py)
+    extra, more = trl_compat.translate(parse_overrides(overrides), cls)
+    data = _merge(data, extra)
     declared = data.pop("kind", kind)
     _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")
-    return from_dict(CONFIG_CLASSES[kind], data)
+    problems += more + trl_compat.unknown_keys(cls, data)
+    if problems:  # every unknown / unsupported key at once
+        head = f"{source}: " if isinstance(source, (str, Path)) else ""
+        raise ValueError(head + ("; ".join(problems) if len(problems) == 1 else
+                                 f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems)))
+    return from_dict(cls, data)
 
 
 def to_dict(cfg) -> dict:
