@@ -40,8 +40,7 @@ ALIASES = {
     "adam_beta2": "optim.adam_beta2",
     "adam_epsilon": "optim.adam_eps",
     "max_grad_norm": "optim.max_grad_norm",
-    "warmup_ratio": "optim.warmup_ratio",
-    "warmup_steps": "optim.warmup_steps",
+    "warmup_ratio": "optim.warmup_ratio",      # TRL < 1 / transformers < 5
     "num_train_epochs": "epochs",
     "per_device_eval_batch_size": "eval_batch_size",
     "precompute_ref_batch_size": "eval_batch_size",
@@ -68,6 +67,8 @@ CONVERTED = {
     "gradient_accumulation_steps": ("batch_size", "see per_device_train_batch_size"),
     "eval_strategy": ("data.eval", "steps: evaluate on dataset_test_split every eval_steps; no: none"),
     "max_steps": ("max_steps", "-1 (TRL's 'unset') -> no limit"),
+    "warmup_steps": ("optim.warmup_steps", "an integer: steps; a float in (0, 1): optim.warmup_ratio "
+                                           "(transformers 5)"),
 }
 
 # TRL keys accepted with no effect: isdaa already behaves as the accepted values ask
@@ -220,6 +221,10 @@ def _convert(trl: dict, out: dict, problems: list) -> None:
             problems.append("TRL bf16 and fp16 are both true")
         else:
             _set(out, "mixed_precision", "bf16" if bf16 else "fp16" if fp16 else "no", "bf16/fp16", problems)
+    if "warmup_steps" in trl:
+        w = trl["warmup_steps"]
+        ratio = isinstance(w, float) and 0 < w < 1
+        _set(out, "optim.warmup_ratio" if ratio else "optim.warmup_steps", w, "warmup_steps", problems)
     if "precompute_ref_log_probs" in trl:
         _set(out, "ref_logps", "precompute" if trl["precompute_ref_log_probs"] else "on_the_fly",
              "precompute_ref_log_probs", problems)
