@@ -37,7 +37,8 @@ class LiveEvalCallback(TrainerCallback):
                  reward: RewardFn | None = None, chosen: Sequence[str] | None = None,
                  kl_budget: float | None = None, kl_estimator: str = "k1", kl_samples_per_prompt: int = 1,
                  temperature: float = 0.7, top_p: float = 0.95, n_samples: int = 2, max_new_tokens: int = 128,
-                 batch_size: int = 256, seed: int = 0, at_start: bool = False, log_generations: int = 0):
+                 batch_size: int = 256, seed: int = 0, at_start: bool = False, log_generations: int = 0,
+                 progress: bool = False):
         if kl_estimator not in ("k1", "k3"):
             raise ValueError("kl_estimator must be 'k1' or 'k3'")
         if reward is not None and chosen is None:
@@ -50,7 +51,7 @@ class LiveEvalCallback(TrainerCallback):
         self.temperature, self.top_p, self.max_new_tokens = temperature, top_p, max_new_tokens
         self.batch_size, self.seed, self.at_start = batch_size, seed, at_start
         self._chosen_rewards = None
-        self.log_generations = log_generations
+        self.log_generations, self.progress = log_generations, progress
         self.generations: list[dict] = []  # the latest evaluation's first `log_generations` samples
         self.history: list[dict] = []
 
@@ -62,7 +63,8 @@ class LiveEvalCallback(TrainerCallback):
                                    kl_budget=e.kl_budget, kl_estimator=e.kl_estimator,
                                    kl_samples_per_prompt=e.kl_samples, temperature=e.temperature, top_p=e.top_p,
                                    n_samples=e.n, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
-                                   seed=cfg.seed, at_start=e.at_start, log_generations=e.log_generations)
+                                   seed=cfg.seed, at_start=e.at_start, log_generations=e.log_generations,
+                                   progress=cfg.progress)
 
     def prepare(self, ctx) -> None:
         """Called before each evaluation (subclasses load what they need)."""
@@ -88,7 +90,7 @@ class LiveEvalCallback(TrainerCallback):
         pids = encode_prompts(tokenizer, self.prompts)
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         kl_s = sample_responses(model, tokenizer, pids, self.kl_samples_per_prompt, 1.0, 1.0,
-                                self.max_new_tokens, seed, self.batch_size)
+                                self.max_new_tokens, seed, self.batch_size, progress=self.progress)
         p_ids, r_ids = [pids[s.prompt_index] for s in kl_s], [s.response_ids for s in kl_s]
         lp_pol = sample_logps(model, pids, kl_s, self.batch_size, pad)
         lp_ref = response_logps(self.ref, p_ids, r_ids, self.batch_size, pad_id=pad)
@@ -100,7 +102,7 @@ class LiveEvalCallback(TrainerCallback):
             if self._chosen_rewards is None:
                 self._chosen_rewards = score(self.reward, self.prompts, self.chosen)
             wr_s = sample_responses(model, tokenizer, pids, self.n_samples, self.temperature, self.top_p,
-                                    self.max_new_tokens, seed + 1_000_003, self.batch_size)
+                                    self.max_new_tokens, seed + 1_000_003, self.batch_size, progress=self.progress)
             rewards = score(self.reward, [self.prompts[s.prompt_index] for s in wr_s], [s.text for s in wr_s])
             wr = win_rate(rewards, self._chosen_rewards, [s.prompt_index for s in wr_s])
             shown = wr_s
