@@ -32,6 +32,8 @@ ALIASES = {
     "dataset_test_split": "data.eval_split",
     "dataset_streaming": "data.streaming",
     "dataset_num_proc": "data.num_proc",
+    "datasets": "data.train",                  # TRL's mixture list (path, name, split, data_files, ...)
+    "streaming": "data.streaming",             # TRL's mixture streaming flag
     "max_length": "data.max_length",
     "max_prompt_length": "data.max_prompt_length",
     "learning_rate": "optim.lr",
@@ -302,7 +304,7 @@ def suggest(key: str, cls, prefix: str = "") -> str:
     if not close:
         return ""
     name = close[0]
-    if name in ALIASES or name in CONVERTED:
+    if not prefix and name not in here and (name in ALIASES or name in CONVERTED):
         target = ALIASES.get(name) or CONVERTED[name][0]
         return f" (did you mean {name!r}, TRL's name for {target!r}?)"
     return f" (did you mean {name!r}?)"
