@@ -81,9 +81,8 @@ NO_OP = {
     "do_train": (True,),
     "do_eval": None,                        # evaluation follows eval_strategy / data.eval
     "truncation_mode": ("keep_start",),     # TRL's only supported mode; isdaa's rule is docs/ARCHITECTURE.md
-    "disable_dropout": None,                # accepted; dropout is the model's own unless isdaa's config says
     "bf16_full_eval": (False,),
-    "logging_first_step": None,
+    "logging_first_step": (False,),         # isdaa logs every logging_steps (and the last step)
 }
 
 # TRL keys refused, with the reason (instead of a generic "unknown key")
@@ -110,6 +109,7 @@ REFUSED = {
     "use_dora": "not supported (LoRA options: lora_r, lora_alpha, lora_dropout, lora_target_modules)",
     "model_init_kwargs": "use model.dtype, model.attn_implementation, model.revision, model.trust_remote_code",
     "rpo_alpha": "isdaa's RPO is method: rpo with loss.rpo_eta (METHOD.md)",
+    "disable_dropout": "no dropout switch in this config version (an isdaa key of that name takes precedence)",
 }
 
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo"}
