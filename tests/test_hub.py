@@ -104,3 +104,12 @@ def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
 def test_merge_refuses_a_folder_without_adapter(tiny_dir, tmp_path):
     r = CliRunner().invoke(main, ["merge", str(tiny_dir), "--out", str(tmp_path / "m")])
     assert r.exit_code != 0 and "no LoRA adapter (adapter_config.json)" in r.output
+
+
+def test_merge_refuses_a_pickle_adapter(tmp_path):
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
+    (adapter / "adapter_model.bin").write_bytes(b"pickle")
+    r = CliRunner().invoke(main, ["merge", str(adapter), "--out", str(tmp_path / "m")])
+    assert r.exit_code != 0 and "no adapter_model.safetensors (pickle adapters are not loaded)" in r.output

@@ -1,6 +1,6 @@
 """`isdaa merge RUN_OR_ADAPTER --out DIR`: a LoRA adapter merged into its base model (peft's
-`merge_and_unload`), saved with safetensors, the tokenizer and a model card; loadable with
-`AutoModelForCausalLM.from_pretrained(DIR)`. `--push-to-hub REPO` uploads the merged folder."""
+`merge_and_unload`), saved with safetensors, the tokenizer and a model card: a plain transformers
+checkpoint (AutoModelForCausalLM loads it). `--push-to-hub REPO` uploads the merged folder."""
 
 from __future__ import annotations
 
@@ -22,14 +22,22 @@ def _adapter_dir(path: Path) -> Path:
 def merge_adapter(adapter: Path, out: Path, base: str | None = None, dtype: str = "fp32") -> Path:
     """Merge `adapter` into `base` (default: the adapter's base_model_name_or_path) and save to `out`
     atomically (a temporary folder renamed at the end). Weights load from safetensors only."""
-    from peft import PeftModel
+    from peft import PeftConfig, get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from isdaa.train.models import DTYPES, safe_from_pretrained
 
-    base = base or json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
-    model = safe_from_pretrained(AutoModelForCausalLM, base, dtype=DTYPES[dtype])
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    weights = adapter / "adapter_model.safetensors"
+    if not weights.is_file():  # peft would fall back to a pickle adapter_model.bin
+        raise ValueError(f"{adapter}: no adapter_model.safetensors (pickle adapters are not loaded)")
+    peft_config = PeftConfig.from_pretrained(str(adapter))
+    base = base or peft_config.base_model_name_or_path
+    model = get_peft_model(safe_from_pretrained(AutoModelForCausalLM, base, dtype=DTYPES[dtype]), peft_config)
+    result = set_peft_model_state_dict(model, load_file(weights))
+    if result.unexpected_keys:
+        raise ValueError(f"{weights}: keys that fit no adapter module, e.g. {result.unexpected_keys[:3]}")
+    merged = model.merge_and_unload()
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
