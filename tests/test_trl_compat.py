@@ -191,3 +191,11 @@ def test_docs_list_every_trl_key():
     doc = (ROOT / "docs" / "TRL.md").read_text()
     missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED) for k in table if f"`{k}" not in doc]
     assert missing == []
+
+
+def test_translation_leaves_the_callers_mapping_alone():
+    given = {"model": {"name_or_path": "m"}, "data": {"train": "d"}, "output_dir": "o", "dataset_config": "x",
+             "model_revision": "r"}
+    snapshot = json.dumps(given, sort_keys=True)
+    cfg = load_config(given)
+    assert (cfg.data.subset, cfg.model.revision) == ("x", "r") and json.dumps(given, sort_keys=True) == snapshot

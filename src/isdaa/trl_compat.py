@@ -13,6 +13,7 @@ stands for given with different values is an error. Problems are returned, not r
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import os
@@ -157,6 +158,7 @@ def translate(data: dict, cls) -> tuple[dict, list[str]]:
     neither TRL's nor isdaa's pass through unchanged (`unknown_keys` reports them)."""
     if not isinstance(data, dict):
         return data, []
+    data = copy.deepcopy(data)  # aliases write into nested mappings: never into the caller's
     names = _fields(cls)
     out, problems, trl = {}, [], {}
     for key, value in data.items():
