@@ -72,14 +72,26 @@ def test_no_push_by_default_but_a_card(tiny_dir, tmp_path, monkeypatch):
 
 
 def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
+    """TRL's LoRA recipe (configs/trl/dpo-lora.yaml: use_peft, lora_r, lora_alpha), trained through the
+    CLI, then `isdaa merge`."""
     pytest.importorskip("peft")
     from peft import PeftModel
+    from test_train import pref_rows, write_jsonl
+    from test_trl_compat import TRL_LORA, _tiny_trl_yaml
     from transformers import AutoModelForCausalLM
 
     hub = FakeHub().install(monkeypatch)
-    cfg = make_cfg(tiny_dir, tmp_path, "lora", max_steps=3, optim={"lr": 5e-2, "warmup_steps": 0},
-                   model={"name_or_path": str(tiny_dir), "lora": {"r": 4, "alpha": 8, "dropout": 0.0}})
-    train(cfg)
+    monkeypatch.setenv("ISDAA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(16))
+    config = _tiny_trl_yaml(tmp_path / "lora.yaml", tiny_dir, data, tmp_path / "lora", source=TRL_LORA,
+                            max_steps=3, learning_rate=5e-2, per_device_train_batch_size=2,
+                            gradient_accumulation_steps=2, lora_r=4, lora_alpha=8, max_length=32)
+    r = CliRunner().invoke(main, ["train", "pref", "--config", str(config), "progress=false",
+                                  "data.max_prompt_length=16"])
+    assert r.exit_code == 0, r.output
+    resolved = yaml.safe_load((tmp_path / "lora" / "config.yaml").read_text())
+    assert resolved["model"]["lora"] == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": None}
     final = tmp_path / "lora" / "final"
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     assert "library_name: peft" in (final / "README.md").read_text()
