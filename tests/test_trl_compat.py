@@ -199,3 +199,8 @@ def test_translation_leaves_the_callers_mapping_alone():
     snapshot = json.dumps(given, sort_keys=True)
     cfg = load_config(given)
     assert (cfg.data.subset, cfg.model.revision) == ("x", "r") and json.dumps(given, sort_keys=True) == snapshot
+
+
+def test_trl_loss_name_under_isdaa_key_points_to_the_isdaa_name():
+    with pytest.raises(ValueError, match=r"method 'sigmoid' is TRL's loss_type name: isdaa's is method: dpo"):
+        load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o"}, ["method=sigmoid"])

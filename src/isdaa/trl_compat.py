@@ -170,6 +170,10 @@ def translate(data: dict, cls) -> tuple[dict, list[str]]:
             if key == "optim" and isinstance(value, str):  # TRL's optimizer name
                 trl[key] = value
                 continue
+            if key == "method" and TRL_LOSSES.get(value, value) != value:  # e.g. method=sigmoid
+                problems.append(f"method {value!r} is TRL's loss_type name: isdaa's is "
+                                f"method: {TRL_LOSSES[value]} (or loss_type: {value})")
+                continue
             out[key] = _merge_dict(out.get(key), value)
         elif key in ALIASES or key in CONVERTED or key in NO_OP or key in REFUSED:
             trl[key] = value
