@@ -60,13 +60,14 @@ def config_keys(cls, prefix: str = "") -> list[tuple[str, str, object, str]]:
             rows += config_keys(sub, prefix + f.name + ".")
             continue
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        doc = docs.get(f.name) or ("loss option (formulas in METHOD.md)" if prefix == "loss." else "")
+        doc = f.metadata.get("doc") or docs.get(f.name, "")  # LossOptions: docs from losses.OPTIONS
         rows.append((prefix + f.name, _type_name(hints[f.name]), default, doc))
     return rows
 
 
 class TrainCommand(click.Command):
-    """`--help` ends with every config key (type = default: doc) and the TRL names accepted."""
+    """`--help` ends with the registry's methods (pref), every config key (type = default: doc) and the
+    TRL names accepted (imported only when help is shown)."""
 
     def __init__(self, *args, config_cls=None, **kwargs):
         super().__init__(*args, **kwargs)
@@ -75,6 +76,11 @@ class TrainCommand(click.Command):
     def format_epilog(self, ctx, formatter):
         from isdaa.trl_compat import ALIASES, CONVERTED, NO_OP
 
+        if any(f.name == "method" for f in dataclasses.fields(self.config_cls)):
+            from isdaa.losses import methods_help
+
+            with formatter.section("Methods (method=NAME)"):
+                formatter.write_text(methods_help())
         rows = [(key, f"{tp} = {json.dumps(default, default=str)}" + (f"  {doc}" if doc else ""))
                 for key, tp, default, doc in config_keys(self.config_cls)]
         with formatter.section("Config keys (YAML, key=value or --key value)"):
@@ -155,4 +161,4 @@ def train():
 
 train.add_command(_command("sft", "Supervised fine-tuning (NLL on completion tokens)."))
 train.add_command(_command("rm", "Bradley-Terry reward model (one-label sequence classifier)."))
-train.add_command(_command("pref", "Preference optimization with any method: dpo ipo rpo chipo rdpo, is-*."))
+train.add_command(_command("pref", "Preference optimization with any method of the registry (listed below)."))
