@@ -78,6 +78,8 @@ def test_batch_counts_processes(monkeypatch):
     ({"dtype": "bfloat16"}, "model.dtype", "bf16"),
     ({"dataset_config": "default", "dataset_train_split": "train_prefs"}, "data.train_split", "train_prefs"),
     ({"eval_strategy": "no"}, "data.eval", None),
+    ({"eval_strategy": "steps", "logging_steps": 7}, "eval_steps", 7),   # TRL: eval_steps <- logging_steps
+    ({"eval_strategy": "steps"}, "data.eval", "d"),
     ({"report_to": "none"}, "report_to", []),
     ({"hub_model_id": "me/m", "push_to_hub": True}, "hub_model_id", "me/m"),
     ({"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"]}, "model.lora.target_modules", ["q_proj", "v_proj"]),

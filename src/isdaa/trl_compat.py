@@ -121,6 +121,7 @@ DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "auto": "aut
           "fp32": "fp32"}
 LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
 TRL_DEFAULT_MICRO_BATCH = 8  # TrainingArguments.per_device_train_batch_size
+TRL_DEFAULT_LOGGING_STEPS = 10  # DPOConfig.logging_steps
 
 
 def trl_names() -> list[str]:
@@ -244,6 +245,8 @@ def _convert(trl: dict, out: dict, problems: list) -> None:
             data = out.get("data") or {}
             if not data.get("eval"):
                 _set(out, "data.eval", data.get("train"), "eval_strategy", problems)
+            if out.get("eval_steps") is None:  # as TrainingArguments: eval_steps defaults to logging_steps
+                out["eval_steps"] = out.get("logging_steps", TRL_DEFAULT_LOGGING_STEPS)
         elif strategy != "no":
             problems.append(f"TRL eval_strategy {strategy!r} is not supported (steps | no; isdaa counts steps)")
 
