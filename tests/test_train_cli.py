@@ -112,6 +112,7 @@ def test_pref_help_lists_the_registry():
     """`isdaa train pref --help` lists every base method and every loss option with its default."""
     from isdaa.losses import OPTIONS
 
-    out = CliRunner().invoke(main, ["train", "pref", "--help"]).output
+    out = CliRunner().invoke(main, ["train", "pref", "--help"], terminal_width=200).output
     assert all(name in out for name, m in METHODS.items() if not m.importance_weighted)
-    assert all(f"{name} " in out and f"[default: {o.default}]" in out for name, o in OPTIONS.items())
+    lines = {line.split()[0]: line for line in out.splitlines() if line.startswith("  loss.")}
+    assert all(f"= {json.dumps(o.default)}  {o.doc[:20]}" in lines[f"loss.{name}"] for name, o in OPTIONS.items())

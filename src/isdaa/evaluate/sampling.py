@@ -100,6 +100,7 @@ def sample_responses(
     seed: int = 0,
     batch_size: int = 256,
     backend: str = "hf",
+    progress: bool = False,
 ) -> list[Sample]:
     """Sample `n` responses per prompt; returns `len(prompts) * n` `Sample`s ordered by prompt, then
     sample (`prompt_index` = i // n).
@@ -112,6 +113,7 @@ def sample_responses(
     from the raw logits during generation: the policy log-probs of KL samples need no second forward.
     The model's own generation_config is set aside during the call (no hidden repetition penalty etc.).
     `backend="vllm"` needs `model` to be a path (or a vllm.LLM); see `sample_responses_vllm`.
+    `progress`: a tqdm bar over the HF backend's batches.
     """
     if backend == "vllm":
         return sample_responses_vllm(model, tokenizer, prompts, n, temperature, top_p, max_new_tokens, seed)
@@ -141,6 +143,9 @@ def sample_responses(
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
     samples: list[Sample] = []
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(flat), desc=f"sampling (T={temperature})", unit="seq", disable=not progress, leave=False)
     try:
         for b, start in enumerate(range(0, len(flat), batch_size)):
             chunk = flat[start: start + batch_size]
@@ -159,7 +164,9 @@ def sample_responses(
                 ids, finished = _cut_at_eos(ids, eos)
                 logp = float(token_logps[row, len(ids) - 1]) if ids else 0.0
                 samples.append(Sample(i, ids, "", finished, logp))
+            bar.update(len(chunk))
     finally:
+        bar.close()
         model.generation_config = saved_config
         model.train(was_training)
     for s in samples:
