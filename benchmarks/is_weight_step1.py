@@ -7,7 +7,9 @@ user takes: `isdaa label` (CLI) then `isdaa.train.train`.
 
 Cases: a model with attention dropout 0.2 (data without behavior columns: pi_b = pi_ref); long rows
 (prompts longer than max_prompt_length, responses cut at max_length) labelled by `isdaa label`;
-conversational prompts labelled by `isdaa label` under four chat-template families (tests/conftest.py).
+conversational prompts labelled by `isdaa label` under four chat-template families (tests/conftest.py);
+TRL-format conversational rows whose pi_b / pi_ref columns were computed on TRL's own token ids
+(`DPOTrainer._prepare_dataset`; needs trl, the `[bench]` extra), per family.
 Options a version lacks (e.g. `--max-length` of `isdaa label`) are left out, so the same script runs on
 older code. Tiny random models (CPU, a few seconds per case).
 """
@@ -60,6 +62,33 @@ def label(model_dir: Path, prompts: list, out: Path, max_new_tokens: int) -> Pat
                                                        for v in pair)]
     (out / "kept.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
     return out / "kept.jsonl"
+
+
+def trl_scored(model_dir: Path, tok, out: Path) -> Path:
+    """Conversational rows + behavior and reference log-probs of the model on TRL's ids for them."""
+    from types import SimpleNamespace
+
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM
+    from trl import DPOConfig, DPOTrainer
+
+    try:  # the name moved (isdaa.logprobs.score_responses); the script also runs on older code
+        from isdaa.logprobs import score_responses
+    except ImportError:
+        from isdaa.evaluate.metrics import response_logps as score_responses
+
+    rows = [{"prompt": [{"role": "user", "content": f"hello w{i} w{i + 1}"}],
+             "chosen": [{"role": "assistant", "content": f"good w{i + 2} yes"}],
+             "rejected": [{"role": "assistant", "content": f"bad w{i + 3}"}]} for i in range(8)]
+    args = DPOConfig(output_dir=str(out), max_length=None, report_to=[], use_cpu=True, bf16=False)
+    ds = DPOTrainer._prepare_dataset(SimpleNamespace(_tokenizer=tok), Dataset.from_list(rows), tok, args, "x")
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    for side in ("chosen", "rejected"):
+        lp = score_responses(model, ds["prompt_ids"], ds[f"{side}_ids"])
+        for r, v in zip(rows, lp):
+            r[f"{side}_logps"] = r[f"ref_{side}_logps"] = float(v)
+    out.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return out
 
 
 def step1(model_dir: Path, data: Path, out: Path, **extra) -> dict:
@@ -120,6 +149,11 @@ def main() -> None:
             pairs = label(model, prompts, tmp / f"label-{family}", max_new_tokens=8)
             results[f"chat {family} (isdaa label)"] = step1(model, pairs, tmp / f"run-{family}",
                                                             **{"data.drop_unfinished": False})
+            try:
+                rows = trl_scored(model, ftok, tmp / f"trl-{family}.jsonl")
+            except ImportError:
+                continue
+            results[f"chat {family} (TRL-format, log-probs on TRL's ids)"] = step1(model, rows, tmp / f"trl-{family}")
     print(f"| case | step-1 is/weight_mean | step-1 loss (log 2 = {math.log(2):.4f}) | pairs |")
     print("|---|---:|---:|---:|")
     for name, r in results.items():

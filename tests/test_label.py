@@ -109,18 +109,19 @@ def test_logps_are_those_of_the_trainer_tokenization(tiny):
     sample, and of tokenizer(text) alone for one cut at max_new_tokens (flagged unfinished: never
     completed with an EOS it did not emit)."""
     from isdaa.evaluate.label import label_pairs
-    from isdaa.evaluate.metrics import response_logps
     from isdaa.evaluate.sampling import encode_prompts
+    from isdaa.logprobs import score_responses
 
     model, tok = tiny
     prompts = [f"w{i} good" for i in range(40)]
     rows = label_pairs(model, tok, prompts, hashed_reward, n=2, max_new_tokens=30, seed=0)
-    flags = [r["chosen_ids_exact"] for r in rows] + [r["rejected_ids_exact"] for r in rows]
-    assert any(flags) and not all(flags)
-    assert not all(r["chosen_finished"] and r["rejected_finished"] for r in rows)  # both cases occur
+    # the text keeps sampled special tokens and no EOS is added to an unfinished sample: every trainer id
+    # sequence is the sampled one, finished (EOS) or not (both cases occur)
+    assert all(r["chosen_ids_exact"] and r["rejected_ids_exact"] for r in rows)
+    assert not all(r["chosen_finished"] and r["rejected_finished"] for r in rows)
     pids = encode_prompts(tok, [r["prompt"] for r in rows])
     for col in ("chosen", "rejected"):
         ids = [x + [tok.eos_token_id] * r[f"{col}_finished"]
                for x, r in zip(tok([r[col] for r in rows], add_special_tokens=False)["input_ids"], rows)]
-        expect = response_logps(model, pids, ids)
+        expect = score_responses(model, pids, ids)
         np.testing.assert_allclose([r[f"{col}_logps"] for r in rows], expect, atol=1e-3)

@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-# The registry's names, for validation when isdaa.losses is unavailable (kept in sync by a test).
-KNOWN_METHODS = ("dpo", "ipo", "rpo", "chipo", "rdpo", "is-dpo", "is-ipo", "is-rpo", "is-chipo", "is-rdpo")
+from isdaa.losses import METHODS, OPTIONS
 
 
 def _nearest(name: str, options) -> str:
@@ -44,7 +43,7 @@ def _one_of(value, options, what: str) -> None:
 class LoraConfig:
     r: int = 16                       # adapter rank
     alpha: int = 32                   # lora_alpha (scale alpha / r)
-    dropout: float = 0.05
+    dropout: float = 0.05             # lora_dropout
     target_modules: Any = "all-linear"  # peft's names, or a list of module names
 
     def __post_init__(self):
@@ -55,10 +54,10 @@ class LoraConfig:
 @dataclass
 class ModelConfig:
     name_or_path: str = ""             # hub name or local save_pretrained folder
-    revision: str | None = None
+    revision: str | None = None        # hub branch, tag or commit of the model
     dtype: str = "fp32"                # weights dtype: fp32 | bf16 | fp16 | auto
     trust_remote_code: bool = False    # off unless explicitly set
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~20% slower)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None: transformers' default
     tokenizer: str | None = None    # defaults to name_or_path
     lora: LoraConfig | None = None  # set to train LoRA adapters through peft
@@ -70,18 +69,20 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str = ""                    # hub dataset name, or a local .jsonl / .json / .parquet file
-    train_split: str = "train"
+    train: Any = ""                    # hub name, local .jsonl / .json / .parquet file, glob, or a list (mixture)
+    train_split: str = "train"         # split of a hub dataset
     eval: str | None = None         # same forms; for a hub dataset usually the same name
-    eval_split: str = "test"
+    eval_split: str = "test"           # split of the hub eval dataset
     subset: str | None = None       # hub dataset configuration name
     max_length: int = 640              # prompt + response tokens (ARCHITECTURE.md, tokenization rule)
     max_prompt_length: int = 512       # the prompt keeps its LAST max_prompt_length tokens
-    max_train_examples: int | None = None
-    max_eval_examples: int | None = None
+    max_train_examples: int | None = None  # keep the first N rows (None: all)
+    max_eval_examples: int | None = None   # keep the first N eval rows (None: all)
     sft_source: str = "auto"           # sft only: auto | completion | messages | chosen
     drop_unfinished: bool = True       # pref: drop pairs flagged `chosen_finished`/`rejected_finished` false
                                        # (samples cut at max_new_tokens); false keeps them, without EOS
+    streaming: bool = False            # hub datasets: read rows lazily (with max_*_examples: only those rows)
+    num_proc: int | None = None        # processes for datasets.load_dataset (hub download / preparation)
 
     def __post_init__(self):
         _check(bool(self.train), "data.train is required (hub name or local file)")
@@ -91,19 +92,20 @@ class DataConfig:
             v = getattr(self, name)
             _check(v is None or v > 0, f"data.{name} must be > 0")
         _one_of(self.sft_source, ("auto", "completion", "messages", "chosen"), "data.sft_source")
+        _check(self.num_proc is None or self.num_proc > 0, "data.num_proc must be > 0")
 
 
 @dataclass
 class OptimConfig:
     optimizer: str = "adamw"           # adamw (paper) | sgd (plain SGD with momentum `sgd_momentum`)
     lr: float = 1e-6                   # paper, Appendix C
-    sgd_momentum: float = 0.0
-    weight_decay: float = 0.0
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
+    sgd_momentum: float = 0.0          # momentum of optimizer: sgd
+    weight_decay: float = 0.0          # decoupled (AdamW); none on biases and norms
+    adam_beta1: float = 0.9            # AdamW first-moment decay
+    adam_beta2: float = 0.999          # AdamW second-moment decay
+    adam_eps: float = 1e-8             # AdamW epsilon
     scheduler: str = "cosine"          # cosine | linear | constant (all with linear warmup)
-    warmup_steps: int = 100
+    warmup_steps: int = 100            # linear warmup steps
     warmup_ratio: float = 0.0          # used instead of warmup_steps when > 0
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
 
@@ -119,32 +121,80 @@ class OptimConfig:
 
 
 @dataclass
+class LiveEvalConfig:
+    """Live over-optimization eval every `every` steps (isdaa.evaluate.live): KL(pi_theta || pi_ref) from
+    T=1 samples, golden win rate against the chosen responses when `reward` is set, eval/* metrics."""
+
+    reward: str | None = None          # reward-model folder or `module:function`; None: KL only
+    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval, else data.train
+    split: str = "test"                # split of a hub `prompts` dataset
+    every: int = 50                    # evaluate every N optimizer steps (and at the last step)
+    n_prompts: int = 64                # the first N prompts, the same at every evaluation
+    n: int = 2                         # samples per prompt for the win rate
+    temperature: float = 0.7           # win-rate sampling (paper Appendix D); KL samples use T=1
+    top_p: float = 0.95                # nucleus sampling for the win rate
+    max_new_tokens: int = 128          # response length cap when sampling
+    kl_samples: int = 1                # T=1 samples per prompt for the KL estimate
+    kl_estimator: str = "k1"           # k1 | k3: which one sqrt_kl and kl_budget use
+    kl_budget: float | None = None     # stop the run once sqrt(KL) exceeds it
+    batch_size: int = 64               # sampling batch
+    at_start: bool = False             # also evaluate after step 1
+    log_generations: int = 4           # rows of the generations table per eval (0: none)
+
+    def __post_init__(self):
+        for name in ("every", "n_prompts", "n", "max_new_tokens", "kl_samples", "batch_size"):
+            _check(getattr(self, name) > 0, f"eval.{name} must be > 0")
+        _check(self.temperature >= 0 and 0 < self.top_p <= 1, "eval.temperature must be >= 0, eval.top_p in (0, 1]")
+        _one_of(self.kl_estimator, ("k1", "k3"), "eval.kl_estimator")
+        _check(self.kl_budget is None or self.kl_budget > 0, "eval.kl_budget must be > 0")
+        _check(self.log_generations >= 0, "eval.log_generations must be >= 0")
+
+
+def _tracker_names(value) -> list:
+    """report_to: a name or list of accelerate's tracker names (or `all`); `none` / false / [] = no tracker."""
+    if value in (None, False, "none", "None"):
+        return []
+    names = [value] if isinstance(value, str) else list(value)
+    names = [n for n in names if n not in (None, False, "none", "None")]
+    if names:
+        from accelerate.tracking import LOGGER_TYPE_TO_CLASS  # built-in and registered trackers
+
+        for n in names:
+            _one_of(n, ("all", *LOGGER_TYPE_TO_CLASS), "report_to")
+    return names
+
+
+@dataclass
 class TrainConfig:
     """Fields shared by sft, rm and pref runs."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    output_dir: str = ""
-    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)  # the policy (and default reference)
+    data: DataConfig = field(default_factory=DataConfig)     # training / eval datasets and lengths
+    optim: OptimConfig = field(default_factory=OptimConfig)  # optimizer and lr schedule
+    output_dir: str = ""               # the run directory (config, metrics, checkpoints, summary)
+    seed: int = 0                      # model init, data order (epoch permutations), sampling
     epochs: float = 1.0                # may be fractional; max_steps wins when set
-    max_steps: int | None = None
+    max_steps: int | None = None       # optimizer steps; overrides epochs
     batch_size: int = 64               # global batch per optimizer step
     micro_batch_size: int = 4          # per process per forward
     mixed_precision: str = "auto"      # auto (bf16 where the GPU has it) | no | bf16 | fp16
-    logging_steps: int = 10
+    logging_steps: int = 10            # write a metrics.jsonl record every N steps
     eval_steps: int | None = None   # evaluate on data.eval every N steps (and at the end)
-    eval_batch_size: int | None = None
-    save_steps: int | None = None
+    eval_batch_size: int | None = None  # eval / reference precompute batch (default: 2 x micro_batch_size)
+    save_steps: int | None = None      # checkpoint every N steps
     save_fractions: list = field(default_factory=list)  # e.g. [0.02, 0.05, 0.1] of total steps
     save_examples: list = field(default_factory=list)   # example counts (global) to checkpoint at
     save_initial: bool = False         # checkpoints/step-00000000 = the initial policy
     save_resume_state: bool = True     # optimizer/scheduler/RNG in checkpoints (resumable)
     resume_state_keep: int = 1         # only the latest N checkpoints keep their resume state
     progress: bool = True              # tqdm bar (the lab's workers turn it off)
-    report_to: list = field(default_factory=list)  # tensorboard, wandb
+    report_to: list = field(default_factory=list)  # accelerate trackers (tensorboard, wandb, mlflow, ...), all, none
+    push_to_hub: bool = False          # upload final/ (weights, tokenizer, model card) at the end of the run
+    hub_model_id: str | None = None    # repo id for push_to_hub; default: output_dir's folder name
+    hub_private: bool | None = None    # private repo on creation (None: the hub's default)
+    eval: LiveEvalConfig | None = None  # live over-optimization eval during training (evaluate/live.py)
     num_threads: int | None = None  # torch.set_num_threads
-    run_name: str | None = None
+    run_name: str | None = None        # tracker run name (default: output_dir's folder name)
     max_nonfinite_steps: int = 3       # non-finite loss/gradient: the step is skipped; this many in a row stop
     response_only_head: bool = True    # sft/pref: LM head on response-predicting positions only (same values,
                                        # less time and memory); false: full (B, T, V) logits. Models whose
@@ -168,9 +218,7 @@ class TrainConfig:
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
-        self.report_to = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
-        for r in self.report_to:
-            _one_of(r, ("tensorboard", "wandb"), "report_to")
+        self.report_to = _tracker_names(self.report_to)
 
     @property
     def kind(self) -> str:
@@ -191,35 +239,58 @@ class RMConfig(TrainConfig):
 
     def __post_init__(self):
         super().__post_init__()
+        _check(self.eval is None, "the eval block (live generation eval) is for sft and pref runs, not rm")
+
+
+def _check_loss_options(self):
+    for option in OPTIONS.values():
+        try:
+            option.check(getattr(self, option.name))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"loss.{err}") from None
+
+
+# Options forwarded to `isdaa.losses.preference_loss`: one field per entry of the registry's OPTIONS
+# (name, type, default and check live there; docs/METHOD.md has the formulas).
+LossOptions = dataclasses.make_dataclass(
+    "LossOptions",
+    [(o.name, o.annotation, field(default=o.default, metadata={"doc": o.doc})) for o in OPTIONS.values()],
+    namespace={"__post_init__": _check_loss_options,
+               "__doc__": "Loss options (`loss.<name>`), derived from isdaa.losses.OPTIONS.",
+               "__module__": __name__},
+)
 
 
 @dataclass
-class LossOptions:
-    """Options forwarded to `isdaa.losses.preference_loss` (METHOD.md has the formulas)."""
+class DriftStopConfig:
+    """`stop_on_drift`: a golden-free over-optimization alarm on a training-batch signal (isdaa.drift;
+    the callback is isdaa.train.drift_stop). The smoothed signal is the mean of the last `smoothing`
+    checks; the alarm fires after `patience` checks in a row beyond `threshold`."""
 
-    is_clip: float = 1.0               # eps: log-weights clipped from above at 2*eps (release default 1.0)
-    is_self_normalize: bool = False
-    is_length_normalize: bool = False
-    ipo_length_normalize: bool = False
-    rpo_eta: float = 0.005
-    rpo_nll_mean: bool = False
-    chipo_rmax: float | None = None
-    rdpo_alpha: float = 0.01
+    signal: str = "drift/log_ratio_mean"  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
+    threshold: float = -2.0            # alarm below it (above it for is/clip_frac); the signal's units
+    smoothing: int = 10                # trailing mean over this many checks (1: the raw value)
+    patience: int = 1                  # consecutive checks beyond the threshold before the alarm
+    action: str = "stop"               # stop | keep-best (save best_by_drift/ at the alarm, train on)
+    every: int | None = None           # check every N steps; default logging_steps
 
     def __post_init__(self):
-        _check(math.isfinite(self.is_clip) and self.is_clip > 0,
-               f"loss.is_clip (eps) must be > 0 and finite, got {self.is_clip}")
-        _check(self.rpo_eta >= 0, "loss.rpo_eta must be >= 0")
-        _check(self.chipo_rmax is None or self.chipo_rmax > 0, "loss.chipo_rmax must be > 0")
+        from isdaa.drift import TRAIN_SIGNALS, check_threshold
+
+        _one_of(self.signal, TRAIN_SIGNALS, "stop_on_drift.signal")
+        check_threshold(self.signal, self.threshold, "stop_on_drift.threshold")
+        _check(self.smoothing >= 1 and self.patience >= 1, "stop_on_drift.smoothing and patience must be >= 1")
+        _one_of(self.action, ("stop", "keep-best"), "stop_on_drift.action")
+        _check(self.every is None or self.every >= 1, "stop_on_drift.every must be >= 1")
 
 
 @dataclass
 class PrefConfig(TrainConfig):
     """Preference training with any method of the registry (dpo ... is-rdpo)."""
 
-    method: str = "dpo"
-    beta: float = 0.1
-    loss: LossOptions = field(default_factory=LossOptions)
+    method: str = "dpo"                # dpo ipo rpo chipo rdpo, or is-<any> (losses.METHODS)
+    beta: float = 0.1                  # KL strength of every method
+    loss: LossOptions = field(default_factory=LossOptions)  # method options (METHOD.md)
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
     ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
@@ -228,11 +299,12 @@ class PrefConfig(TrainConfig):
     check_logps: str = "error"         # stored ref_* / behavior log-probs vs the initial models on the
                                        # trainer's ids, before training: error | recompute | off
     check_logps_rows: int = 32         # rows sampled for that check
+    stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
 
     def __post_init__(self):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
-        _one_of(self.method, _method_names(), "method")
+        _one_of(self.method, tuple(METHODS), "method")
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
         _one_of(self.check_logps, ("error", "recompute", "off"), "check_logps")
         _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
@@ -254,14 +326,6 @@ def check_schedule(cfg: TrainConfig, n_train: int, online: bool = False) -> list
                 f"{o.lr:g} (the model barely moves); set optim.warmup_steps below {steps} (e.g. "
                 f"optim.warmup_steps={steps // 10}) or optim.warmup_ratio=0.1, or train longer"]
     return []
-
-
-def _method_names():
-    try:
-        from isdaa.losses import METHODS
-        return tuple(METHODS)
-    except ImportError:
-        return KNOWN_METHODS
 
 
 KIND_OF = {SFTConfig: "sft", RMConfig: "rm", PrefConfig: "pref"}
@@ -358,10 +422,20 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
             raise ValueError(f"{source}: not valid UTF-8 ({err.reason})") from None
     if not isinstance(data, dict):
         raise ValueError(f"{source}: a config must be a mapping of keys, got {type(data).__name__}")  # noqa: TRY004
-    data = _merge(data, parse_overrides(overrides))
+    from isdaa import trl_compat
+
+    cls = CONFIG_CLASSES[kind]
+    data, problems = trl_compat.translate(data, cls)           # TRL key names -> isdaa's (trl_compat.py)
+    extra, more = trl_compat.translate(parse_overrides(overrides), cls)
+    data = _merge(data, extra)
     declared = data.pop("kind", kind)
     _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")
-    return from_dict(CONFIG_CLASSES[kind], data)
+    problems += more + trl_compat.unknown_keys(cls, data)
+    if problems:  # every unknown / unsupported key at once
+        head = f"{source}: " if isinstance(source, (str, Path)) else ""
+        raise ValueError(head + ("; ".join(problems) if len(problems) == 1 else
+                                 f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems)))
+    return from_dict(cls, data)
 
 
 def to_dict(cfg) -> dict:

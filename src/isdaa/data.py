@@ -38,6 +38,7 @@ a .jsonl file, its 0-based index otherwise -- and the field; nothing is skipped 
 
 from __future__ import annotations
 
+import glob
 import json
 import math
 import warnings
@@ -45,6 +46,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+
+from isdaa.padding import pad_batch
 
 PREF_FLOAT_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "chosen_logps", "rejected_logps")
 LOGPS_PAIRS = (("ref_chosen_logps", "ref_rejected_logps"), ("chosen_logps", "rejected_logps"))
@@ -56,20 +59,25 @@ class DataError(ValueError):
 
 class Rows(list):
     """Loaded rows that remember where they came from (`source`, and `lines`: the line number of each
-    row in a .jsonl file), so that errors can point at the offending row."""
+    row in a .jsonl file), so that errors can point at the offending row. A mixture of several sources
+    keeps each row's location in `where`."""
 
-    def __init__(self, rows=(), source: str | None = None, lines: list[int] | None = None):
+    def __init__(self, rows=(), source: str | None = None, lines: list[int] | None = None,
+                 where: list[str] | None = None):
         super().__init__(rows)
-        self.source, self.lines = source, lines
+        self.source, self.lines, self.where = source, lines, where
 
     def head(self, n: int | None) -> Rows:
         if not n:
             return self
-        return Rows(self[:n], self.source, self.lines[:n] if self.lines is not None else None)
+        cut = (lambda x: x[:n] if x is not None else None)
+        return Rows(self[:n], self.source, cut(self.lines), cut(self.where))
 
 
 def row_where(rows, i: int) -> str:
     """`file: line N` (jsonl), `file: row i` (other files, 0-based) or `row i` (in-memory rows)."""
+    if getattr(rows, "where", None) is not None:
+        return rows.where[i]
     source, lines = getattr(rows, "source", None), getattr(rows, "lines", None)
     if source and lines is not None:
         return f"{source}: line {lines[i]}"
@@ -79,9 +87,18 @@ def row_where(rows, i: int) -> str:
 # ---------------------------------------------------------------- loading
 
 
-def load_rows(spec: str, split: str = "train", subset: str | None = None, limit: int | None = None) -> Rows:
-    """Rows of a local .jsonl / .json / .parquet file, or of a hub dataset `spec` (split `split`).
-    File-level problems (missing, not UTF-8, not JSON, empty, ...) raise DataError naming the file."""
+def load_rows(spec, split: str = "train", subset: str | None = None, limit: int | None = None,
+              streaming: bool = False, num_proc: int | None = None) -> Rows:
+    """Rows of a local .jsonl / .json / .parquet file, a glob of such files, a hub dataset or local
+    dataset folder `spec` (`datasets.load_dataset`, split `split`, `streaming`, `num_proc`), or a list of
+    these (a mixture, concatenated in order; an entry may be a mapping as in TRL's `datasets:` list:
+    path, name, split, data_files, data_dir, columns). `limit` keeps the first rows (a streamed dataset
+    reads only those). File-level problems (missing, not UTF-8, not JSON, empty, ...) raise DataError
+    naming the file; local files are read by isdaa's own readers so that errors name the line."""
+    if isinstance(spec, (list, tuple)) or (isinstance(spec, str) and _is_glob(spec)):
+        return _load_mixture(spec, split, subset, limit, streaming, num_proc)
+    if isinstance(spec, dict):
+        return _load_mixture([spec], split, subset, limit, streaming, num_proc)
     path = Path(spec)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json", ".parquet") and not path.exists():
@@ -95,16 +112,67 @@ def load_rows(spec: str, split: str = "train", subset: str | None = None, limit:
     elif path.is_file():
         raise DataError(f"{spec}: unsupported dataset file type {suffix or '(none)'!r}; use .jsonl, .json or .parquet")
     else:
-        import datasets
-
-        try:
-            rows = Rows(datasets.load_dataset(spec, subset, split=split).to_list(), source=f"{spec}[{split}]")
-        except Exception as err:
-            raise DataError(f"dataset {spec!r} (split {split!r}) could not be loaded: "
-                            f"{type(err).__name__}: {err}") from err
+        rows = _load_hub(spec, split, subset, limit, streaming, num_proc)
     if not rows:
         raise DataError(f"{spec}: no rows (empty dataset file)" if path.is_file() else f"{spec}: no rows")
     return rows.head(limit)
+
+
+def _is_glob(spec: str) -> bool:
+    return any(c in spec for c in "*?[") and not Path(spec).exists()
+
+
+def _load_hub(spec: str, split: str, subset, limit, streaming: bool, num_proc, **kwargs) -> Rows:
+    """`datasets.load_dataset`: only the first `limit` rows become Python rows (streamed: only those are
+    read)."""
+    import datasets
+
+    try:
+        if streaming:
+            ds = datasets.load_dataset(spec, subset, split=split, streaming=True, **kwargs)
+            rows = list(ds.take(limit) if limit else ds)
+        else:
+            ds = datasets.load_dataset(spec, subset, split=split, num_proc=num_proc, **kwargs)
+            rows = (ds.select(range(min(limit, len(ds)))) if limit else ds).to_list()
+    except Exception as err:
+        raise DataError(f"dataset {spec!r} (split {split!r}) could not be loaded: "
+                        f"{type(err).__name__}: {err}") from err
+    return Rows(rows, source=f"{spec}[{split}]")
+
+
+MIXTURE_KEYS = {"path", "name", "split", "data_files", "data_dir", "columns"}
+
+
+def _load_mixture(specs, split, subset, limit, streaming, num_proc) -> Rows:
+    """A glob (its files, sorted) or a list of specs, concatenated; each row keeps its own location."""
+    if isinstance(specs, str):
+        pattern, specs = specs, sorted(glob.glob(specs, recursive=True))
+        if not specs:
+            raise FileNotFoundError(f"no dataset file matches {pattern!r}")
+    rows, where = [], []
+    for entry in specs:
+        if isinstance(entry, dict):
+            unknown = set(entry) - MIXTURE_KEYS
+            if unknown or "path" not in entry:
+                raise DataError(f"dataset mixture entry {entry}: needs `path`; keys {sorted(MIXTURE_KEYS)}"
+                                + (f", not {sorted(unknown)}" if unknown else ""))
+            kw = {k: entry[k] for k in ("data_files", "data_dir") if entry.get(k) is not None}
+            e_split, e_subset = entry.get("split", split), entry.get("name", subset)
+            if kw:  # a builder (json, parquet, csv, ...) over files: errors name the files
+                part = _load_hub(entry["path"], e_split, e_subset, None, streaming, num_proc, **kw)
+                part.source = f"{entry['path']}:{kw.get('data_files', kw.get('data_dir'))}[{e_split}]"
+            else:
+                part = load_rows(entry["path"], e_split, e_subset, None, streaming, num_proc)
+            if entry.get("columns"):
+                cols = list(entry["columns"])
+                part = Rows([{c: r.get(c) for c in cols} for r in part], part.source, part.lines, part.where)
+        else:
+            part = load_rows(entry, split, subset, None, streaming, num_proc)
+        rows += part
+        where += [row_where(part, i) for i in range(len(part))]
+        if limit and len(rows) >= limit:
+            break
+    return Rows(rows, source=None, where=where).head(limit)
 
 
 def _decode(path: Path) -> str:
@@ -348,6 +416,30 @@ def pref_text(row: dict, tokenizer) -> tuple[str, str, str]:
         except ValueError as err:
             raise ValueError(f"field {name!r}: {err}") from None
     return texts[0][0], texts[0][1], texts[1][1]
+
+
+def prompts_and_chosen(rows, tokenizer, need_chosen: bool = True, render: bool = True):
+    """(prompts, chosen) of evaluation / labelling rows through THE row parser (`pref_parts`: standard,
+    conversational or implicit prompt, exactly as training reads them). A conversational prompt is
+    rendered with the chat template and the generation prompt (a `ChatText`: tokenized without a
+    second BOS) when `render`, else kept as messages (`isdaa label` writes conversational rows); a
+    conversational chosen response is its last message's content. need_chosen=False: a `prompt`
+    column alone is enough (chosen is then None). A bad row raises DataError naming the file, row
+    and field."""
+    prompts, chosen = [], []
+    for i, row in enumerate(rows):
+        try:
+            if not need_chosen and isinstance(row, dict) and "prompt" in row and "chosen" not in row:
+                if row["prompt"] is None:
+                    raise ValueError("field 'prompt' is null")
+                p, c = check_text_field(row, "prompt"), None
+            else:
+                p, c, _ = pref_parts(row, need_rejected=False)
+            prompts.append(render_prompt(tokenizer, p) if render else p)
+        except ValueError as err:
+            raise _row_error(rows, i, err) from None
+        chosen.append(c if c is None or isinstance(c, str) else c[-1]["content"])
+    return prompts, chosen
 
 
 def sft_parts(row: dict, source: str = "auto"):
@@ -606,18 +698,6 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, max_prompt_length
 # ---------------------------------------------------------------- collation
 
 
-def _pad(seqs: list[list[int]], prompt_lens: list[int], pad_id: int) -> dict:
-    """Right-pad to the longest sequence of THIS batch (one tensor build, vectorized masks).
-    response_mask marks the response tokens (EOS included)."""
-    lengths = torch.tensor([len(s) for s in seqs])
-    width = int(lengths.max())
-    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long)
-    pos = torch.arange(width)
-    attn = pos < lengths[:, None]                                          # (N, T)
-    resp = attn & (pos >= torch.tensor(prompt_lens)[:, None])
-    return {"input_ids": ids, "attention_mask": attn.long(), "response_mask": resp}
-
-
 def collate_pref(examples: list[dict], pad_id: int) -> dict:
     """One concatenated batch: rows [0, B) chosen, rows [B, 2B) rejected (same prompts).
 
@@ -627,7 +707,7 @@ def collate_pref(examples: list[dict], pad_id: int) -> dict:
     seqs = [e["prompt_ids"] + e["chosen_ids"] for e in examples] + \
            [e["prompt_ids"] + e["rejected_ids"] for e in examples]
     prompt_lens = [len(e["prompt_ids"]) for e in examples] * 2
-    batch = _pad(seqs, prompt_lens, pad_id)
+    batch = pad_batch(seqs, pad_id, prompt_lens=prompt_lens)
     batch["chosen_lengths"] = torch.tensor([len(e["chosen_ids"]) for e in examples], dtype=torch.long)
     batch["rejected_lengths"] = torch.tensor([len(e["rejected_ids"]) for e in examples], dtype=torch.long)
     for col in PREF_FLOAT_COLUMNS:
@@ -640,7 +720,7 @@ def collate_pref(examples: list[dict], pad_id: int) -> dict:
 
 def collate_sft(examples: list[dict], pad_id: int) -> dict:
     seqs = [e["prompt_ids"] + e["response_ids"] for e in examples]
-    batch = _pad(seqs, [len(e["prompt_ids"]) for e in examples], pad_id)
+    batch = pad_batch(seqs, pad_id, prompt_lens=[len(e["prompt_ids"]) for e in examples])
     batch["n_examples"] = len(examples)
     batch["n_tokens"] = sum(len(s) for s in seqs)
     batch["n_response_tokens"] = sum(len(e["response_ids"]) for e in examples)

@@ -18,6 +18,7 @@ class LazyGroup(click.Group):
         "label": ("isdaa.cli.eval", "label"),
         "judge": ("isdaa.cli.eval", "judge"),
         "lab": ("isdaa.cli.lab", "lab"),
+        "merge": ("isdaa.cli.merge", "merge"),
     }
 
     def list_commands(self, ctx):

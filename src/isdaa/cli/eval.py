@@ -30,29 +30,14 @@ def _read_samples(path: Path) -> list[dict]:
 
 
 def prompts_and_chosen(rows: list[dict], tokenizer, need_chosen: bool = True, render: bool = True):
-    """(prompts, chosen) of evaluation / labelling rows through THE row parser (`isdaa.data.pref_parts`:
-    standard, conversational or implicit prompt, exactly as training reads them). A conversational
-    prompt is rendered with the chat template and the generation prompt (a `ChatText`: tokenized
-    without a second BOS) when `render`, else kept as messages (`isdaa label` writes conversational
-    rows); a conversational chosen response is its last message's content. need_chosen=False: a
-    `prompt` column alone is enough (chosen is then None where absent). A bad row is an error naming
-    the file, row and field."""
-    from isdaa.data import _row_error, check_text_field, pref_parts, render_prompt
+    """`isdaa.data.prompts_and_chosen` (the one row parser); a bad row is one clean `Error: ...`."""
+    from isdaa.data import DataError
+    from isdaa.data import prompts_and_chosen as parse
 
-    prompts, chosen = [], []
-    for i, row in enumerate(rows):
-        try:
-            if not need_chosen and isinstance(row, dict) and "prompt" in row and "chosen" not in row:
-                if row["prompt"] is None:
-                    raise ValueError("field 'prompt' is null")
-                p, c = check_text_field(row, "prompt"), None
-            else:
-                p, c, _ = pref_parts(row, need_rejected=False)
-            prompts.append(render_prompt(tokenizer, p) if render else p)
-        except ValueError as err:
-            raise click.ClickException(str(_row_error(rows, i, err))) from None
-        chosen.append(c if c is None or isinstance(c, str) else c[-1]["content"])
-    return prompts, chosen
+    try:
+        return parse(rows, tokenizer, need_chosen, render)
+    except DataError as err:
+        raise click.ClickException(str(err)) from None
 
 
 def _load_lm(path):

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from isdaa.data import encode_prompts, is_chat, render_prompt, tokenize_pref
-from isdaa.evaluate.metrics import response_logps
 from isdaa.evaluate.rewards import RewardFn, score
 from isdaa.evaluate.sampling import sample_responses
 from isdaa.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from isdaa.logprobs import score_responses
 
 
 @dataclass
@@ -104,11 +104,11 @@ def _scored_logps(model, ref, tokenizer, rows, samples, pairs, prompt_ids, s: La
             p_ids.append(p)
             r_ids.append(r)
             exact[i, j] = p == sampled_p and r == sampled_r
-    lp_b = response_logps(model, p_ids, r_ids, batch_size, temperature=s.temperature, pad_id=pad)
+    lp_b = score_responses(model, p_ids, r_ids, batch_size, temperature=s.temperature, pad_id=pad)
     if (ref is None or ref is model) and s.temperature == 1.0:
         lp_ref = lp_b
     else:
-        lp_ref = response_logps(model if ref is None else ref, p_ids, r_ids, batch_size, pad_id=pad)
+        lp_ref = score_responses(model if ref is None else ref, p_ids, r_ids, batch_size, pad_id=pad)
     return lp_b.reshape(-1, 2), lp_ref.reshape(-1, 2), exact
 
 

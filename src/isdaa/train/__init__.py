@@ -16,7 +16,10 @@ def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite:
     from isdaa.train.loop import run
 
     if isinstance(cfg, PrefConfig):
+        from isdaa.train.drift_stop import drift_callbacks
         from isdaa.train.pref import PrefTask as task_cls
+
+        callbacks = (*callbacks, *drift_callbacks(cfg))  # stop_on_drift, when configured
     elif isinstance(cfg, RMConfig):
         from isdaa.train.rm import RMTask as task_cls
     elif isinstance(cfg, SFTConfig):
@@ -27,7 +30,20 @@ def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite:
         raise ValueError("batch_source is for preference training only")
     if batch_source is not None and not cfg.max_steps:
         raise ValueError("training from a batch_source needs max_steps")
+    callbacks = [*callbacks, *default_callbacks(cfg)]
     return run(cfg, task_cls(cfg), callbacks=callbacks, batch_source=batch_source, resume=resume, overwrite=overwrite)
+
+
+def default_callbacks(cfg) -> list:
+    """From the config: the live over-optimization eval (`eval` block), then the model card / hub push."""
+    from isdaa.hub import HubCallback
+
+    out = []
+    if getattr(cfg, "eval", None) is not None:
+        from isdaa.evaluate.live import LiveEvalCallback
+
+        out.append(LiveEvalCallback.from_config(cfg))
+    return [*out, HubCallback()]
 
 
 __all__ = ["train"]

@@ -24,8 +24,8 @@ class Task:
     def load(self, split: str) -> list[dict]:
         d = self.cfg.data
         if split == "train":
-            return load_rows(d.train, d.train_split, d.subset, d.max_train_examples)
-        return load_rows(d.eval, d.eval_split, d.subset, d.max_eval_examples)
+            return load_rows(d.train, d.train_split, d.subset, d.max_train_examples, d.streaming, d.num_proc)
+        return load_rows(d.eval, d.eval_split, d.subset, d.max_eval_examples, d.streaming, d.num_proc)
 
     def build(self, accelerator, online: bool = False) -> None:
         raise NotImplementedError

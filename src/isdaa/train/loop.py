@@ -46,7 +46,8 @@ class NonFiniteError(RuntimeError):
     """The loss or gradients stayed non-finite for `max_nonfinite_steps` steps in a row."""
 
 
-RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size"}
+RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size",
+                "push_to_hub", "hub_model_id", "hub_private", "eval"}
 
 
 # ---------------------------------------------------------------- run directory
@@ -202,8 +203,11 @@ class _Run:
         self.out = Path(cfg.output_dir)
         self.accum = cfg.batch_size // (cfg.micro_batch_size * world)
         self.local_batch = cfg.batch_size // world
+        from isdaa.train import tracking
+
         self.accelerator = acc = Accelerator(cpu=_use_cpu(), gradient_accumulation_steps=self.accum,
-                                             mixed_precision=resolve_mixed_precision(cfg.mixed_precision))
+                                             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
+                                             **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
         _configure_deepspeed(acc, cfg)
         self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
         set_seed(cfg.seed)
@@ -522,4 +526,4 @@ def _progress(cfg, total, initial, accelerator):
 def _trackers(cfg, out, accelerator):
     from isdaa.train.tracking import Trackers
 
-    return Trackers(cfg.report_to if accelerator.is_main_process else [], out, to_dict(cfg), cfg.run_name)
+    return Trackers(accelerator, cfg, out)

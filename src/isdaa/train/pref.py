@@ -8,8 +8,10 @@ read. Dropout is off in policy and reference (`disable_dropout`), so that at ste
 Before training (`check_logps`), stored log-probs are checked on a sample of rows against the models
 on the trainer's own ids: dataset `ref_*` columns against the reference, behavior columns against
 the initial policy for rows that declare it as their sampler (`behavior_model`, at temperature 1, as
-`isdaa label` writes). A mismatch is an error naming the rows and the likely cause, or recomputes. Chosen and rejected go through the
-policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
+`isdaa label` writes). A mismatch is an error naming the rows and the likely cause, or recomputes.
+The registry entry also decides whether reference log-probs are needed at all
+(`Method.requires_reference`: not for a reference-free method, unless its IS variant has no behavior
+columns and falls back to pi_b = pi_ref). Chosen and rejected go through the policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
 
 Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
 `ref_rejected_logps` as given; else (`ref_logps: precompute`, default) one pass with the initial
@@ -34,7 +36,7 @@ import torch
 from isdaa.config import check_schedule
 from isdaa.data import collate_pref, tokenize_pref
 from isdaa.logprobs import response_head_supported, response_logps
-from isdaa.losses import METHODS
+from isdaa.losses import METHODS, preference_loss
 from isdaa.train import reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
@@ -86,7 +88,8 @@ class PrefTask(Task):
         if cfg.ref_logps == "on_the_fly":
             return
         for examples in (self.train_examples, self.eval_examples or []):
-            if not examples or all("ref_chosen_logps" in e for e in examples):
+            if not examples or all("ref_chosen_logps" in e for e in examples) or not self._needs_reference(
+                    all("chosen_logps" in e for e in examples)):
                 continue
             ref_path = cfg.ref_model or cfg.model.name_or_path
             key = reference.cache_key(ref_path, cfg.model, accelerator.mixed_precision, examples)
@@ -124,8 +127,9 @@ class PrefTask(Task):
         for examples in (self.train_examples, self.eval_examples or []):
             ref_rows = [e for e in examples if "ref_chosen_logps" in e]
             ref_name = f"reference model ({cfg.ref_model or cfg.model.name_or_path})"
-            if ref_rows and mismatch(self.model if policy_is_ref else self._reference(), ref_rows,
-                                     reference.REF_COLUMNS, ref_name):
+            needed = self._needs_reference(all("chosen_logps" in e for e in examples))  # not: unused
+            if ref_rows and needed and mismatch(self.model if policy_is_ref else self._reference(), ref_rows,
+                                                reference.REF_COLUMNS, ref_name):
                 for e in examples:
                     e.pop("ref_chosen_logps", None), e.pop("ref_rejected_logps", None)
             if not METHODS[cfg.method].uses_behavior_logps:
@@ -138,6 +142,8 @@ class PrefTask(Task):
                                                          cfg.response_only_head)
                 for e, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
                     e["chosen_logps"], e["rejected_logps"] = c, r
+    def _needs_reference(self, has_behavior_logps: bool) -> bool:
+        return METHODS[self.cfg.method].requires_reference(has_behavior_logps)
 
     def _adapter_off(self, model):
         unwrapped = self.accelerator.unwrap_model(model)
@@ -187,17 +193,19 @@ class PrefTask(Task):
         return sum(e.get("n_pairs", 1) for e in examples)
 
     def loss(self, model, batch):
-        from isdaa.losses import preference_loss
-
         n = batch["n_pairs"]
         logps = self._logps(model, batch)                                     # (2B,) float32
+        # the data columns chosen_logps / rejected_logps hold pi_b's log-probs (the release's names)
+        behavior_chosen_logps, behavior_rejected_logps = batch.get("chosen_logps"), batch.get("rejected_logps")
         if "ref_chosen_logps" in batch:
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        else:
+        elif self._needs_reference(behavior_chosen_logps is not None):
             ref_c, ref_r = self._ref_logps(batch)
+        else:  # reference-free method: no reference forward
+            ref_c = ref_r = None
         out = preference_loss(
             self.cfg.method, self.cfg.beta, logps[:n], logps[n:], ref_c, ref_r,
-            behavior_chosen_logps=batch.get("chosen_logps"), behavior_rejected_logps=batch.get("rejected_logps"),
+            behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
             chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
         )
         return out.loss * n, out.metrics, out.weights

@@ -58,12 +58,15 @@ def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: i
     model.eval()
     head_only = response_only_head and response_head_supported(model)
     out = []
+    bar = _progress(len(shard), accelerator)
     for i in range(0, len(shard), batch_size):
         batch = collate_pref(shard[i: i + batch_size], pad_id)
         ids, attn, resp = (batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "response_mask"))
         with accelerator.autocast():
             logps = response_logps(model, ids, attn, resp, response_only_head=head_only)
         out.append(logps.float().view(2, -1).T)  # (b, 2): chosen, rejected
+        bar.update(min(batch_size, len(shard) - i))
+    bar.close()
     model.train(was_training)
     local = torch.cat(out) if out else torch.zeros(0, 2, device=accelerator.device)
     if world > 1:
@@ -71,6 +74,16 @@ def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: i
         local = gathered.view(world, per, 2).transpose(0, 1).reshape(world * per, 2)
     local = local[:n].cpu()
     return local[:, 0].contiguous(), local[:, 1].contiguous()
+
+
+def _progress(total: int, accelerator):
+    """A tqdm bar on the main process; off when the run has `progress: false` (the loop then turns
+    transformers' bars off, which is what is read here)."""
+    from tqdm.auto import tqdm
+    from transformers.utils import logging as hf_logging
+
+    on = accelerator.is_main_process and hf_logging.is_progress_bar_enabled()
+    return tqdm(total=total, desc="reference log-probs", unit="pair", disable=not on, leave=False)
 
 
 def _digest(chosen: torch.Tensor, rejected: torch.Tensor) -> str:

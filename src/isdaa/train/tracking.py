@@ -1,37 +1,73 @@
-"""Optional experiment trackers (TensorBoard, W&B), imported lazily; metrics.jsonl is always written."""
+"""Experiment trackers through accelerate (`Accelerator(log_with=...)`, `init_trackers`, `log`): every
+tracker accelerate supports (tensorboard, wandb, trackio, comet_ml, mlflow, aim, clearml, dvclive,
+swanlab), `all` (those installed) and any class registered with
+`accelerate.tracking.register_tracker_class`. metrics.jsonl is written by the loop whatever the trackers.
+
+Logs of local trackers (tensorboard, aim, dvclive, ...) go to RUN/trackers/<run name>/.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+# pip names of accelerate's built-in trackers, for the error when one is missing
+PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "trackio": "trackio", "comet_ml": "comet-ml",
+            "mlflow": "mlflow", "aim": "aim", "clearml": "clearml", "dvclive": "dvclive", "swanlab": "swanlab"}
+
+
+def accelerator_kwargs(cfg, out) -> dict:
+    """`log_with` and `project_config` for `Accelerator(...)`. A named tracker that is not installed is an
+    ImportError here, before training (accelerate itself would drop it with a debug message)."""
+    from accelerate.tracking import get_available_trackers
+    from accelerate.utils import ProjectConfiguration
+
+    names = list(cfg.report_to)
+    available = {str(t) for t in get_available_trackers()}
+    for name in names:
+        if name in PACKAGES and name not in available:
+            raise ImportError(f"report_to: {name} needs `pip install {PACKAGES[name]}`")
+    return {"log_with": names or None,
+            "project_config": ProjectConfiguration(project_dir=str(out), logging_dir=str(Path(out) / "trackers"))}
+
+
+def flat_config(d: dict, prefix: str = "") -> dict:
+    """Nested config -> {dotted key: int | float | str | bool} (what every tracker's hparams accept)."""
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flat_config(v, f"{prefix}{k}."))
+        else:
+            out[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
 
 class Trackers:
-    def __init__(self, names, out_dir, config: dict, run_name=None):
-        self.tb = self.wandb = None
-        for name in names:
-            if name == "tensorboard":
-                try:
-                    from torch.utils.tensorboard import SummaryWriter
-                except ImportError as err:
-                    raise ImportError("report_to: tensorboard needs `pip install tensorboard`") from err
-                self.tb = SummaryWriter(str(Path(out_dir) / "tensorboard"))
-            elif name == "wandb":
-                try:
-                    import wandb
-                except ImportError as err:
-                    raise ImportError("report_to: wandb needs `pip install wandb`") from err
-                self.wandb = wandb.init(name=run_name or Path(out_dir).name, config=config, dir=str(out_dir))
+    """The run's trackers: started with the resolved config; `log` sends a record's numbers; `log_table`
+    sends a table to the trackers that take tables (wandb, clearml). accelerate's
+    `end_training` (called by the loop) finishes them."""
+
+    def __init__(self, accelerator, cfg, out):
+        from isdaa.config import to_dict
+
+        self.accelerator = accelerator
+        if accelerator.log_with:
+            accelerator.init_trackers(cfg.run_name or Path(out).name, config=flat_config(to_dict(cfg)))
+
+    @property
+    def active(self) -> list:
+        return list(self.accelerator.trackers) if self.accelerator.is_main_process else []
 
     def log(self, record: dict, step: int) -> None:
-        scalars = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log(scalars, step=step)
+        scalars = {k: v for k, v in record.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
+        if self.active:
+            self.accelerator.log(scalars, step=step)
+
+    def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
+        for tracker in self.active:
+            if callable(getattr(tracker, "log_table", None)):
+                tracker.log_table(name, columns=columns, data=rows, step=step)
 
     def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
+        """Nothing to do: `accelerator.end_training()` finishes every tracker."""
+

@@ -1,0 +1,87 @@
+"""The training config's `eval` block runs the live over-optimization eval (isdaa.evaluate.live) from the
+config alone: eval/* metrics on schedule, a generations table per eval, a stop on kl_budget."""
+
+from __future__ import annotations
+
+from accelerate.tracking import GeneralTracker, register_tracker_class
+from test_train import make_cfg, pref_rows, write_jsonl
+
+from isdaa.io import read_jsonl
+from isdaa.train import train
+
+REWARD_MODULE = '''
+def count_good(prompts, responses):
+    return [float(r.split().count("good")) for r in responses]
+'''
+
+
+class TableTracker(GeneralTracker):
+    name = "isdaa_test_tables"
+    requires_logging_directory = False
+    tables: list = []
+
+    def __init__(self, run_name, **kwargs):
+        super().__init__()
+
+    @property
+    def tracker(self):
+        return self
+
+    def store_init_configuration(self, values):
+        pass
+
+    def log(self, values, step=None, **kwargs):
+        pass
+
+    def log_table(self, table_name, columns=None, data=None, dataframe=None, step=None, **kwargs):
+        TableTracker.tables.append((table_name, columns, data, step))
+
+
+def test_eval_block_logs_eval_metrics_and_stops_on_kl_budget(tiny_dir, tmp_path, monkeypatch):
+    (tmp_path / "golden_for_test.py").write_text(REWARD_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    register_tracker_class(TableTracker)
+    TableTracker.tables.clear()
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", pref_rows(8, seed=3))
+    cfg = make_cfg(tiny_dir, tmp_path, "live", rows=pref_rows(64), epochs=1, optim={"lr": 3e-2, "warmup_steps": 0},
+                   report_to=[TableTracker.name],
+                   eval={"reward": "golden_for_test:count_good", "prompts": prompts, "every": 2, "n_prompts": 4,
+                         "n": 2, "max_new_tokens": 5, "kl_samples": 2, "kl_budget": 0.05, "log_generations": 8})
+    summary = train(cfg)
+    assert summary["status"] == "stopped" and summary["stop_reason"].startswith("kl_budget: sqrt KL (k1)")
+    evals = [r for r in read_jsonl(tmp_path / "live" / "metrics.jsonl") if "eval/kl_k1" in r]
+    assert evals and [r["step"] for r in evals] == list(range(2, 2 * len(evals) + 1, 2))
+    assert evals[-1]["eval/sqrt_kl"] > 0.05 >= max([0.0] + [r["eval/sqrt_kl"] for r in evals[:-1]])
+    assert summary["step"] == evals[-1]["step"]
+    # the generations table holds every win-rate sample: recompute the win rate from it by hand
+    gens = read_jsonl(tmp_path / "live" / "eval_generations.jsonl")
+    last = [g for g in gens if g["step"] == evals[-1]["step"]]
+    assert len(last) == 8
+    rows = pref_rows(8, seed=3)[:4]
+    chosen_reward = {r["prompt"]: float(r["chosen"].split().count("good")) for r in rows}
+    wins = []
+    for g in last:
+        assert g["reward"] == float(g["response"].split().count("good"))
+        c = chosen_reward[g["prompt"]]
+        wins.append(1.0 if g["reward"] > c else 0.5 if g["reward"] == c else 0.0)
+    assert abs(evals[-1]["eval/win_rate"] - sum(wins) / len(wins)) < 1e-12
+    assert [t[3] for t in TableTracker.tables] == [r["step"] for r in evals]
+    name, columns, data, _ = TableTracker.tables[-1]
+    assert name == "eval/generations" and columns[:3] == ["step", "prompt", "response"] and len(data) == 8
+    import yaml
+
+    assert yaml.safe_load((tmp_path / "live" / "config.yaml").read_text())["eval"]["kl_budget"] == 0.05
+
+
+def test_eval_block_validates():
+    import pytest
+
+    from isdaa.config import load_config
+
+    base = {"model": {"name_or_path": "m"}, "data": {"train": "d"}, "output_dir": "o"}
+    with pytest.raises(ValueError, match="eval.kl_estimator must be one of"):
+        load_config({**base, "eval": {"kl_estimator": "k2"}})
+    with pytest.raises(ValueError, match="unknown config key 'eval.kl_budjet' \\(did you mean 'kl_budget'"):
+        load_config({**base, "eval": {"kl_budjet": 1}})
+    with pytest.raises(ValueError, match="not rm"):
+        load_config({**base, "eval": {}}, kind="rm")

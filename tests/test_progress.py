@@ -1,0 +1,22 @@
+"""Progress bars for the reference precompute and evaluation sampling; none with `progress: false`."""
+
+from __future__ import annotations
+
+from test_train import make_cfg
+
+from isdaa.train import train
+
+
+def test_reference_and_sampling_bars_follow_progress(tiny_dir, tmp_path, capfd):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # an earlier `progress: false` run in this process turned them off
+    live = {"every": 1, "n_prompts": 2, "max_new_tokens": 3}
+    train(make_cfg(tiny_dir, tmp_path, "bars", max_steps=1, progress=True, eval=live))
+    err = capfd.readouterr().err
+    assert "reference log-probs:" in err and "/64 [" in err      # 64 pairs precomputed
+    assert "sampling (T=1.0):" in err and "/2 [" in err           # the live eval's KL samples (2 prompts)
+    train(make_cfg(tiny_dir, tmp_path, "quiet", max_steps=1, progress=False, eval=live,
+                   ref_cache_dir=str(tmp_path / "other-cache")))
+    err = capfd.readouterr().err
+    assert "reference log-probs" not in err and "sampling" not in err

@@ -1,0 +1,208 @@
+"""A TRL user's config works unchanged: TRL's key names resolve to isdaa's (checked against the values
+written by hand below and against TRL's own dataclasses), every problem is reported at once, `--help`
+lists every key, `--key value` works, and a TRL-style YAML trains through the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from isdaa.cli import main
+from isdaa.cli.train import overrides_from_args
+from isdaa.config import PrefConfig, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TRL_DPO = ROOT / "configs" / "trl" / "dpo.yaml"
+TRL_LORA = ROOT / "configs" / "trl" / "dpo-lora.yaml"
+
+
+@pytest.fixture(autouse=True)
+def one_process(monkeypatch, tmp_path):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setenv("ISDAA_CACHE", str(tmp_path / "cache"))
+
+
+def test_shipped_trl_dpo_config_resolves():
+    """configs/trl/dpo.yaml, value by value (batch = 2 per device x 8 accumulation x 1 process)."""
+    cfg = load_config(TRL_DPO)
+    assert (cfg.model.name_or_path, cfg.model.gradient_checkpointing) == ("Qwen/Qwen2-0.5B-Instruct", True)
+    assert (cfg.data.train, cfg.data.eval, cfg.data.eval_split) == ("trl-lib/ultrafeedback_binarized",) * 2 + ("test",)
+    assert (cfg.data.max_length, cfg.data.max_prompt_length) == (1024, 512)
+    assert (cfg.optim.lr, cfg.optim.scheduler, cfg.optim.warmup_ratio) == (5e-7, "cosine", 0.1)
+    assert (cfg.epochs, cfg.micro_batch_size, cfg.batch_size) == (1.0, 2, 16)
+    assert (cfg.method, cfg.beta, cfg.ref_logps, cfg.mixed_precision) == ("dpo", 0.1, "precompute", "bf16")
+    assert (cfg.logging_steps, cfg.eval_steps, cfg.save_steps, cfg.seed) == (25, 50, 500, 42)
+    assert (cfg.output_dir, cfg.report_to, cfg.push_to_hub) == ("Qwen2-0.5B-DPO", [], False)
+    lora = load_config(TRL_LORA)
+    assert (lora.model.lora.r, lora.model.lora.alpha, lora.model.lora.target_modules) == (32, 16, None)
+    assert (lora.max_steps, lora.batch_size, lora.report_to) == (1000, 16, ["all"])
+
+
+def test_shipped_trl_configs_use_only_trl_names():
+    """Every key of the shipped TRL-style configs is a field of TRL's own config classes (the peer
+    library), except max_prompt_length / warmup_ratio, which TRL < 1 (transformers < 5) declared."""
+    trl = pytest.importorskip("trl")
+    names = {f.name for c in (trl.DPOConfig, trl.ModelConfig, trl.ScriptArguments) for f in dataclasses.fields(c)}
+    for path in (TRL_DPO, TRL_LORA):
+        assert set(yaml.safe_load(path.read_text())) - names <= {"max_prompt_length", "warmup_ratio"}
+
+
+def test_batch_counts_processes(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    cfg = load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o",
+                       "per_device_train_batch_size": 3, "gradient_accumulation_steps": 2})
+    assert (cfg.micro_batch_size, cfg.batch_size) == (3, 24)
+    # TRL's default per-device batch is 8
+    assert load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o",
+                        "gradient_accumulation_steps": 2}).batch_size == 64
+
+
+@pytest.mark.parametrize("given, key, expected", [
+    ({"loss_type": "ipo"}, "method", "ipo"),
+    ({"loss_type": ["sigmoid"]}, "method", "dpo"),
+    ({"max_steps": -1}, "max_steps", None),
+    ({"bf16": False}, "mixed_precision", "no"),
+    ({"fp16": True}, "mixed_precision", "fp16"),
+    ({"mixed_precision": False}, "mixed_precision", "no"),   # YAML's `no`
+    ({"precompute_ref_log_probs": False}, "ref_logps", "on_the_fly"),
+    ({"optim": "adamw_torch_fused"}, "optim.optimizer", "adamw"),
+    ({"lr_scheduler_type": "constant_with_warmup"}, "optim.scheduler", "constant"),
+    ({"warmup_steps": 0.05}, "optim.warmup_ratio", 0.05),   # transformers 5: a float < 1 is a ratio
+    ({"warmup_steps": 7}, "optim.warmup_steps", 7),
+    ({"dtype": "bfloat16"}, "model.dtype", "bf16"),
+    ({"dataset_config": "default", "dataset_train_split": "train_prefs"}, "data.train_split", "train_prefs"),
+    ({"eval_strategy": "no"}, "data.eval", None),
+    ({"eval_strategy": "steps", "logging_steps": 7}, "eval_steps", 7),   # TRL: eval_steps <- logging_steps
+    ({"eval_strategy": "steps"}, "data.eval", "d"),
+    ({"report_to": "none"}, "report_to", []),
+    ({"hub_model_id": "me/m", "push_to_hub": True}, "hub_model_id", "me/m"),
+    ({"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"]}, "model.lora.target_modules", ["q_proj", "v_proj"]),
+    ({"use_peft": False}, "model.lora", None),
+])
+def test_converted_values(given, key, expected):
+    cfg = load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", **given})
+    value = cfg
+    for part in key.split("."):
+        value = getattr(value, part)
+    assert value == expected
+
+
+def test_mixed_precision_no_from_yaml_and_cli(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model: {name_or_path: m}\ndata: {train: d.jsonl}\noutput_dir: o\nmixed_precision: no\n")
+    assert load_config(path).mixed_precision == "no"
+    assert load_config(path, overrides_from_args(["--mixed_precision", "no"])).mixed_precision == "no"
+
+
+def test_every_problem_at_once_with_suggestions_from_both_vocabularies():
+    with pytest.raises(ValueError) as info:
+        load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o",
+                     "lerning_rate": 1e-6, "bta": 0.1, "optim": {"lrr": 1}, "hub_token": "hf_secret",
+                     "loss_type": "hinge", "per_device_train_batchsize": 2})
+    msg = str(info.value)
+    assert msg.startswith("6 config problems")
+    assert "'lerning_rate' (did you mean 'learning_rate', TRL's name for 'optim.lr'?)" in msg
+    assert "'bta' (did you mean 'beta'?)" in msg and "'optim.lrr' (did you mean 'lr'?)" in msg
+    assert "'per_device_train_batchsize' (did you mean 'per_device_train_batch_size'" in msg
+    assert "HF_TOKEN" in msg and "hf_secret" not in msg
+    assert "loss_type 'hinge' is not supported" in msg
+
+
+def test_alias_and_isdaa_key_conflict_but_cli_overrides_win(tmp_path):
+    with pytest.raises(ValueError, match=r"'learning_rate' \(TRL name for 'optim.lr'\) = 2e-06 conflicts"):
+        load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", "learning_rate": 2e-6,
+                     "optim": {"lr": 1e-6}})
+    path = tmp_path / "t.yaml"
+    path.write_text("model_name_or_path: m\ndataset_name: d\noutput_dir: o\nlearning_rate: 1.0e-6\n")
+    assert load_config(path, overrides_from_args(["--learning_rate", "3e-6"])).optim.lr == 3e-6
+    assert load_config(path, ["optim.lr=4e-6"]).optim.lr == 4e-6
+
+
+def test_overrides_from_args():
+    assert overrides_from_args(["--beta", "0.2", "--use_peft", "method=is-dpo", "--lora-r=8", "--no_gradient_checkpointing",
+                                "--optim.lr", "1e-5", "--push_to_hub"]) == [
+        "beta=0.2", "use_peft=true", "method=is-dpo", "lora_r=8", "gradient_checkpointing=false", "optim.lr=1e-5",
+        "push_to_hub=true"]
+
+
+def _all_keys(cls, prefix=""):
+    out = []
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        out.append(prefix + f.name)
+        sub = next((a for a in (hints[f.name], *typing.get_args(hints[f.name])) if dataclasses.is_dataclass(a)), None)
+        if sub is not None:
+            out += _all_keys(sub, prefix + f.name + ".")
+    return out
+
+
+def test_help_lists_every_key_with_type_default_and_doc():
+    r = CliRunner().invoke(main, ["train", "pref", "--help"], terminal_width=200)
+    assert r.exit_code == 0
+    keys_part, trl_part = r.output.split("TRL names accepted")
+    lines = {line.split()[0]: line for line in keys_part.splitlines() if line.startswith("  ") and line.split()}
+    for key in _all_keys(PrefConfig):
+        assert key in lines, key
+    assert "float = 1e-06  paper, Appendix C" in lines["optim.lr"]
+    assert "float = 0.1  KL strength" in lines["beta"]
+    trl = {line.split()[0]: line for line in trl_part.splitlines() if line.startswith("  ") and line.split()}
+    assert "optim.lr" in trl["learning_rate"] and "method: sigmoid -> dpo" in trl["loss_type"]
+    # "key  type = default  doc": a doc follows the default after two spaces
+    undocumented = [k for k in _all_keys(PrefConfig) if "  " not in lines[k].strip()[len(k):].strip()]
+    assert undocumented == []
+
+
+def _tiny_trl_yaml(path: Path, tiny_dir, data, out, source=TRL_DPO, **changes) -> Path:
+    """The shipped TRL config, key names untouched, pointed at a local tiny model and dataset."""
+    cfg = yaml.safe_load(source.read_text())
+    cfg.update(model_name_or_path=str(tiny_dir), dataset_name=str(data), output_dir=str(out), **changes)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
+    from test_train import pref_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(32))
+    config = _tiny_trl_yaml(tmp_path / "dpo.yaml", tiny_dir, data, tmp_path / "run", max_length=32,
+                            max_prompt_length=16, learning_rate=1e-3, per_device_train_batch_size=4,
+                            gradient_accumulation_steps=2, logging_steps=1, eval_steps=2, save_steps=3)
+    r = CliRunner().invoke(main, ["train", "pref", "--config", str(config), "--beta", "0.2", "--max_steps", "4",
+                                  "progress=false"])
+    assert r.exit_code == 0, r.output
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (resolved["beta"], resolved["method"], resolved["optim"]["lr"], resolved["batch_size"]) == (0.2, "dpo", 1e-3, 8)
+    assert resolved["mixed_precision"] == "bf16" and resolved["model"]["gradient_checkpointing"] is True
+    assert "learning_rate" not in resolved  # written with isdaa's names only
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval/loss" in rows[1]
+    assert (tmp_path / "run" / "checkpoints" / "step-00000003").is_dir()
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_docs_list_every_trl_key():
+    """docs/TRL.md names every TRL key the code accepts, converts, ignores or refuses."""
+    from isdaa import trl_compat as T
+
+    doc = (ROOT / "docs" / "TRL.md").read_text()
+    missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED) for k in table if f"`{k}" not in doc]
+    assert missing == []
+
+
+def test_translation_leaves_the_callers_mapping_alone():
+    given = {"model": {"name_or_path": "m"}, "data": {"train": "d"}, "output_dir": "o", "dataset_config": "x",
+             "model_revision": "r"}
+    snapshot = json.dumps(given, sort_keys=True)
+    cfg = load_config(given)
+    assert (cfg.data.subset, cfg.model.revision) == ("x", "r") and json.dumps(given, sort_keys=True) == snapshot
+
+
+def test_trl_loss_name_under_isdaa_key_points_to_the_isdaa_name():
+    with pytest.raises(ValueError, match=r"method 'sigmoid' is TRL's loss_type name: isdaa's is method: dpo"):
+        load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o"}, ["method=sigmoid"])
