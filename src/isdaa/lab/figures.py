@@ -138,8 +138,9 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
     for ax in axes:
         ax.set_xlabel("fraction of training")
         ax.grid(alpha=0.3)
-    axes[1].set_yscale("log")
-    axes[3].set_yscale("log")
+    for ax in (axes[1], axes[3]):
+        ax.set_yscale("log")
+        _plain_log_ticks(ax)
     legend_ax.axis("off")
     handles, labels = axes[0].get_legend_handles_labels()
     legend_ax.legend(handles, labels, loc="center", fontsize=7, ncol=2 if len(labels) > 12 else 1,
@@ -281,12 +282,14 @@ def _rolling(cur: dict, window_frac: float = 0.02) -> dict:
 
 
 def _plain_log_ticks(ax) -> None:
-    """Log axis ticks as plain numbers (1, 2, 5, 10), not 2x10^0."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+    """Log axis tick labels as plain numbers (0.9, 2, 10), not 9x10^-1; minor ticks labelled only when
+    the axis spans less than a decade. Call after plotting."""
+    from matplotlib.ticker import FuncFormatter, NullFormatter
 
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+    fmt = FuncFormatter(lambda v, _pos: f"{v:.3g}")
+    lo, hi = ax.get_ylim()
+    ax.yaxis.set_major_formatter(fmt)
+    ax.yaxis.set_minor_formatter(fmt if lo > 0 and hi / lo < 10 else NullFormatter())
 
 
 def _se0(se: float) -> float:

@@ -105,8 +105,7 @@ def comparison_sentence(c: dict) -> str:
     return (f"{verdict}: {s['name']} vs {b['name']} (beta {s['beta']:g}; {regime_title(s)}): final win rate "
             f"{_pm(s['final_win_rate'], s['final_win_rate_se'])} vs {_pm(b['final_win_rate'], b['final_win_rate_se'])}"
             f"{seeds}{paired}; smoothed peak {_fmt(s['smoothed_peak'])} vs {_fmt(b['smoothed_peak'])}; "
-            f"final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)}"
-            + ("" if c["n_seeds"] != 1 or not math.isnan(c["se_seeds"]) else "") + ".")
+            f"final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)}.")
 
 
 def mechanism_sentence(name: str, row: dict, m: dict) -> str:
