@@ -133,8 +133,12 @@ def test_columns_from_spec_and_defaults(tmp_path):
     ra, rb = agg.read_run(a), agg.read_run(b)
     assert (ra["n_pairs"], ra["scheduler"], ra["warmup_ratio"], ra["steps"]) == (None, "cosine", 0.05, 10)
     assert (rb["n_pairs"], rb["scheduler"], rb["warmup_ratio"], rb["steps"]) == (40, "constant", 0.0, 4)
+    # n_pairs, schedule and warmup co-vary with the steps: the steps alone name the runs apart
     names = sorted(r["name"] for r in agg.summarize(agg.collect_points(root), 0.05))
-    assert names == ["dpo cosine warmup=0.05 all pairs (10 steps)", "dpo constant warmup=0 40 pairs (4 steps)"][::-1]
+    assert names == ["dpo (10 steps)", "dpo (4 steps)"]
+    add_run(root, "dpo", 2, [(0, 0.5, 0), (10, 0.6, 1)], steps=10, scheduler="constant")
+    names = sorted(r["name"] for r in agg.summarize(agg.collect_points(root), 0.05))
+    assert names == ["dpo constant (10 steps)", "dpo constant (4 steps)", "dpo cosine (10 steps)"]
 
 
 def test_missing_spec_field_names_file(tmp_path):

@@ -75,7 +75,8 @@ def _finished_runs(root: Path) -> list[Path]:
 
 def read_run(run_dir: Path) -> dict:
     """The run's RUN_COLUMNS. Absent optional fields default (n_pairs None = all pairs; scheduler /
-    warmup_ratio None = the run's resolved config.yaml; steps = summary.json's total_steps)."""
+    warmup_ratio None = the run's resolved config.yaml; steps: lab_spec.json's, else lab_done.json's, else
+    summary.json's total_steps)."""
     path = run_dir / "lab_spec.json"
     spec = json.loads(path.read_text())
     missing = [k for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer") if k not in spec]
@@ -85,6 +86,8 @@ def read_run(run_dir: Path) -> dict:
     if (spec.get("scheduler") is None or spec.get("warmup_ratio") is None) and (run_dir / "config.yaml").exists():
         optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim") or {}
     steps = spec.get("steps")
+    if steps is None and (run_dir / "lab_done.json").exists():
+        steps = json.loads((run_dir / "lab_done.json").read_text()).get("steps")
     if steps is None and (run_dir / "summary.json").exists():
         steps = json.loads((run_dir / "summary.json").read_text()).get("total_steps")
     row = {k: spec[k] for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer")}
@@ -210,25 +213,34 @@ def display_names(rows: list[dict], omit: tuple[str, ...] = ()) -> dict[tuple, s
     `is-dpo [self-norm]`, `dpo (114 steps)`; columns in `omit` are left out (a figure's axis). beta and
     group are shown by the tables / panels."""
     keys = {config_key(r): r for r in rows}
-    varies = {c for c in ("optimizer", "lr", "scheduler", "warmup_ratio", "n_pairs", "steps")
-              if c not in omit and len({r[c] for r in keys.values()}) > 1}
-    out = {}
-    for k, r in keys.items():
-        name = short_name(r)
-        if "optimizer" in varies:
-            name += f" {r['optimizer']}"
-        if "lr" in varies:
-            name += f" lr={r['lr']:g}"
-        if "scheduler" in varies:
-            name += f" {r['scheduler']}"
-        if "warmup_ratio" in varies:
-            name += f" warmup={r['warmup_ratio']:g}" if r["warmup_ratio"] is not None else " warmup=?"
-        if "n_pairs" in varies:
-            name += f" {r['n_pairs'] if r['n_pairs'] is not None else 'all'} pairs"
-        if "steps" in varies:
-            name += f" ({r['steps']} steps)"
-        out[k] = name
-    return out
+    varies = [c for c in ("optimizer", "lr", "scheduler", "warmup_ratio", "n_pairs", "steps")
+              if c not in omit and len({r[c] for r in keys.values()}) > 1]
+
+    def names(cols):
+        return {k: short_name(r) + "".join(_name_part(c, r[c]) for c in cols) for k, r in keys.items()}
+
+    def n_distinct(cols):
+        named = names(cols)
+        return len({(r["beta"], named[k]) for k, r in keys.items()})
+
+    # columns that co-vary with another (n_pairs with steps, a schedule with its regime) are left out
+    # when no two names merge without them: `dpo (114 steps)`, not `dpo constant 3700 pairs (114 steps)`
+    for c in ("n_pairs", "warmup_ratio", "scheduler"):
+        if c in varies and n_distinct([v for v in varies if v != c]) == n_distinct(varies):
+            varies.remove(c)
+    return names(varies)
+
+
+def _name_part(column: str, value) -> str:
+    if column == "lr":
+        return f" lr={value:g}"
+    if column == "warmup_ratio":
+        return f" warmup={value:g}" if value is not None else " warmup=?"
+    if column == "n_pairs":
+        return f" {value if value is not None else 'all'} pairs"
+    if column == "steps":
+        return f" ({value} steps)"
+    return f" {value}"  # optimizer, scheduler
 
 
 def _attach_names(rows: list[dict], universe: list[dict] | None = None) -> None:
