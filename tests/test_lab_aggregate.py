@@ -182,6 +182,12 @@ def test_mechanism_stats(lab):
     assert m["ess_below_0.1_at"] == pytest.approx(0.6) and m["n_below"] == 2 and m["n_runs"] == 2
     assert m["at_clip_frac"] == pytest.approx(0.4) and m["clip_frac_mean"] == pytest.approx(0.04)
     assert m["top_share_median"] == pytest.approx(0.55)
+    # runs from before the top-share metric: None, and the report's sentence says so
+    old = agg.mechanism_stats([{k: v for k, v in r.items() if k != "is/top_share"} for r in train])
+    m = old[next(k for k in old if k[1] == "is-dpo" and k[5] == "{}")]
+    assert m["top_share_median"] is None and m["ess_median"] == pytest.approx(0.14)
+    row = next(r for r in agg.summarize(agg.collect_points(lab), 0.05) if r["name"] == "is-dpo lr=0.002")
+    assert "not logged in these runs" in report.mechanism_sentence(row["name"], row, m)
 
 
 def test_report_regimes_section_and_tables(lab):

@@ -393,7 +393,8 @@ def five_lines(summary: list[dict], label_stats: dict, threshold: float, compari
     best_peak = max(rows, key=lambda s: s["smoothed_peak"])
     best_final = max(rows, key=lambda s: s["final_win_rate"])
     over = [f"{s['name']}@{s['beta']:g}" for s in rows if s["over_optimized"]]
-    count = {v: sum(c["verdict"] == v for c in comparisons) for v in ("helped", "hurt", "no clear difference")}
+    count = {v: sum(c["verdict"] == v for c in comparisons)
+             for v in ("helped", "hurt", "no clear difference", "untested")}
     seeds = sorted({s["n_seeds"] for s in rows})
     return [
         f"pi_ref win rate {ref:.3f}; D_golden {label_stats.get('train', {}).get('n_pairs', '?')} pairs; "
@@ -404,7 +405,8 @@ def five_lines(summary: list[dict], label_stats: dict, threshold: float, compari
         f"{_pm(best_final['final_win_rate'], best_final['final_win_rate_se'])} (KL {best_final['final_kl']:.2f})",
         f"over-optimized (smoothed peak - final > {threshold:g}): {', '.join(over) if over else 'none'}",
         f"IS vs base method: helped {count['helped']}, hurt {count['hurt']}, no clear difference "
-        f"{count['no clear difference']} (of {len(comparisons)} comparisons)",
+        f"{count['no clear difference']}" + (f", not testable {count['untested']}" if count["untested"] else "")
+        + f" (of {len(comparisons)} comparisons)",
     ]
 
 
