@@ -108,6 +108,12 @@ def test_is_comparison_seeds_and_paired(lab):
     assert sn["paired_se"] == pytest.approx(math.sqrt((0.01 + 0.01 + 0.0025 + 0.0025) / 3) / 2)
     assert "(1 seed)" in report.comparison_sentence(sn) and "(1 seed)" not in report.comparison_sentence(c)
     assert "dpo lr=0.0003" not in {x["base"]["name"] for x in comps}
+    # dpo lr 2e-3 over-optimized (drop .18 > .05): both comparisons sit in the first line; final KL
+    # 1 / 3 (is-dpo) and .5 / 3 (self-norm); the sentence gives the relative change (1 - 3) / 3 = -67%
+    assert report.regime_overview(comps) == [
+        "Where the base method over-optimized (2 comparisons, 1 of them on 1 seed): IS helped 2, hurt 0, "
+        "no clear difference 0; IS's final KL was 0.17-0.33 x the base's."]
+    assert "final KL 1.00 vs 3.00 (-67%)" in report.comparison_sentence(c)
 
 
 def test_no_clear_difference_when_seeds_disagree(tmp_path):

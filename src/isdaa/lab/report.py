@@ -105,7 +105,7 @@ def comparison_sentence(c: dict) -> str:
     return (f"{verdict}: {s['name']} vs {b['name']} (beta {s['beta']:g}; {regime_title(s)}): final win rate "
             f"{_pm(s['final_win_rate'], s['final_win_rate_se'])} vs {_pm(b['final_win_rate'], b['final_win_rate_se'])}"
             f"{seeds}{paired}; smoothed peak {_fmt(s['smoothed_peak'])} vs {_fmt(b['smoothed_peak'])}; "
-            f"final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)}.")
+            f"final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)} ({_kl_change(c)}).")
 
 
 def mechanism_sentence(name: str, row: dict, m: dict) -> str:
@@ -164,6 +164,7 @@ def regimes_section(comparisons: list[dict], mech: dict, summary: list[dict], me
            "and, with >= 2 seeds on both sides, over seeds; otherwise `no clear difference`.\n"]
     if not comparisons:
         out.append("No IS run has a matching base-method run in this folder: nothing to compare.\n")
+    out += [f"- {line}" for line in regime_overview(comparisons)] + ([""] if comparisons else [])
     for verdict, title in (("helped", "IS helped"), ("hurt", "IS hurt"), ("no clear difference", "No clear difference"),
                            ("untested", "Not testable")):
         cs = [c for c in comparisons if c["verdict"] == verdict]
@@ -181,6 +182,31 @@ def regimes_section(comparisons: list[dict], mech: dict, summary: list[dict], me
         out += [f"Win rate over optimizer steps next to the IS weights' ESS, w_max, clipped fraction and top-pair "
                 f"share (rolling mean over 2% of the steps), {title}:\n", f"![mechanism](figures/{Path(path).name})\n"]
     return out
+
+
+def _kl_change(c: dict) -> str:
+    """IS's final KL relative to the base's, e.g. `-50%`."""
+    b, s = c["base"]["final_kl"], c["is"]["final_kl"]
+    return f"{100 * (s - b) / b:+.0f}%" if b > 0 else "n/a"
+
+
+def regime_overview(comparisons: list[dict]) -> list[str]:
+    """The verdicts split by whether the base method over-optimized in that regime, with IS's final KL
+    relative to the base's: where IS helps, in one line each."""
+    lines = []
+    for over, where in ((True, "where the base method over-optimized"), (False, "where it did not")):
+        cs = [c for c in comparisons if c["base"]["over_optimized"] == over]
+        if not cs:
+            continue
+        count = {v: sum(c["verdict"] == v for c in cs) for v in ("helped", "hurt", "no clear difference", "untested")}
+        one = sum(c["n_seeds"] == 1 for c in cs)
+        kl = [c["is"]["final_kl"] / c["base"]["final_kl"] for c in cs if c["base"]["final_kl"] > 0]
+        lines.append(
+            f"{where.capitalize()} ({len(cs)} comparisons{f', {one} of them on 1 seed' if one else ''}): IS helped "
+            f"{count['helped']}, hurt {count['hurt']}, no clear difference {count['no clear difference']}"
+            + (f", not testable {count['untested']}" if count["untested"] else "")
+            + (f"; IS's final KL was {min(kl):.2f}-{max(kl):.2f} x the base's" if kl else "") + ".")
+    return lines
 
 
 def _regime_map(comparisons: list[dict]) -> str:
