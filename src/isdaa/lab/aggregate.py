@@ -270,8 +270,8 @@ def mean_se(values) -> tuple[float, float]:
 
 def smoothed(values) -> np.ndarray:
     """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends)."""
-    x = np.asarray(values, dtype=float)
-    return np.array([x[max(0, i - 1): i + 2].mean() for i in range(len(x))])
+    x, h = np.asarray(values, dtype=float), SMOOTH // 2
+    return np.array([x[max(0, i - h): i + h + 1].mean() for i in range(len(x))])
 
 
 def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
@@ -317,12 +317,11 @@ def by_config(points: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
 def summarize(points: list[dict], drop_threshold: float, k: int = FINAL_K) -> list[dict]:
     """Table 1 analog, one row per configuration: mean and se over seeds of each run's statistics."""
     out = []
-    for key, runs in by_config(points).items():
+    for runs in by_config(points).values():
         stats = [run_stats(rows, k) for rows in runs.values()]
         first = next(iter(runs.values()))[0]
         row = {c: first[c] for c in CONFIG_COLUMNS}
-        row.update(name=first["name"], n_seeds=len(stats), seeds=sorted(r[0]["seed"] for r in runs.values()),
-                   run_ids=sorted(runs), ref_win_rate=float(np.nanmean([s["ref"] for s in stats])))
+        row.update(name=first["name"], n_seeds=len(stats), ref_win_rate=float(np.nanmean([s["ref"] for s in stats])))
         for field, stat in (("peak_win_rate", "peak"), ("smoothed_peak", "smoothed_peak"),
                             ("final_win_rate", "final"), ("final_kl", "final_kl"), ("drop", "drop")):
             row[field], row[f"{field}_se"] = mean_se(s[stat] for s in stats)
