@@ -177,7 +177,7 @@ BASE = {"model": {"name_or_path": "m"}, "data": {"train": "d.jsonl"}, "output_di
     (["beta=-0.1"], "beta must be > 0 and finite, got -0.1"),
     (["beta=.nan"], "beta must be > 0 and finite, got nan"),
     (["beta=.inf"], "beta must be > 0 and finite, got inf"),
-    (["loss.is_clip=-1"], "loss.is_clip (eps) must be > 0 and finite"),
+    (["loss.is_clip=-1"], "loss.is_clip must be a finite number > 0, got -1.0"),
     (["data.max_prompt_length=-5"], "data.max_length and max_prompt_length must be > 0"),
     (["micro_batch_size=0"], "batch_size and micro_batch_size must be > 0"),
     (["batch_size=6", "micro_batch_size=4"], "batch_size (6) must be a multiple of micro_batch_size (4)"),

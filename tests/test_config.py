@@ -3,7 +3,7 @@
 import pytest
 
 from isdaa.config import (
-    KNOWN_METHODS,
+    LossOptions,
     PrefConfig,
     SFTConfig,
     load_config,
@@ -15,10 +15,26 @@ from isdaa.config import (
 BASE = {"model": {"name_or_path": "m"}, "data": {"train": "d.jsonl"}, "output_dir": "out"}
 
 
-def test_known_methods_match_the_registry():
-    from isdaa.losses import METHODS
+def test_loss_options_are_the_registry_options():
+    """One LossOptions field per registry option, same default; every method name validates."""
+    import dataclasses
 
-    assert set(KNOWN_METHODS) == set(METHODS)
+    from isdaa.losses import METHODS, OPTIONS
+
+    fields = {f.name: f.default for f in dataclasses.fields(LossOptions)}
+    assert fields == {name: o.default for name, o in OPTIONS.items()}
+    for method in METHODS:
+        assert load_config(BASE, [f"method={method}"]).method == method
+
+
+@pytest.mark.parametrize("option", ["is_clip", "rpo_eta", "chipo_rmax", "rdpo_alpha", "is_self_normalize"])
+def test_each_option_is_checked_by_its_registry_entry(option):
+    """Out of range (-1) or the wrong type ("yes" for a flag, a string for a number) names the option."""
+    from isdaa.losses import OPTIONS
+
+    bad = "maybe" if OPTIONS[option].kind is bool else -1.0
+    with pytest.raises(ValueError, match=f"loss.{option}"):
+        load_config(BASE, [f"loss.{option}={bad}"])
 
 
 def test_overrides_parse_with_yaml_and_nest():

@@ -158,3 +158,22 @@ def test_plot_points_from_tables(fake_run, tiny):
     pts2 = [{**p, "method": "is-dpo", "beta": 0.05} for p in pts]
     plot_winrate_vs_sqrt_kl(pts + pts2, fake_run / "fig.png", fit_form="bon")
     assert (fake_run / "fig.png").stat().st_size > 1000
+
+
+def test_golden_win_rate_and_kl_helpers_by_hand():
+    """Two prompts, chosen rewards (word counts) 3 and 1. Samples: prompt 0 -> 4 words (win), 3 words (tie);
+    prompt 1 -> 1 word (tie), 0 words (loss). Per prompt (1 + 0.5)/2 = 0.75 and (0.5 + 0)/2 = 0.25:
+    WR 0.5, se = std([0.75, 0.25], ddof=1)/sqrt(2) = 0.25. KL from the eval samples (kl_source="eval"):
+    l = [0.5, -0.1, 0.2, 0.0] -> k1 = 0.15, at the win-rate temperature and top-p."""
+    from isdaa.evaluate.evaluator import EvalConfig, golden_win_rate, kl_divergence
+    from isdaa.evaluate.sampling import Sample
+
+    texts = [(0, "a b c d"), (0, "a b c"), (1, "a"), (1, "")]
+    samples = [Sample(i, [1], t, True, None) for i, t in texts]
+    wins = golden_win_rate(samples, ["p0", "p1"], ["x y z", "x"], length_reward)
+    assert wins["win_rate"] == pytest.approx(0.5) and wins["se"] == pytest.approx(0.25)
+    assert wins["per_prompt"].tolist() == [0.75, 0.25] and wins["chosen_rewards"].tolist() == [3.0, 1.0]
+    cfg = EvalConfig(kl_source="eval", temperature=0.7, top_p=0.9)
+    eval_logps = (np.array([0.5, -0.1, 0.2, 0.0]), np.zeros(4), wins["prompt_index"])
+    kl = kl_divergence(None, None, None, [[1], [2]], cfg, eval_logps, skip_kl=False, pad_id=0)
+    assert kl["k1"] == pytest.approx(0.15) and (kl["sample_temperature"], kl["sample_top_p"]) == (0.7, 0.9)

@@ -7,34 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from isdaa.lab import aggregate, presets, task
-
-
-def test_presets_grids():
-    quick = presets.get_preset("quick")
-    offline = [r for r in quick.runs if not r.online]
-    assert {(r.method, r.beta) for r in offline} == {
-        (m, b) for m in ("dpo", "is-dpo", "ipo", "is-ipo") for b in (0.01, 0.1)}
-    paper = presets.get_preset("paper")
-    assert {r.method for r in paper.runs} == set(presets.OFFLINE_METHODS) | {"online-dpo"}
-    assert {r.seed for r in paper.runs} == {0, 1, 2} and {r.beta for r in paper.runs} == {0.01, 0.05, 0.1}
-    assert sorted({dict(r.options)["is_clip"] for r in paper.runs if r.group == "clip"}) == [0.5, 2.0, 4.0]
-    regimes = presets.get_preset("regimes")
-    assert {r.optimizer for r in regimes.runs} == {"adamw", "sgd"}
-    assert {r.label for r in regimes.runs} == {"dpo", "is-dpo", "is-dpo[self-norm]", "is-dpo[len-norm]"}
-    for p in (quick, paper, regimes, presets.get_preset("micro")):
-        ids = [r.run_id for r in p.runs]
-        assert len(ids) == len(set(ids)), p.name  # run ids are the resume keys
-    with pytest.raises(ValueError):
-        presets.get_preset("nope")
-
-
-def test_select_runs():
-    runs = presets.get_preset("paper").runs
-    sel = presets.select_runs(runs, methods=["dpo", "is-dpo"], betas=[0.1], seeds=[1])
-    assert {(r.method, r.beta, r.seed) for r in sel} == {("dpo", 0.1, 1), ("is-dpo", 0.1, 1)} and \
-        len(sel) == 2 + 3  # + the clip ablation's is-dpo runs at beta 0.1, seed 1
-    assert all("is_clip" in r.run_id for r in presets.select_runs(runs, only=["is_clip"]))
+from isdaa.lab import aggregate, task
 
 
 def _pt(run_id, label, step, wr, kl, seed=0, beta=0.1, total=20):

@@ -108,8 +108,8 @@ def test_logps_are_those_of_the_trainer_tokenization(tiny):
     """Stored log-probs = log pi of tokenizer(text) + [eos] (the ids `isdaa train` builds), whether the
     sampled ids round-trip (finished) or not (cut at max_new_tokens: EOS appended by the trainer)."""
     from isdaa.evaluate.label import label_pairs
-    from isdaa.evaluate.metrics import response_logps
     from isdaa.evaluate.sampling import encode_prompts
+    from isdaa.logprobs import score_responses
 
     model, tok = tiny
     prompts = [f"w{i} good" for i in range(40)]
@@ -119,5 +119,5 @@ def test_logps_are_those_of_the_trainer_tokenization(tiny):
     pids = encode_prompts(tok, [r["prompt"] for r in rows])
     for col in ("chosen", "rejected"):
         ids = [x + [tok.eos_token_id] for x in tok([r[col] for r in rows], add_special_tokens=False)["input_ids"]]
-        expect = response_logps(model, pids, ids)
+        expect = score_responses(model, pids, ids)
         np.testing.assert_allclose([r[f"{col}_logps"] for r in rows], expect, atol=1e-3)

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from isdaa import losses
-from isdaa.losses import METHODS, ess, importance_log_weights, preference_loss
+from isdaa.importance import ess
+from isdaa.losses import METHODS, OPTION_DEFAULTS, preference_loss
 
 
 def t(*values, dtype=torch.float32, grad=False):
@@ -25,6 +26,7 @@ PAIR = {
     "ref_rejected_logps": t(-1.5),
 }
 LENGTHS_2_5 = {"chosen_lengths": t(2.0), "rejected_lengths": t(5.0)}
+BASE = [name for name, m in METHODS.items() if not m.importance_weighted]
 
 
 def sp(x: float) -> float:
@@ -48,7 +50,7 @@ def test_ipo_value_summed_and_length_normalized():
     """Summed: h = 1, beta = 0.25, 1/(2 beta) = 2: (1 - 2)^2 = 1.
     Length-normalized, |c| = 2, |r| = 5: u_c/2 - u_r/5 = 0.25 + 0.1 = 0.35; beta = 0.1 -> 1/(2 beta) = 5:
     (0.35 - 5)^2 = 4.65^2 = 21.6225."""
-    assert losses.ipo(*PAIR.values(), beta=0.25).item() == pytest.approx(1.0, rel=1e-6)
+    assert losses.ipo(*PAIR.values(), beta=0.25, length_normalize=False).item() == pytest.approx(1.0, rel=1e-6)
     out = losses.ipo(*PAIR.values(), beta=0.1, length_normalize=True, **LENGTHS_2_5)
     assert out.item() == pytest.approx(21.6225, rel=1e-6)
 
@@ -57,8 +59,9 @@ def test_rpo_value_summed_and_mean_nll():
     """beta = 0.5, eta = 0.005, logp_theta(chosen) = -1: DPO part 0.4740769842 (see test_dpo_value) plus
     beta * eta * NLL = 0.5 * 0.005 * 1.0 = 0.0025 -> 0.4765769842. Per-token mean NLL with |c| = 4:
     0.0025 / 4 = 0.000625 -> 0.4747019842."""
-    assert losses.rpo(*PAIR.values(), beta=0.5).item() == pytest.approx(0.4765769841801067, rel=1e-6)
-    out = losses.rpo(*PAIR.values(), beta=0.5, nll_mean=True, chosen_lengths=t(4.0))
+    rpo = losses.rpo(*PAIR.values(), beta=0.5, eta=0.005, nll_mean=False)
+    assert rpo.item() == pytest.approx(0.4765769841801067, rel=1e-6)
+    out = losses.rpo(*PAIR.values(), beta=0.5, eta=0.005, nll_mean=True, chosen_lengths=t(4.0))
     assert out.item() == pytest.approx(0.4747019841801067, rel=1e-6)
 
 
@@ -68,7 +71,7 @@ def test_chipo_value_and_clip():
     With R = 0.25 the logit is clipped to 2R = 0.5: log(1 + e^-0.5) = 0.4740769842."""
     logit = 0.5 * (2 * math.sinh(0.5) + 1.0)
     assert logit == pytest.approx(1.0210953055, rel=1e-9)
-    assert losses.chipo(*PAIR.values(), beta=0.5).item() == pytest.approx(sp(logit), rel=1e-6)
+    assert losses.chipo(*PAIR.values(), beta=0.5, rmax=None).item() == pytest.approx(sp(logit), rel=1e-6)
     clipped = losses.chipo(*PAIR.values(), beta=0.5, rmax=0.25).item()
     assert clipped == pytest.approx(0.4740769841801067, rel=1e-6)
 
@@ -76,7 +79,7 @@ def test_chipo_value_and_clip():
 def test_rdpo_value():
     """beta = 0.5, alpha = 0.01, |c| = 10, |r| = 4: logit = 0.5 * 1 + 0.01 * (10 - 4) = 0.56;
     loss = log(1 + e^-0.56) = log(1 + 0.5712090638) = 0.4518963..."""
-    out = losses.rdpo(*PAIR.values(), beta=0.5, chosen_lengths=t(10.0), rejected_lengths=t(4.0))
+    out = losses.rdpo(*PAIR.values(), beta=0.5, alpha=0.01, chosen_lengths=t(10.0), rejected_lengths=t(4.0))
     assert out.item() == pytest.approx(math.log(1 + math.exp(-0.56)), rel=1e-6)
 
 
@@ -90,10 +93,35 @@ def test_rdpo_learns_less_from_a_longer_chosen():
     for lc, lr, sign in ((10.0, 4.0, -1), (4.0, 10.0, +1)):
         pc = PAIR["policy_chosen_logps"].clone().requires_grad_(True)
         rest = list(PAIR.values())[1:]
-        out = losses.rdpo(pc, *rest, beta=0.5, chosen_lengths=t(lc), rejected_lengths=t(lr))
+        out = losses.rdpo(pc, *rest, beta=0.5, alpha=0.01, chosen_lengths=t(lc), rejected_lengths=t(lr))
         (g,) = torch.autograd.grad(out.sum(), pc)
         assert sign * (out.item() - dpo.item()) > 0
         assert sign * (g.abs().item() - g_dpo.abs().item()) > 0
+
+
+def test_simpo_value_gradient_and_no_reference():
+    """SimPO, beta = 2, gamma = 0.5, logp(c) = -1 over |c| = 2 tokens, logp(r) = -2 over |r| = 5:
+    z = 2 * (-1/2) - 2 * (-2/5) - 0.5 = -1 + 0.8 - 0.5 = -0.7; loss = log(1 + e^0.7) = 1.1031044...
+    d loss / d logp(c) = -sigmoid(-z) * beta/|c| = -sigmoid(0.7) = -0.6681878; d / d logp(r) =
+    +sigmoid(0.7) * 2/5 = 0.2672751. No reference enters: the front door takes none, and IS-SimPO with
+    behavior log-probs needs none either (its weight is pi_theta/pi_b); without them it needs pi_ref."""
+    pc, pr = t(-1.0, grad=True), t(-2.0, grad=True)
+    lengths = LENGTHS_2_5
+    out = losses.simpo(pc, pr, beta=2.0, gamma=0.5, **lengths)
+    assert out.item() == pytest.approx(math.log1p(math.exp(0.7)), rel=1e-6)
+    gc, gr = torch.autograd.grad(out.sum(), (pc, pr))
+    sig = 1 / (1 + math.exp(-0.7))
+    assert gc.item() == pytest.approx(-sig, rel=1e-6) and gr.item() == pytest.approx(sig * 2 / 5, rel=1e-6)
+    front = preference_loss("simpo", 2.0, pc, pr, simpo_gamma=0.5, **lengths)
+    assert front.loss.item() == pytest.approx(out.item(), rel=1e-6)
+    assert front.metrics["rewards/chosen"].item() == pytest.approx(-2.0)  # beta * logp, ref taken as 0
+    assert not METHODS["simpo"].requires_reference(has_behavior_logps=False)
+    behavior = {"behavior_chosen_logps": t(-1.5), "behavior_rejected_logps": t(-2.0)}
+    weighted = preference_loss("is-simpo", 2.0, pc, pr, simpo_gamma=0.5, is_clip=10.0, **behavior, **lengths)
+    assert weighted.weights.item() == pytest.approx(math.exp(0.5), rel=1e-6)  # (-1 + 1.5) + (-2 + 2)
+    assert weighted.loss.item() == pytest.approx(math.exp(0.5) * out.item(), rel=1e-6)
+    with pytest.raises(ValueError, match="needs ref_chosen_logps"):
+        preference_loss("is-simpo", 2.0, pc, pr, **lengths)
 
 
 def test_ipo_minimum_at_half_inverse_beta():
@@ -102,7 +130,7 @@ def test_ipo_minimum_at_half_inverse_beta():
     for h, expect_zero in ((2.5, True), (2.4, False), (2.6, False)):
         pc = t(h, dtype=torch.float64, grad=True)
         zero = t(0.0, dtype=torch.float64)
-        out = losses.ipo(pc, zero, zero, zero, beta=beta)
+        out = losses.ipo(pc, zero, zero, zero, beta=beta, length_normalize=False)
         (g,) = torch.autograd.grad(out.sum(), pc)
         if expect_zero:
             assert out.item() == 0.0 and g.item() == 0.0
@@ -110,50 +138,45 @@ def test_ipo_minimum_at_half_inverse_beta():
             assert out.item() == pytest.approx(0.01, rel=1e-9)
 
 
-@pytest.mark.parametrize("name", ["dpo", "ipo", "rpo", "chipo", "rdpo"])
-def test_gradcheck_float64(name):
+@pytest.mark.parametrize("name", BASE)
+@pytest.mark.parametrize("length_options", [False, True])
+def test_gradcheck_float64(name, length_options):
+    """Every base loss through its registry entry, in float64, with and without the length options."""
     gen = torch.Generator().manual_seed(0)
-    logps = [(-5 * torch.rand(6, generator=gen, dtype=torch.float64)).requires_grad_(True) for _ in range(4)]
+    names = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+    logps = [(-5 * torch.rand(6, generator=gen, dtype=torch.float64)).requires_grad_(True) for _ in names]
     lengths = {"chosen_lengths": torch.tensor([1.0, 3, 5, 7, 9, 11], dtype=torch.float64),
                "rejected_lengths": torch.tensor([2.0, 2, 4, 8, 6, 10], dtype=torch.float64)}
-    kwargs = {
-        "dpo": {}, "chipo": {},
-        "ipo": {"length_normalize": True, **lengths},
-        "rpo": {"nll_mean": True, "chosen_lengths": lengths["chosen_lengths"]},
-        "rdpo": lengths,
-    }[name]
-    fn = getattr(losses, name)
-    assert torch.autograd.gradcheck(lambda *x: fn(*x, beta=0.3, **kwargs), logps)
+    options = {o: True for o in METHODS[name].length_options} if length_options else {}
+    entry = METHODS[name]
+    assert torch.autograd.gradcheck(lambda *x: entry.base_losses(0.3, options, {**dict(zip(names, x)), **lengths}),
+                                    logps)
 
 
 # --------------------------------------------------------------------------------------------------
 # Importance weights
 
 
-def test_is_equals_base_when_policy_is_behavior():
+@pytest.mark.parametrize("name", BASE)
+def test_is_equals_base_when_policy_is_behavior(name):
     gen = torch.Generator().manual_seed(1)
     pc, pr, rc, rr = (-20 * torch.rand(8, generator=gen) for _ in range(4))
     lengths = {"chosen_lengths": torch.arange(1.0, 9), "rejected_lengths": torch.arange(2.0, 10)}
-    for name in ("dpo", "ipo", "rpo", "chipo", "rdpo"):
-        base = preference_loss(name, 0.1, pc, pr, rc, rr, **lengths)
-        is_ = preference_loss(f"is-{name}", 0.1, pc, pr, rc, rr,
-                              behavior_chosen_logps=pc.clone(), behavior_rejected_logps=pr.clone(), **lengths)
-        assert torch.equal(is_.weights, torch.ones(8))
-        assert torch.equal(is_.losses, base.losses)
+    base = preference_loss(name, 0.1, pc, pr, rc, rr, **lengths)
+    is_ = preference_loss(f"is-{name}", 0.1, pc, pr, rc, rr,
+                          behavior_chosen_logps=pc.clone(), behavior_rejected_logps=pr.clone(), **lengths)
+    assert torch.equal(is_.weights, torch.ones(8))
+    assert torch.equal(is_.losses, base.losses)
 
 
 def test_clip_boundary_at_two_eps():
     """eps = 0.5, 2 eps = 1. Joint log-ratios: 0.75 (below: w = e^0.75, unclipped), exactly 1.0 (w = e^1),
-    1.5 and 30 (above: w = e^1 exactly, clipped)."""
+    1.5 and 30 (above: w = e^1 exactly, clipped). test_importance.py checks the weights themselves."""
     pc = t(-1.0, -1.0, -1.0, -1.0)
     bc = t(-1.5, -1.5, -2.0, -30.0)   # chosen log-ratios 0.5, 0.5, 1.0, 29.0
     pr = t(-2.0, -2.0, -2.0, -2.0)
     br = t(-2.25, -2.5, -2.5, -3.0)   # rejected log-ratios 0.25, 0.5, 0.5, 1.0
-    log_w = importance_log_weights(pc, pr, bc, br, eps=0.5)
-    w = log_w.exp()
     e1 = torch.tensor(1.0).exp()
-    assert w[0] == torch.tensor(0.75).exp() and w[0] < e1
-    assert w[1] == e1 and w[2] == e1 and w[3] == e1
     out = preference_loss("is-dpo", 0.1, pc, pr, pc, pr, behavior_chosen_logps=bc, behavior_rejected_logps=br,
                           is_clip=0.5)
     assert out.metrics["is/clip_frac"].item() == 0.5  # 1.5 and 30 are above 2 eps; 1.0 is not
@@ -176,40 +199,30 @@ def test_weights_are_detached_and_gradient_is_weight_times_base_gradient():
         assert torch.allclose(gi, expected_w * gb / 5, rtol=1e-5, atol=1e-8)
 
 
-def test_is_is_composition_for_every_base_loss():
+@pytest.mark.parametrize("name", BASE)
+def test_is_is_composition_for_every_base_loss(name):
+    """losses = w * base losses, w = exp(min(log ratio, 2 eps)) computed here from the inputs."""
     gen = torch.Generator().manual_seed(3)
     pc, pr, rc, rr, bc, br = (-4 * torch.rand(7, generator=gen) for _ in range(6))
     lengths = {"chosen_lengths": torch.arange(1.0, 8), "rejected_lengths": torch.arange(3.0, 10)}
-    for name in ("dpo", "ipo", "rpo", "chipo", "rdpo"):
-        base = preference_loss(name, 0.2, pc, pr, rc, rr, **lengths)
-        is_ = preference_loss(f"is-{name}", 0.2, pc, pr, rc, rr, behavior_chosen_logps=bc,
-                              behavior_rejected_logps=br, **lengths)
-        assert torch.allclose(is_.losses, is_.weights * base.losses)
-        assert torch.equal(base.weights, torch.ones(7))
+    base = preference_loss(name, 0.2, pc, pr, rc, rr, **lengths)
+    is_ = preference_loss(f"is-{name}", 0.2, pc, pr, rc, rr, behavior_chosen_logps=bc,
+                          behavior_rejected_logps=br, **lengths)
+    expected_w = torch.exp(torch.clamp(pc - bc + pr - br, max=2.0))
+    assert torch.allclose(is_.weights, expected_w, rtol=1e-6)
+    assert torch.allclose(is_.losses, expected_w * base.losses, rtol=1e-6)
+    assert torch.equal(base.weights, torch.ones(7))
 
 
-def test_self_normalized_weights_average_one_and_length_normalized_ratio():
-    gen = torch.Generator().manual_seed(4)
-    pc, pr, bc, br = (-10 * torch.rand(6, generator=gen) for _ in range(4))
-    w = importance_log_weights(pc, pr, bc, br, eps=100.0, self_normalize=True).exp()
-    assert w.mean().item() == pytest.approx(1.0, rel=1e-6)
-    lc, lr = torch.tensor([1.0, 2, 3, 4, 5, 6]), torch.tensor([2.0, 2, 2, 8, 8, 8])
-    log_w = importance_log_weights(pc, pr, bc, br, eps=100.0, length_normalize=True,
-                                   chosen_lengths=lc, rejected_lengths=lr)
-    assert torch.allclose(log_w, (pc - bc) / lc + (pr - br) / lr)
-
-
-def test_ess_values():
-    """ESS = (sum w)^2 / (B sum w^2): [1, 0] -> 1/2; [1, 2, 3] -> 36 / (3 * 14) = 6/7; equal weights -> 1."""
-    assert ess(torch.tensor([1.0, 0.0])).item() == pytest.approx(0.5)
-    assert ess(torch.tensor([1.0, 2.0, 3.0])).item() == pytest.approx(6 / 7, rel=1e-6)
-    assert ess(torch.full((9,), 3.7)).item() == pytest.approx(1.0, rel=1e-6)
-    assert ess(torch.tensor([1e30, 1e-30, 1.0])).item() == pytest.approx(1 / 3, rel=1e-5)  # no overflow
-    pc, pr, rc, rr, bc, br = (-5 * torch.rand(12) for _ in range(6))
+def test_ess_and_top_share_metrics():
+    """is/ess = (sum w)^2 / (B sum w^2) and is/top_share = max w / sum w of the weights used, in numpy."""
+    gen = torch.Generator().manual_seed(5)
+    pc, pr, rc, rr, bc, br = (-5 * torch.rand(12, generator=gen) for _ in range(6))
     out = preference_loss("is-dpo", 0.1, pc, pr, rc, rr, behavior_chosen_logps=bc, behavior_rejected_logps=br)
-    value = out.metrics["is/ess"].item()
-    assert 0 < value <= 1 + 1e-6
-    assert value == pytest.approx(ess(out.weights).item(), rel=1e-5)
+    w = out.weights.double().numpy()
+    assert out.metrics["is/ess"].item() == pytest.approx(w.sum() ** 2 / (12 * (w**2).sum()), rel=1e-5)
+    assert out.metrics["is/top_share"].item() == pytest.approx(w.max() / w.sum(), rel=1e-5)
+    assert out.metrics["is/ess"].item() == pytest.approx(ess(out.weights).item(), rel=1e-5)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -294,7 +307,7 @@ def test_errors_are_informative(call, message):
         preference_loss(method, beta, *PAIR.values(), **call)
     assert message in str(err.value)
     if "Did you mean" in message:
-        assert "Valid methods: dpo, ipo, rpo, chipo, rdpo, is-dpo" in str(err.value)
+        assert f"Valid methods: {', '.join(METHODS)}" in str(err.value)
 
 
 def test_shape_mismatch_is_an_error():
@@ -303,8 +316,14 @@ def test_shape_mismatch_is_an_error():
 
 
 def test_registry_declares_needs():
-    base = ["dpo", "ipo", "rpo", "chipo", "rdpo"]
-    assert list(METHODS) == base + [f"is-{m}" for m in base]
+    assert list(METHODS) == BASE + [f"is-{m}" for m in BASE]
+    for name in BASE:
+        plain, weighted = METHODS[name], METHODS[f"is-{name}"]
+        assert not plain.uses_behavior_logps and weighted.uses_behavior_logps
+        assert weighted.options == plain.options + ("is_clip", "is_self_normalize", "is_length_normalize")
+        assert weighted.requires_reference(has_behavior_logps=False)
+        assert plain.requires_reference(True) == plain.requires_reference(False) == plain.needs_reference
+        assert set(plain.options) <= set(OPTION_DEFAULTS)
     assert METHODS["rdpo"].needs_lengths and METHODS["is-rdpo"].needs_lengths
     assert not METHODS["dpo"].requires_lengths({}) and not METHODS["ipo"].requires_lengths({})
     assert METHODS["ipo"].requires_lengths({"ipo_length_normalize": True})

@@ -54,16 +54,17 @@ class BigramLM(torch.nn.Module):
 
 def test_response_logps_and_kl_converge_to_closed_form():
     """Responses of L = 3 tokens over {a, b}; per step pi_theta(a) = 0.7, pi_ref(a) = 0.4.
-    Exact KL = L * (0.7 log(0.7/0.4) + 0.3 log(0.3/0.6)) = 3 * 0.183809 = 0.551426. response_logps on all
+    Exact KL = L * (0.7 log(0.7/0.4) + 0.3 log(0.3/0.6)) = 3 * 0.183809 = 0.551426. score_responses on all
     8 sequences must match the enumeration; k1 and k3 from 20k samples of pi_theta within 4 se."""
-    from isdaa.evaluate.metrics import kl_estimates, response_logps
+    from isdaa.evaluate.metrics import kl_estimates
+    from isdaa.logprobs import score_responses
 
     L, p, q = 3, 0.7, 0.4
     exact = L * (p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q)))
     seqs = [[1 + ((k >> t) & 1) for t in range(L)] for k in range(2 ** L)]
     prompts = [[0]] * len(seqs)
-    lp_t = response_logps(BigramLM(p), prompts, seqs, batch_size=3)
-    lp_r = response_logps(BigramLM(q), prompts, seqs, batch_size=8)
+    lp_t = score_responses(BigramLM(p), prompts, seqs, batch_size=3)
+    lp_r = score_responses(BigramLM(q), prompts, seqs, batch_size=8)
     n_a = np.array([s.count(1) for s in seqs])
     np.testing.assert_allclose(lp_t, n_a * math.log(p) + (L - n_a) * math.log(1 - p), atol=1e-5)
     np.testing.assert_allclose(lp_r, n_a * math.log(q) + (L - n_a) * math.log(1 - q), atol=1e-5)
@@ -79,8 +80,8 @@ def test_response_logps_and_kl_converge_to_closed_form():
 
 def test_response_logps_temperature():
     """Tempered log-probs: softmax(logits / T) per step."""
-    from isdaa.evaluate.metrics import response_logps
+    from isdaa.logprobs import score_responses
 
-    lp = response_logps(BigramLM(0.7), [[0]], [[1, 2]], temperature=0.5)
+    lp = score_responses(BigramLM(0.7), [[0]], [[1, 2]], temperature=0.5)
     pa = 0.7 ** 2 / (0.7 ** 2 + 0.3 ** 2)
     assert lp[0] == pytest.approx(math.log(pa) + math.log(1 - pa), abs=1e-5)

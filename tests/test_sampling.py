@@ -48,7 +48,12 @@ def test_eos_terminated_ids(tiny):
         assert s.length == len(s.response_ids)
     for s in unfinished:
         assert len(s.response_ids) == 40 and eos not in s.response_ids
-    assert all(s.text == tok.decode(s.response_ids, skip_special_tokens=True) for s in samples)
+    # the text is what was emitted (special tokens included, the terminating EOS not): it re-tokenizes
+    # to exactly the sampled ids, so training on it sees the sequence the sample's log-prob describes
+    for s in samples:
+        again = tok(s.text, add_special_tokens=False)["input_ids"] + ([eos] if s.finished else [])
+        assert again == s.response_ids, (s.text, s.response_ids)
+    assert any(set(s.response_ids) & (set(tok.all_special_ids) - {eos}) for s in samples)  # the case that matters
 
 
 def test_left_padding_matches_unpadded(tiny):
@@ -68,14 +73,14 @@ def test_vllm_backend_is_optional(tiny):
 def test_recorded_logps_match_forward_and_generation_config_is_ignored(tiny):
     """Sample.logp (raw logits during generation, even at T = 0.7 / top-p) equals the untempered
     log-prob of a full forward on the exact ids; a checkpoint's repetition penalty is not applied."""
-    from isdaa.evaluate.metrics import response_logps
     from isdaa.evaluate.sampling import encode_prompts, sample_responses
+    from isdaa.logprobs import score_responses
 
     model, tok = tiny
     samples = sample_responses(model, tok, PROMPTS, n=4, temperature=0.7, top_p=0.9, max_new_tokens=10,
                                seed=3, batch_size=16)
     pids = encode_prompts(tok, PROMPTS)
-    fwd = response_logps(model, [pids[s.prompt_index] for s in samples], [s.response_ids for s in samples])
+    fwd = score_responses(model, [pids[s.prompt_index] for s in samples], [s.response_ids for s in samples])
     assert max(abs(s.logp - f) for s, f in zip(samples, fwd)) < 1e-3
     saved = model.generation_config
     try:

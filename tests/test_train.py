@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from isdaa.config import load_config
 from isdaa.io import read_jsonl
+from isdaa.losses import METHODS
 from isdaa.train import train
 from isdaa.train.callbacks import StopAtStep, TrainerCallback
 
@@ -273,3 +274,33 @@ def test_missing_tracker_is_a_clear_error(tiny_dir, tmp_path):
         pass
     with pytest.raises(ImportError, match="pip install tensorboard"):
         train(make_cfg(tiny_dir, tmp_path, "tb", max_steps=1, report_to=["tensorboard"]))
+
+
+REFERENCE_FREE = [name for name, m in METHODS.items() if not (m.needs_reference or m.importance_weighted)]
+
+
+@pytest.mark.parametrize("method", REFERENCE_FREE)
+@pytest.mark.parametrize("ref_logps", ["precompute", "on_the_fly"])
+def test_reference_free_methods_run_no_reference_pass(tiny_dir, tmp_path, monkeypatch, method, ref_logps):
+    """No reference forward at all (no cache entry, `_ref_logps` never called); rewards/* use ref = 0, so
+    rewards/chosen = beta * logps/chosen. An IS variant without behavior columns falls back to pi_b = pi_ref
+    and does compute the reference (one cache entry); with behavior columns it does not."""
+    from isdaa.train.pref import PrefTask
+
+    def no_reference(self, batch):
+        raise AssertionError("reference forward for a reference-free method")
+
+    monkeypatch.setattr(PrefTask, "_ref_logps", no_reference)
+    behavior = [{**r, "chosen_logps": -5.0, "rejected_logps": -6.0} for r in pref_rows(16)]
+    cache = tmp_path / "cache"
+    cfg = make_cfg(tiny_dir, tmp_path, "plain", rows=pref_rows(16), method=method, max_steps=2, ref_logps=ref_logps)
+    assert train(cfg)["status"] == "finished"
+    cfg = make_cfg(tiny_dir, tmp_path, "weighted", rows=behavior, method=f"is-{method}", max_steps=2,
+                   ref_logps=ref_logps)
+    assert train(cfg)["status"] == "finished"
+    assert not cache.exists() or not any(cache.iterdir())
+    for row in metrics(cfg):
+        assert row["rewards/chosen"] == pytest.approx(cfg.beta * row["logps/chosen"], rel=1e-5)
+    if ref_logps == "precompute":
+        cfg = make_cfg(tiny_dir, tmp_path, "fallback", rows=pref_rows(16), method=f"is-{method}", max_steps=2)
+        assert train(cfg)["status"] == "finished" and len(list(cache.iterdir())) == 1

@@ -106,3 +106,12 @@ def test_resume_through_the_cli(setup):
     resumed = [r["loss"] for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())]
     assert resumed == full
     assert json.loads((out / "summary.json").read_text())["resumed_from_step"] == 2
+
+
+def test_pref_help_lists_the_registry():
+    """`isdaa train pref --help` lists every base method and every loss option with its default."""
+    from isdaa.losses import OPTIONS
+
+    out = CliRunner().invoke(main, ["train", "pref", "--help"]).output
+    assert all(name in out for name, m in METHODS.items() if not m.importance_weighted)
+    assert all(f"{name} " in out and f"[default: {o.default}]" in out for name, o in OPTIONS.items())

@@ -22,8 +22,7 @@ from typing import Any
 
 import yaml
 
-# The registry's names, for validation when isdaa.losses is unavailable (kept in sync by a test).
-KNOWN_METHODS = ("dpo", "ipo", "rpo", "chipo", "rdpo", "is-dpo", "is-ipo", "is-rpo", "is-chipo", "is-rdpo")
+from isdaa.losses import METHODS, OPTIONS
 
 
 def _nearest(name: str, options) -> str:
@@ -191,24 +190,46 @@ class RMConfig(TrainConfig):
         super().__post_init__()
 
 
-@dataclass
-class LossOptions:
-    """Options forwarded to `isdaa.losses.preference_loss` (METHOD.md has the formulas)."""
+def _check_loss_options(self):
+    for option in OPTIONS.values():
+        try:
+            option.check(getattr(self, option.name))
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"loss.{err}") from None
 
-    is_clip: float = 1.0               # eps: log-weights clipped from above at 2*eps (release default 1.0)
-    is_self_normalize: bool = False
-    is_length_normalize: bool = False
-    ipo_length_normalize: bool = False
-    rpo_eta: float = 0.005
-    rpo_nll_mean: bool = False
-    chipo_rmax: float | None = None
-    rdpo_alpha: float = 0.01
+
+# Options forwarded to `isdaa.losses.preference_loss`: one field per entry of the registry's OPTIONS
+# (name, type, default and check live there; docs/METHOD.md has the formulas).
+LossOptions = dataclasses.make_dataclass(
+    "LossOptions",
+    [(o.name, o.annotation, field(default=o.default, metadata={"doc": o.doc})) for o in OPTIONS.values()],
+    namespace={"__post_init__": _check_loss_options,
+               "__doc__": "Loss options (`loss.<name>`), derived from isdaa.losses.OPTIONS.",
+               "__module__": __name__},
+)
+
+
+@dataclass
+class DriftStopConfig:
+    """`stop_on_drift`: a golden-free over-optimization alarm on a training-batch signal (isdaa.drift;
+    the callback is isdaa.train.drift_stop). The smoothed signal is the mean of the last `smoothing`
+    checks; the alarm fires after `patience` checks in a row beyond `threshold`."""
+
+    signal: str = "drift/log_ratio_mean"  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
+    threshold: float = -2.0            # alarm below it (above it for is/clip_frac); the signal's units
+    smoothing: int = 10                # trailing mean over this many checks (1: the raw value)
+    patience: int = 1                  # consecutive checks beyond the threshold before the alarm
+    action: str = "stop"               # stop | keep-best (save best_by_drift/ at the alarm, train on)
+    every: int | None = None           # check every N steps; default logging_steps
 
     def __post_init__(self):
-        _check(math.isfinite(self.is_clip) and self.is_clip > 0,
-               f"loss.is_clip (eps) must be > 0 and finite, got {self.is_clip}")
-        _check(self.rpo_eta >= 0, "loss.rpo_eta must be >= 0")
-        _check(self.chipo_rmax is None or self.chipo_rmax > 0, "loss.chipo_rmax must be > 0")
+        from isdaa.drift import TRAIN_SIGNALS, check_threshold
+
+        _one_of(self.signal, TRAIN_SIGNALS, "stop_on_drift.signal")
+        check_threshold(self.signal, self.threshold, "stop_on_drift.threshold")
+        _check(self.smoothing >= 1 and self.patience >= 1, "stop_on_drift.smoothing and patience must be >= 1")
+        _one_of(self.action, ("stop", "keep-best"), "stop_on_drift.action")
+        _check(self.every is None or self.every >= 1, "stop_on_drift.every must be >= 1")
 
 
 @dataclass
@@ -221,20 +242,13 @@ class PrefConfig(TrainConfig):
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
     ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
+    stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
 
     def __post_init__(self):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
-        _one_of(self.method, _method_names(), "method")
+        _one_of(self.method, tuple(METHODS), "method")
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
-
-
-def _method_names():
-    try:
-        from isdaa.losses import METHODS
-        return tuple(METHODS)
-    except ImportError:
-        return KNOWN_METHODS
 
 
 KIND_OF = {SFTConfig: "sft", RMConfig: "rm", PrefConfig: "pref"}

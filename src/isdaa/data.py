@@ -41,6 +41,8 @@ from pathlib import Path
 
 import torch
 
+from isdaa.padding import pad_batch
+
 PREF_FLOAT_COLUMNS = ("ref_chosen_logps", "ref_rejected_logps", "chosen_logps", "rejected_logps")
 LOGPS_PAIRS = (("ref_chosen_logps", "ref_rejected_logps"), ("chosen_logps", "rejected_logps"))
 
@@ -418,18 +420,6 @@ def tokenize_sft(rows: list[dict], tokenizer, max_length: int, max_prompt_length
 # ---------------------------------------------------------------- collation
 
 
-def _pad(seqs: list[list[int]], prompt_lens: list[int], pad_id: int) -> dict:
-    """Right-pad to the longest sequence of THIS batch (one tensor build, vectorized masks).
-    response_mask marks the response tokens (EOS included)."""
-    lengths = torch.tensor([len(s) for s in seqs])
-    width = int(lengths.max())
-    ids = torch.tensor([s + [pad_id] * (width - len(s)) for s in seqs], dtype=torch.long)
-    pos = torch.arange(width)
-    attn = pos < lengths[:, None]                                          # (N, T)
-    resp = attn & (pos >= torch.tensor(prompt_lens)[:, None])
-    return {"input_ids": ids, "attention_mask": attn.long(), "response_mask": resp}
-
-
 def collate_pref(examples: list[dict], pad_id: int) -> dict:
     """One concatenated batch: rows [0, B) chosen, rows [B, 2B) rejected (same prompts).
 
@@ -439,7 +429,7 @@ def collate_pref(examples: list[dict], pad_id: int) -> dict:
     seqs = [e["prompt_ids"] + e["chosen_ids"] for e in examples] + \
            [e["prompt_ids"] + e["rejected_ids"] for e in examples]
     prompt_lens = [len(e["prompt_ids"]) for e in examples] * 2
-    batch = _pad(seqs, prompt_lens, pad_id)
+    batch = pad_batch(seqs, pad_id, prompt_lens=prompt_lens)
     batch["chosen_lengths"] = torch.tensor([len(e["chosen_ids"]) for e in examples], dtype=torch.long)
     batch["rejected_lengths"] = torch.tensor([len(e["rejected_ids"]) for e in examples], dtype=torch.long)
     for col in PREF_FLOAT_COLUMNS:
@@ -452,7 +442,7 @@ def collate_pref(examples: list[dict], pad_id: int) -> dict:
 
 def collate_sft(examples: list[dict], pad_id: int) -> dict:
     seqs = [e["prompt_ids"] + e["response_ids"] for e in examples]
-    batch = _pad(seqs, [len(e["prompt_ids"]) for e in examples], pad_id)
+    batch = pad_batch(seqs, pad_id, prompt_lens=[len(e["prompt_ids"]) for e in examples])
     batch["n_examples"] = len(examples)
     batch["n_tokens"] = sum(len(s) for s in seqs)
     batch["n_response_tokens"] = sum(len(e["response_ids"]) for e in examples)

@@ -169,3 +169,39 @@ def response_logps(model, input_ids, attention_mask, response_mask, *, response_
     if return_counts:
         return out, target.sum(-1)
     return out
+
+
+# ---------------------------------------------------------------- scoring exact token ids (evaluation)
+
+
+@torch.no_grad()
+def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temperature: float = 1.0,
+                    pad_id: int = 0):
+    """(S,) float64 numpy: summed log pi(y_t | x, y_<t) over each response's tokens, from a forward of
+    `model` on the exact ids (lists of token-id lists, EOS included), no gradient, training mode restored.
+
+    Rows are sorted by length (less padding) and right-padded (positions start at 0, as in training).
+    `temperature != 1` gives the log-probs of softmax(logits / T), i.e. of a T-sampler without top-p.
+    """
+    import numpy as np
+
+    from isdaa.padding import pad_batch
+
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = np.zeros(len(response_ids), dtype=np.float64)
+    order = np.argsort([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)])
+    try:
+        for start in range(0, len(order), batch_size):
+            rows = order[start: start + batch_size]
+            batch = pad_batch([list(prompt_ids[i]) + list(response_ids[i]) for i in rows], pad_id,
+                              prompt_lens=[len(prompt_ids[i]) for i in rows])
+            ids, attn, resp = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
+            logits = model(input_ids=ids, attention_mask=attn).logits                    # (B, T, V)
+            if temperature != 1.0:
+                logits = logits.float() / temperature
+            out[rows] = causal_lm_logps(logits, ids, resp, chunk_rows=16).double().cpu().numpy()
+    finally:
+        model.train(was_training)
+    return out

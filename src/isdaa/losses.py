@@ -1,20 +1,22 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO), importance weights (IS-DAAs), one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, and the one registry.
 
-Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs (see
-METHOD.md's notation), response lengths where a method needs them, and scalar hyperparameters. No
-model, tokenizer or config object enters. Notation:
+Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
+(docs/METHOD.md's notation), response lengths where a method needs them, and scalar
+hyperparameters. No model, tokenizer or config object enters. Notation:
 
     u_c = logp_theta(chosen) - logp_ref(chosen)       u_r likewise       h = u_c - u_r
 
 Base losses return UNREDUCED per-pair losses `(B,)`. An importance-sampled method `is-<name>` is
-composition: `w * <name>` with detached weights from `importance_log_weights` (Section 3.1).
+composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1).
 
-`METHODS` maps every config name to a `Method` entry declaring what the method needs; callers ask
-the entry (`METHODS[name].requires_lengths(options)`) instead of branching on names. The front door
-`preference_loss` validates inputs, computes in float32 whatever the input dtype, and returns the
-mean loss, per-pair losses, weights and metrics (0-dim detached tensors: no host sync per metric).
+The registry owns everything a method is: `OPTIONS` holds each loss option once (name, default,
+check, help text; `config.LossOptions` and the CLI derive from it) and `METHODS` maps every config
+name to a `Method` entry declaring what it reads (options, lengths, reference and behavior
+log-probs). Callers ask the entry instead of branching on names. The front door `preference_loss`
+validates inputs, computes in float32 whatever the input dtype, and returns the mean loss, per-pair
+losses, weights and metrics (0-dim detached tensors: no host sync per metric).
 
-A new DAA = one function below, one `Method` entry in `_BASE`, one test.
+A new DAA = one function below, one `Method` entry in `_BASE`, one test (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
@@ -28,6 +30,12 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from isdaa import importance
+from isdaa.importance import ess, safe_lengths
+
+# `ess` stays importable from here for train/loop.py and lab/pipeline.py until they import isdaa.importance
+__all__ = ["METHODS", "OPTIONS", "Method", "Option", "PreferenceLossOutput", "ess", "preference_loss"]
+
 Tensor = torch.Tensor
 
 # chi-PO exponentiates log-ratios; u is clamped from above at this bound before exp. e^40 ~ 2.4e17, so
@@ -38,7 +46,7 @@ CHIPO_MAX_LOG_RATIO = 40.0
 
 
 # --------------------------------------------------------------------------------------------------
-# Base losses: (B,) in, (B,) out
+# Base losses: (B,) in, (B,) out. Option values have no defaults here: OPTIONS holds them.
 
 
 def _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps):
@@ -54,22 +62,22 @@ def dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_reject
 
 def ipo(
     policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
-    *, length_normalize=False, chosen_lengths=None, rejected_lengths=None,
+    *, length_normalize, chosen_lengths=None, rejected_lengths=None,
 ):
     """IPO: (h - 1/(2 beta))^2 (Azar et al. 2024, Eq. 17; paper Eq. 6 with f(x) = (x-1)^2 rescaled).
 
-    Summed log-probs by default (paper, release). `length_normalize` divides u_c by |chosen| and u_r
+    Summed log-probs (paper, release) unless `length_normalize`, which divides u_c by |chosen| and u_r
     by |rejected| first (TRL's choice); it needs both lengths.
     """
     u_c, u_r = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     if length_normalize:
-        u_c, u_r = u_c / _safe_len(chosen_lengths), u_r / _safe_len(rejected_lengths)
+        u_c, u_r = u_c / safe_lengths(chosen_lengths), u_r / safe_lengths(rejected_lengths)
     return (u_c - u_r - 1.0 / (2.0 * beta)) ** 2
 
 
 def rpo(
     policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
-    *, eta=0.005, nll_mean=False, chosen_lengths=None,
+    *, eta, nll_mean, chosen_lengths=None,
 ):
     """RPO, the authors' release's form: -log sigmoid(beta h) - beta * eta * logp_theta(chosen).
 
@@ -78,20 +86,18 @@ def rpo(
     """
     nll = -policy_chosen_logps
     if nll_mean:
-        nll = nll / _safe_len(chosen_lengths)
+        nll = nll / safe_lengths(chosen_lengths)
     return dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) + (
         beta * eta * nll
     )
 
 
-def chipo(
-    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, *, rmax=None,
-):
+def chipo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta, *, rmax):
     """chi-PO (Huang et al. 2024): -log sigmoid(clip_[-2R, 2R](beta * [(e^u_c - e^u_r) + (u_c - u_r)])).
 
     The link phi(z) = z + log z applied to z = pi_theta/pi_ref. No official code exists; this follows
     the paper's formula. u is clamped from above at CHIPO_MAX_LOG_RATIO (40) inside exp only, for
-    float32 stability. `rmax` = R; None (default) means no clip.
+    float32 stability. `rmax` = R; None means no clip.
     """
     u_c, u_r = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     top = CHIPO_MAX_LOG_RATIO
@@ -103,7 +109,7 @@ def chipo(
 
 def rdpo(
     policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
-    *, alpha=0.01, chosen_lengths, rejected_lengths,
+    *, alpha, chosen_lengths, rejected_lengths,
 ):
     """R-DPO (Park et al. 2024, Eq. 9): -log sigmoid(beta h + alpha (|chosen| - |rejected|)).
 
@@ -115,83 +121,77 @@ def rdpo(
     return -F.logsigmoid(beta * (u_c - u_r) + alpha * length_gap)
 
 
-def _safe_len(lengths: Tensor) -> Tensor:
-    # A response always holds at least its EOS token; clamp guards the division anyway.
-    return lengths.float().clamp(min=1.0)
+def simpo(policy_chosen_logps, policy_rejected_logps, beta, *, gamma, chosen_lengths, rejected_lengths):
+    """SimPO (Meng et al. 2024, Eq. 6), reference-free: the implicit reward is the length-normalized
+    log-prob beta/|y| logp_theta(y), with a target margin gamma:
+
+        -log sigmoid(beta/|chosen| logp_theta(chosen) - beta/|rejected| logp_theta(rejected) - gamma)
+
+    gamma is absolute (TRL's `simpo_gamma`; the authors' code sets gamma = beta * gamma_beta_ratio).
+    """
+    reward_c = beta * policy_chosen_logps / safe_lengths(chosen_lengths)
+    reward_r = beta * policy_rejected_logps / safe_lengths(rejected_lengths)
+    return -F.logsigmoid(reward_c - reward_r - gamma)
 
 
 # --------------------------------------------------------------------------------------------------
-# Importance weights (Section 3.1; METHOD.md decides the form)
+# Registry: options, then methods
 
 
-def importance_log_weights(
-    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
-    eps=1.0, *, self_normalize=False, length_normalize=False, chosen_lengths=None, rejected_lengths=None,
-):
-    """Detached, clipped log importance weights `(B,)`:
+@dataclass(frozen=True)
+class Option:
+    """One loss option, declared once: config key `loss.<name>`, keyword of `preference_loss`.
 
-        log w = min( [logp_theta(c) - logp_b(c)] + [logp_theta(r) - logp_b(r)], 2*eps )
-
-    The JOINT ratio of the pair under pi_theta and pi_b (Appendix B.1's proof and the release; Eq. 11's
-    text prints an inverted rejected factor). Clipped from ABOVE at exp(2*eps), in log space (the
-    release; Eq. 13 prints max(., eps)). No lower clip. Options beyond the paper (default off):
-    `length_normalize` sums per-token mean log-ratios instead (needs both lengths); `self_normalize`
-    divides w by its batch mean (after clipping), so the weights average exactly 1.
+    kind     float or bool; a float option with `nullable` also takes None ("off")
+    minimum  float options: the value must be >= minimum (> with `exclusive`), and finite
     """
-    log_w = _joint_log_ratio(
-        policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
-        length_normalize, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-    ).clamp(max=2.0 * eps)
-    if self_normalize:  # log(w / mean(w)) in log space
-        log_w = log_w - (torch.logsumexp(log_w, dim=0) - math.log(log_w.numel()))
-    return log_w
+
+    name: str
+    default: object
+    doc: str
+    kind: type = float
+    minimum: float | None = None
+    exclusive: bool = False
+    nullable: bool = False
+
+    def check(self, value) -> None:
+        """Raise TypeError (not a bool for a flag) or ValueError (out of range) naming the option."""
+        if self.kind is bool:
+            if not isinstance(value, bool):
+                raise TypeError(f"{self.name} must be True or False, got {value!r}")
+            return
+        if value is None and self.nullable:
+            return
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if ok and self.minimum is not None:
+            ok = value > self.minimum if self.exclusive else value >= self.minimum
+        if not ok:
+            bound = "" if self.minimum is None else f" {'>' if self.exclusive else '>='} {self.minimum:g}"
+            none = " (or null)" if self.nullable else ""
+            raise ValueError(f"{self.name} must be a finite number{bound}{none}, got {value!r}")
+
+    @property
+    def annotation(self) -> type:
+        """The config field's type (`config.LossOptions`)."""
+        return bool if self.kind is bool else float | None if self.nullable else float
 
 
-def _joint_log_ratio(
-    policy_c, policy_r, behavior_c, behavior_r, length_normalize=False, *, chosen_lengths=None,
-    rejected_lengths=None,
-):
-    """Detached log pi_theta(c)/pi_b(c) + log pi_theta(r)/pi_b(r), (B,); per-token means if
-    length_normalize."""
-    with torch.no_grad():
-        log_ratio_c, log_ratio_r = policy_c - behavior_c, policy_r - behavior_r
-        if length_normalize:
-            log_ratio_c = log_ratio_c / _safe_len(chosen_lengths)
-            log_ratio_r = log_ratio_r / _safe_len(rejected_lengths)
-        return (log_ratio_c + log_ratio_r).detach()
-
-
-def ess(weights: Tensor) -> Tensor:
-    """Effective sample size fraction (sum w)^2 / (B * sum w^2), in (0, 1]; 1 iff all weights are equal.
-
-    Scale-invariant: computed on w / max(w) so large weights do not overflow. NaN if every weight is 0.
-    """
-    w = weights.detach().float()
-    w = w / w.max()
-    return w.sum() ** 2 / (w.numel() * (w**2).sum())
-
-
-def _ess_from_log(log_w: Tensor) -> Tensor:
-    """ESS of exp(log_w), in log space: exp(2 lse(log w) - lse(2 log w) - log B). Never NaN."""
-    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0) - math.log(log_w.numel()))
-
-
-# --------------------------------------------------------------------------------------------------
-# Registry
-
-# Every option a config may carry, with its default. Options irrelevant to a method are accepted
-# silently (one config can carry all of them); unknown names are errors.
-OPTION_DEFAULTS: dict[str, object] = {
-    "is_clip": 1.0,
-    "is_self_normalize": False,
-    "is_length_normalize": False,
-    "ipo_length_normalize": False,
-    "rpo_eta": 0.005,
-    "rpo_nll_mean": False,
-    "chipo_rmax": None,
-    "rdpo_alpha": 0.01,
-}
-IS_OPTIONS = ("is_clip", "is_self_normalize", "is_length_normalize")
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("is_clip", 1.0, "eps: IS log-weights clipped from above at 2*eps (the release's default)",
+           minimum=0, exclusive=True),
+    Option("is_self_normalize", False, "IS weights divided by their batch mean (beyond the paper)", bool),
+    Option("is_length_normalize", False, "IS log-ratio from per-token means (beyond the paper; needs lengths)",
+           bool),
+    Option("ipo_length_normalize", False, "IPO on per-token mean log-ratios (TRL's choice)", bool),
+    Option("rpo_eta", 0.005, "RPO: weight of the chosen response's NLL (the release's default)", minimum=0),
+    Option("rpo_nll_mean", False, "RPO: per-token mean NLL instead of the sum (TRL/OpenRLHF)", bool),
+    Option("chipo_rmax", None, "chi-PO: logit clipped to [-2R, 2R]; null: no clip", minimum=0, exclusive=True,
+           nullable=True),
+    Option("rdpo_alpha", 0.01, "R-DPO: length-gap coefficient alpha (the release's default)", minimum=0),
+    Option("simpo_gamma", 0.5, "SimPO: target reward margin gamma (TRL's default)", minimum=0),
+)}
+OPTION_DEFAULTS: dict[str, object] = {name: o.default for name, o in OPTIONS.items()}
+IS_OPTIONS = tuple(name for name in OPTIONS if name.startswith("is_"))  # read by every is-* method
 
 
 @dataclass(frozen=True)
@@ -199,12 +199,14 @@ class Method:
     """What a method is and what it needs. Fields:
 
     name             config name (`dpo`, `is-dpo`, ...)
-    loss_fn          base loss, (B,) log-prob tensors + beta + keywords -> (B,) unreduced losses
+    loss_fn          base loss: keyword (B,) log-prob tensors + beta + option keywords -> (B,) losses
     option_args      option name -> keyword of loss_fn it sets (e.g. rpo_eta -> eta)
     length_args      which of `chosen_lengths` / `rejected_lengths` loss_fn accepts
     needs_lengths    lengths are always required (R-DPO)
     length_options   boolean options that, when true, make both lengths required
-    importance_weighted  w * loss with detached IS weights; reads behavior log-probs (else reference)
+    needs_reference  loss_fn reads ref_chosen_logps / ref_rejected_logps (False: reference-free, the
+                     trainer runs no reference pass unless an IS variant needs pi_b = pi_ref)
+    importance_weighted  w * loss with detached IS weights from behavior log-probs (pi_b)
     """
 
     name: str
@@ -213,6 +215,7 @@ class Method:
     length_args: tuple[str, ...] = ()
     needs_lengths: bool = False
     length_options: tuple[str, ...] = ()
+    needs_reference: bool = True
     importance_weighted: bool = False
 
     @property
@@ -231,6 +234,20 @@ class Method:
         flags = self.length_options + (("is_length_normalize",) if self.importance_weighted else ())
         return self.needs_lengths or any(bool(options.get(o, OPTION_DEFAULTS[o])) for o in flags)
 
+    def requires_reference(self, has_behavior_logps: bool) -> bool:
+        """Whether reference log-probs must be computed: the loss reads them, or an IS method has no
+        behavior log-probs and falls back to pi_b = pi_ref."""
+        return self.needs_reference or (self.uses_behavior_logps and not has_behavior_logps)
+
+    def base_losses(self, beta, options: Mapping[str, object], logps: Mapping[str, Tensor]) -> Tensor:
+        """loss_fn on `logps` (policy_/ref_ chosen/rejected, chosen_/rejected_lengths by name), with
+        its options taken from `options` (defaults for those absent). (B,) unweighted losses."""
+        keys = ("policy_chosen_logps", "policy_rejected_logps") + (
+            ("ref_chosen_logps", "ref_rejected_logps") if self.needs_reference else ())
+        kwargs = {k: logps[k] for k in keys + self.length_args}
+        kwargs.update({arg: options.get(opt, OPTION_DEFAULTS[opt]) for opt, arg in self.option_args.items()})
+        return self.loss_fn(beta=beta, **kwargs)
+
 
 _BASE = (
     Method("dpo", dpo),
@@ -247,10 +264,20 @@ _BASE = (
         "rdpo", rdpo, {"rdpo_alpha": "alpha"},
         length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True,
     ),
+    Method(
+        "simpo", simpo, {"simpo_gamma": "gamma"},
+        length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True, needs_reference=False,
+    ),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _BASE}
 METHODS.update({f"is-{m.name}": replace(m, name=f"is-{m.name}", importance_weighted=True) for m in _BASE})
+
+
+def methods_help() -> str:
+    """One line per method family for --help texts: the base names and their is-* variants."""
+    names = (m.name + ("" if m.needs_reference else " (reference-free)") for m in _BASE)
+    return ", ".join(names) + "; and is-<name> for each (importance-weighted)"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,8 +304,8 @@ def preference_loss(
     beta: float,
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,
-    ref_chosen_logps: Tensor,
-    ref_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor | None = None,
+    ref_rejected_logps: Tensor | None = None,
     *,
     behavior_chosen_logps: Tensor | None = None,
     behavior_rejected_logps: Tensor | None = None,
@@ -288,68 +315,65 @@ def preference_loss(
 ) -> PreferenceLossOutput:
     """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32.
 
-    Options by name (all known options are accepted for every method): is_clip (eps, 1.0),
-    is_self_normalize (False), is_length_normalize (False), ipo_length_normalize (False), rpo_eta
-    (0.005), rpo_nll_mean (False), chipo_rmax (None), rdpo_alpha (0.01). Behavior log-probs default to
-    the reference's (pi_b = pi_ref). Raises ValueError on an unknown method/option, a missing required
-    input, mismatched shapes, beta <= 0 or is_clip <= 0 (TypeError on a non-tensor or non-bool flag).
+    Options by name: the keys of OPTIONS (all accepted for every method; defaults there). Reference
+    log-probs may be omitted for a reference-free method (its rewards/* metrics then use ref = 0).
+    Behavior log-probs default to the reference's (pi_b = pi_ref). Raises ValueError on an unknown
+    method/option, a missing required input, mismatched shapes, beta <= 0 or an option out of range
+    (TypeError on a non-tensor or non-bool flag).
     """
-    entry = _lookup(method)
-    opts = _validate_options(options)
+    entry, opts = _lookup(method), validate_options(options)
+    beta = _check_beta(beta)
+    x = _inputs(entry, opts, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
+                ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
+                behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
+                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+    base = entry.base_losses(beta, opts, x)  # (B,)
+    behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
+    policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
+    lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
+    if entry.importance_weighted:
+        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, **lengths)
+        weights = log_w.exp()
+    else:
+        weights = torch.ones_like(base)
+        stats = importance.weight_stats(torch.zeros_like(base), None)  # w = 1: mean 1, ess 1, top 1/B
+    losses = weights * base
+    # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
+    drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
+    ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
+    metrics = _metrics(beta, *policy, *ref, stats, drift)
+    return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
+
+
+def _check_beta(beta) -> float:
     if isinstance(beta, bool) or not isinstance(beta, numbers.Real) or not (math.isfinite(beta) and beta > 0):
         raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
-    beta = float(beta)
-    if entry.requires_lengths(opts) and (chosen_lengths is None or rejected_lengths is None):
+    return float(beta)
+
+
+def _inputs(entry: Method, opts, **x) -> dict[str, Tensor | None]:
+    """The inputs `entry` needs are present (lengths, reference, behavior in pairs); pi_b = pi_ref when
+    no behavior log-probs are given; then `_float32_inputs`."""
+    if entry.requires_lengths(opts) and (x["chosen_lengths"] is None or x["rejected_lengths"] is None):
         raise ValueError(
             f"method {entry.name!r} with these options needs chosen_lengths and rejected_lengths "
             f"(response token counts, EOS included)"
         )
-    if (behavior_chosen_logps is None) != (behavior_rejected_logps is None):
-        raise ValueError("give both behavior_chosen_logps and behavior_rejected_logps, or neither")
-    if behavior_chosen_logps is None:  # pi_b = pi_ref
-        behavior_chosen_logps, behavior_rejected_logps = ref_chosen_logps, ref_rejected_logps
-    x = _float32_inputs(
-        policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
-        ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
-        behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-        chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
-    )
-    policy_c, policy_r, ref_c, ref_r = (x[k] for k in list(x)[:4])
-    lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
-
-    kwargs = {arg: opts[opt] for opt, arg in entry.option_args.items()}
-    kwargs.update({a: lengths[a] for a in entry.length_args})
-    base_losses = entry.loss_fn(policy_c, policy_r, ref_c, ref_r, beta, **kwargs)  # (B,)
-
-    behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
-    if entry.importance_weighted:
-        weights, clip_frac, ess_value = _importance(policy_c, policy_r, *behavior, opts, lengths)
-    else:
-        weights = torch.ones_like(base_losses)
-        clip_frac, ess_value = weights.new_zeros(()), weights.new_ones(())
-    losses = weights * base_losses
-    # unclipped joint log(pi_theta / pi_b), logged for every method (Figure 6)
-    drift = _joint_log_ratio(policy_c, policy_r, *behavior)
-    metrics = _metrics(beta, policy_c, policy_r, ref_c, ref_r, weights, clip_frac, ess_value, drift)
-    return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
+    for prefix in ("ref", "behavior"):
+        if (x[f"{prefix}_chosen_logps"] is None) != (x[f"{prefix}_rejected_logps"] is None):
+            raise ValueError(f"give both {prefix}_chosen_logps and {prefix}_rejected_logps, or neither")
+    if x["behavior_chosen_logps"] is None:  # pi_b = pi_ref
+        x["behavior_chosen_logps"], x["behavior_rejected_logps"] = x["ref_chosen_logps"], x["ref_rejected_logps"]
+    if x["ref_chosen_logps"] is None and entry.requires_reference(x["behavior_chosen_logps"] is not None):
+        raise ValueError(f"method {entry.name!r} needs ref_chosen_logps and ref_rejected_logps"
+                         + (" (or behavior log-probs)" if not entry.needs_reference else ""))
+    return _float32_inputs(**x)
 
 
-def _importance(policy_c, policy_r, behavior_c, behavior_r, opts, lengths):
-    """Weights (B,), the fraction clipped and the ESS (0-dim), all detached."""
-    eps, length_normalize = opts["is_clip"], opts["is_length_normalize"]
-    log_w = importance_log_weights(
-        policy_c, policy_r, behavior_c, behavior_r, eps,
-        self_normalize=opts["is_self_normalize"], length_normalize=length_normalize, **lengths,
-    )
-    raw = _joint_log_ratio(policy_c, policy_r, behavior_c, behavior_r, length_normalize, **lengths)
-    return log_w.exp(), (raw > 2.0 * eps).float().mean(), _ess_from_log(log_w)
-
-
-def _metrics(beta, policy_c, policy_r, ref_c, ref_r, weights, clip_frac, ess_value, raw_log_ratio):
+def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift):
     """TRL's names where they exist, plus ours (is/*, drift/*): detached 0-dim float32 tensors."""
     with torch.no_grad():
         reward_c, reward_r = beta * (policy_c - ref_c), beta * (policy_r - ref_r)
-        n = raw_log_ratio.numel()
         metrics = {
             "rewards/chosen": reward_c.mean(),
             "rewards/rejected": reward_r.mean(),
@@ -357,14 +381,11 @@ def _metrics(beta, policy_c, policy_r, ref_c, ref_r, weights, clip_frac, ess_val
             "rewards/accuracies": (reward_c > reward_r).float().mean(),
             "logps/chosen": policy_c.mean(),
             "logps/rejected": policy_r.mean(),
-            "is/weight_mean": weights.mean(),
-            "is/weight_max": weights.max(),
-            "is/clip_frac": clip_frac,
-            "is/ess": ess_value,
-            # Figure 6's drift: mean unclipped joint log-ratio, and mean ratio via log-mean-exp (may be inf)
-            "drift/log_ratio_mean": raw_log_ratio.mean(),
-            "drift/ratio_mean": torch.exp(torch.logsumexp(raw_log_ratio, 0) - math.log(n)),
+            **{f"is/{k}": stats[k] for k in ("weight_mean", "weight_max", "clip_frac", "ess", "top_share")},
         }
+        if drift is not None:  # Figure 6's drift: mean unclipped joint log-ratio; mean ratio (may be inf)
+            metrics["drift/log_ratio_mean"] = drift.mean()
+            metrics["drift/ratio_mean"] = importance.log_mean_exp(drift).exp()
     return {k: v.detach().float() for k, v in metrics.items()}
 
 
@@ -376,29 +397,16 @@ def _lookup(method: str) -> Method:
     raise ValueError(f"unknown method {method!r}.{hint} Valid methods: {', '.join(METHODS)}")
 
 
-def _validate_options(options: Mapping[str, object]) -> dict[str, object]:
-    unknown = sorted(set(options) - set(OPTION_DEFAULTS))
+def validate_options(options: Mapping[str, object]) -> dict[str, object]:
+    """All options with defaults filled in, each checked by its OPTIONS entry; unknown names are errors."""
+    unknown = sorted(set(options) - set(OPTIONS))
     if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)}. Valid options: {', '.join(OPTION_DEFAULTS)}"
-        )
+        raise ValueError(f"unknown option(s) {', '.join(unknown)}. Valid options: {', '.join(OPTIONS)}")
     opts = {**OPTION_DEFAULTS, **options}
-
-    def number(name, lower, strict):
-        v = opts[name]
-        ok = isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
-        if not ok or (v <= lower if strict else v < lower):
-            raise ValueError(f"{name} must be a finite number {'>' if strict else '>='} {lower}, got {v!r}")
-
-    number("is_clip", 0, strict=True)
-    number("rpo_eta", 0, strict=False)
-    number("rdpo_alpha", 0, strict=False)
-    if opts["chipo_rmax"] is not None:
-        number("chipo_rmax", 0, strict=True)
-    for name in ("is_self_normalize", "is_length_normalize", "ipo_length_normalize", "rpo_nll_mean"):
-        if not isinstance(opts[name], bool):
-            raise TypeError(f"{name} must be True or False, got {opts[name]!r}")
+    for name, value in opts.items():
+        OPTIONS[name].check(value)
     return opts
+
 
 
 def _float32_inputs(**tensors) -> dict[str, Tensor | None]:

@@ -6,7 +6,7 @@ l(a) = log pi_theta(a)/pi_ref(a) and rho = l(a1) - l(a2) for a pair (a1, a2) ~ p
 
     mu    = E[ 1/2 rho^2 ]                 (offline weighted squared loss, Eq. 7)
     mu_IS = E[ w * 1/2 rho^2 ],  w = min(pi_theta(a1) pi_theta(a2) / (pi_ref(a1) pi_ref(a2)), e^(2 eps)),
-            detached (the joint ratio of both actions, as in isdaa.losses.importance_log_weights)
+            detached (the joint ratio of both actions, isdaa.importance.log_weights)
 
 We report cos(grad KL, grad mu) and cos(grad KL, grad mu_IS), gradients w.r.t. theta by float64 autograd.
 Exact expectations sum over the 16 ordered pairs; with `samples` they are Monte-Carlo means over N pairs.
@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from isdaa import importance
 
 PI_REF = (0.5, 0.1, 0.1, 0.3)
 REWARD = (0.5, 1.0, 0.0, 0.0)
@@ -61,9 +63,7 @@ def gradient_cosines(
         a1, a2 = torch.multinomial(log_ref.exp().expand(2, k), samples, replacement=True, generator=generator)
         prob = torch.full((samples,), 1.0 / samples, dtype=torch.float64)
     rho = l[a1] - l[a2]  # (P,)
-    log_w = (l[a1] + l[a2]).detach()  # joint log-ratio of the pair: pi_b = pi_ref
-    if clip is not None:
-        log_w = log_w.clamp(max=2.0 * clip)
+    log_w = importance.log_weights(log_p[a1], log_p[a2], log_ref[a1], log_ref[a2], clip)  # pi_b = pi_ref
     mu = (prob * 0.5 * rho**2).sum()
     mu_is = (prob * log_w.exp() * 0.5 * rho**2).sum()
 

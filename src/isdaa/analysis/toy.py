@@ -28,6 +28,9 @@ from pathlib import Path
 
 import torch
 
+from isdaa import importance
+from isdaa.losses import OPTION_DEFAULTS
+
 MODES = ((-2.0, 0.0), (2.0, 0.0))  # pi_ref's component means
 MODE_STD = 0.6                     # isotropic std of each component
 SETTINGS = ("on-policy", "off-policy", "is")
@@ -40,7 +43,7 @@ class ToyConfig:
     lr: float = 0.05
     init_mean: tuple[float, float] = (1.0, 2.0)  # away from pi_ref's modes (+-2, 0), nearer the right one
     init_std: float = 0.5             # narrower than the modes: finite-variance IS weights at the start
-    clip: float | None = 1.0          # IS clip eps, w <= e^(2 eps) (is_clip's default); None = unclipped
+    clip: float | None = OPTION_DEFAULTS["is_clip"]  # IS clip eps, w <= e^(2 eps); None = unclipped
     kl_samples: int = 20000           # Monte-Carlo samples of pi_theta for the final KL
     seed: int = 0
     modes: tuple = MODES  # pi_ref's component means (M, 2), equal weights
@@ -76,14 +79,10 @@ class GaussianPolicy(torch.nn.Module):
 def pair_loss(policy: GaussianPolicy, ref, y1, y2, weighted: bool, clip: float | None) -> torch.Tensor:
     """mean over pairs of w * 1/2 rho^2; y1, y2 (N, 2) fixed samples; w detached joint ratio if weighted."""
     pi = policy.dist()
-    l1 = pi.log_prob(y1) - ref.log_prob(y1)  # (N,)
-    l2 = pi.log_prob(y2) - ref.log_prob(y2)
-    loss = 0.5 * (l1 - l2) ** 2
-    if weighted:
-        log_w = (l1 + l2).detach()
-        if clip is not None:
-            log_w = log_w.clamp(max=2.0 * clip)
-        loss = log_w.exp() * loss
+    logp1, logp2, ref1, ref2 = pi.log_prob(y1), pi.log_prob(y2), ref.log_prob(y1), ref.log_prob(y2)  # (N,)
+    loss = 0.5 * ((logp1 - ref1) - (logp2 - ref2)) ** 2
+    if weighted:  # pi_b = pi_ref: the samples came from it
+        loss = importance.log_weights(logp1, logp2, ref1, ref2, clip).exp() * loss
     return loss.mean()
 
 

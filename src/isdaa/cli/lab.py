@@ -52,7 +52,8 @@ class _Bars:
 
 @click.command(name="lab")
 @click.option("--preset", "preset_name", default="quick", show_default=True,
-              type=click.Choice(["micro", "quick", "paper", "regimes"]), help="Sizes and grid of the study.")
+              type=click.Choice(["micro", "quick", "paper", "regimes", "calibrate"]),
+              help="Sizes and grid of the study (isdaa.lab.presets).")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("--jobs", type=int, default=None, help="Parallel worker processes for the sweep (default: CPU cores).")
 @click.option("--only", default=None,

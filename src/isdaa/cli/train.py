@@ -12,8 +12,21 @@ import json
 import click
 
 
+class _PrefCommand(click.Command):
+    """Lists the registry's methods and loss options under --help (imported only when help is shown)."""
+
+    def format_epilog(self, ctx, formatter):
+        from isdaa.losses import OPTIONS, methods_help
+
+        with formatter.section("Methods (method=NAME)"):
+            formatter.write_text(methods_help())
+        with formatter.section("Loss options (loss.NAME=VALUE)"):
+            formatter.write_dl([(o.name, f"{o.doc} [default: {o.default}]") for o in OPTIONS.values()])
+
+
 def _command(kind: str, help_text: str):
-    @click.command(name=kind, help=help_text, context_settings={"show_default": True})
+    @click.command(name=kind, help=help_text, context_settings={"show_default": True},
+                   cls=_PrefCommand if kind == "pref" else click.Command)
     @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False), required=True,
                   help="YAML config file")
     @click.option("--resume", is_flag=True, help="continue from the latest resumable checkpoint")
@@ -52,4 +65,4 @@ def train():
 
 train.add_command(_command("sft", "Supervised fine-tuning (NLL on completion tokens)."))
 train.add_command(_command("rm", "Bradley-Terry reward model (one-label sequence classifier)."))
-train.add_command(_command("pref", "Preference optimization with any method: dpo ipo rpo chipo rdpo, is-*."))
+train.add_command(_command("pref", "Preference optimization with any method of the registry (listed below)."))

@@ -1,5 +1,5 @@
 """Golden-reward evaluation of one policy (`evaluate_policy`) and of every checkpoint of a training run
-(`evaluate_run`), per METHOD.md "Evaluation protocol".
+(`evaluate_run`), per docs/METHOD.md "Evaluation".
 
 Win rate: n samples per prompt at (temperature, top-p) scored by the golden reward against the
 dataset's chosen response. KL(pi_theta || pi_ref): by default from SEPARATE samples of pi_theta at
@@ -19,10 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from isdaa.evaluate.metrics import kl_estimates, response_logps, win_rate
+from isdaa.evaluate.metrics import kl_estimates, win_rate
 from isdaa.evaluate.rewards import RewardFn, reward_name, score
 from isdaa.evaluate.sampling import encode_prompts, sample_logps, sample_responses
 from isdaa.io import atomic_write_csv, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from isdaa.logprobs import score_responses
 
 
 @dataclass
@@ -91,78 +92,97 @@ def evaluate_policy(
     when `policy is ref`). Policy log-probs are those recorded during generation (raw logits; they
     match a full forward to float32 round-off), reference log-probs come from a forward of `ref` on
     the exact sampled ids.
-    Returns a dict: win_rate, win_rate_se, tie_rate, reward_policy, reward_chosen, kl {k1, k3, ...},
-    sqrt_kl (from cfg.plot_kl), mean_length, finished_frac, settings, timings, `per_prompt` arrays
-    (win, k1, k3; for bootstrap fits) and `samples`: one record per win-rate sample (prompt_idx,
-    response, response_ids, reward, logp_policy, logp_ref, length, finished). With `out_dir`, writes
-    eval.json (all but samples), samples.jsonl, eval.csv and summary.md there.
+    Returns `eval_record`'s dict: win_rate, win_rate_se, tie_rate, reward_policy, reward_chosen, kl
+    {k1, k3, ...}, sqrt_kl (from cfg.plot_kl), mean_length, finished_frac, settings, timings,
+    `per_prompt` arrays (win, k1, k3; for bootstrap fits) and `samples`: one record per win-rate sample
+    (prompt_idx, response, response_ids, reward, logp_policy, logp_ref, length, finished). With
+    `out_dir`, writes eval.json (all but samples), samples.jsonl, eval.csv and summary.md there.
     """
     cfg = cfg or EvalConfig()
     n = len(prompts) if cfg.n_prompts is None else min(cfg.n_prompts, len(prompts))
     prompts, chosen = list(prompts[:n]), list(chosen[:n])
     prompt_ids = encode_prompts(tokenizer, prompts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    skip_kl = skip_kl or policy is ref
     t0 = time.perf_counter()
-
     samples = sample_responses(policy, tokenizer, prompt_ids, cfg.n_samples, cfg.temperature, cfg.top_p,
                                cfg.max_new_tokens, cfg.seed, cfg.batch_size, cfg.backend)
     t_sample = time.perf_counter() - t0
+    wins = golden_win_rate(samples, prompts, chosen, reward, chosen_rewards)
+    t_reward = time.perf_counter() - t0 - t_sample
+    lp_pol = _policy_logps(policy, prompt_ids, samples, cfg, pad_id)
+    p_ids, r_ids = _rows(prompt_ids, samples)
+    lp_ref = lp_pol if skip_kl else score_responses(ref, p_ids, r_ids, cfg.batch_size, pad_id=pad_id)
+    kl = kl_divergence(policy, ref, tokenizer, prompt_ids, cfg, (lp_pol, lp_ref, wins["prompt_index"]), skip_kl,
+                       pad_id)
+    timings = {"sample": t_sample, "reward": t_reward, "total": time.perf_counter() - t0}
+    result = eval_record(cfg, reward, samples, wins, kl, lp_pol, lp_ref, timings)
+    if out_dir is not None:
+        write_eval_outputs(result, out_dir)
+    return result
+
+
+def golden_win_rate(samples, prompts, chosen, reward: RewardFn, chosen_rewards=None) -> dict:
+    """Golden rewards of the samples and of the chosen responses (computed unless given) and
+    `metrics.win_rate` of the former against the latter; `rewards` (S,), `chosen_rewards` (N,) and
+    `prompt_index` (S,) numpy arrays come with it."""
     idx = np.array([s.prompt_index for s in samples])
-    texts = [s.text for s in samples]
-    rewards = np.array(score(reward, [prompts[i] for i in idx], texts))
+    rewards = np.array(score(reward, [prompts[i] for i in idx], [s.text for s in samples]))
     if chosen_rewards is None:
         chosen_rewards = score(reward, prompts, chosen)
-    chosen_rewards = np.asarray(chosen_rewards, dtype=np.float64)[:n]
-    wr = win_rate(rewards, chosen_rewards, idx)
-    t_reward = time.perf_counter() - t0 - t_sample
+    chosen_rewards = np.asarray(chosen_rewards, dtype=np.float64)[: len(prompts)]
+    return {**win_rate(rewards, chosen_rewards, idx), "rewards": rewards, "chosen_rewards": chosen_rewards,
+            "prompt_index": idx}
 
-    p_ids, r_ids = _rows(prompt_ids, samples)
-    lp_pol = _policy_logps(policy, prompt_ids, samples, cfg, pad_id)
-    skip_kl = skip_kl or policy is ref
-    lp_ref = lp_pol if skip_kl else response_logps(ref, p_ids, r_ids, cfg.batch_size, pad_id=pad_id)
 
+def kl_divergence(policy, ref, tokenizer, prompt_ids, cfg: EvalConfig, eval_logps, skip_kl: bool,
+                  pad_id: int) -> dict:
+    """`metrics.kl_estimates` from the samples `cfg.kl_source` names, with the temperature and top-p
+    they were drawn at: "eval" reuses `eval_logps` = (policy, ref log-probs, prompt index) of the
+    win-rate samples (the authors' evaluator; biased); "separate" draws `kl_n_samples` fresh samples
+    per prompt at `kl_temperature`, no top-p (all zeros when `skip_kl`: KL is 0 by construction)."""
+    n = len(prompt_ids)
     if cfg.kl_source == "eval":
-        kl_temp, kl_lp_pol, kl_lp_ref, kl_idx = cfg.temperature, lp_pol, lp_ref, idx
-        kl_top_p = cfg.top_p
+        (lp_pol, lp_ref, idx), temperature, top_p = eval_logps, cfg.temperature, cfg.top_p
     elif skip_kl:
-        kl_temp, kl_top_p = cfg.kl_temperature, 1.0
-        kl_lp_pol = kl_lp_ref = np.zeros(n * cfg.kl_n_samples)
-        kl_idx = np.repeat(np.arange(n), cfg.kl_n_samples)
+        lp_pol = lp_ref = np.zeros(n * cfg.kl_n_samples)
+        idx, temperature, top_p = np.repeat(np.arange(n), cfg.kl_n_samples), cfg.kl_temperature, 1.0
     else:
-        kl_temp, kl_top_p = cfg.kl_temperature, 1.0
-        kl_samples = sample_responses(policy, tokenizer, prompt_ids, cfg.kl_n_samples, cfg.kl_temperature,
-                                      1.0, cfg.max_new_tokens, cfg.seed + 1_000_003, cfg.batch_size, cfg.backend)
-        kp, kr = _rows(prompt_ids, kl_samples)
-        kl_lp_pol = _policy_logps(policy, prompt_ids, kl_samples, cfg, pad_id)
-        kl_lp_ref = response_logps(ref, kp, kr, cfg.batch_size, pad_id=pad_id)
-        kl_idx = np.array([s.prompt_index for s in kl_samples])
-    kl = kl_estimates(kl_lp_pol, kl_lp_ref, kl_idx, trim=cfg.kl_trim)
-    t_total = time.perf_counter() - t0
+        samples = sample_responses(policy, tokenizer, prompt_ids, cfg.kl_n_samples, cfg.kl_temperature, 1.0,
+                                   cfg.max_new_tokens, cfg.seed + 1_000_003, cfg.batch_size, cfg.backend)
+        lp_pol = _policy_logps(policy, prompt_ids, samples, cfg, pad_id)
+        lp_ref = score_responses(ref, *_rows(prompt_ids, samples), cfg.batch_size, pad_id=pad_id)
+        idx, temperature, top_p = np.array([s.prompt_index for s in samples]), cfg.kl_temperature, 1.0
+    kl = kl_estimates(lp_pol, lp_ref, idx, trim=cfg.kl_trim)
+    return {**kl, "sample_temperature": temperature, "sample_top_p": top_p}
 
-    lengths = np.array([s.length for s in samples])
-    result = {
-        "win_rate": wr["win_rate"],
-        "win_rate_se": wr["se"],
-        "tie_rate": wr["tie_rate"],
+
+def eval_record(cfg: EvalConfig, reward, samples, wins: dict, kl: dict, lp_pol, lp_ref, timings: dict) -> dict:
+    """The result dict of `evaluate_policy` (see there) from its parts."""
+    rewards, lengths = wins["rewards"], np.array([s.length for s in samples])
+    return {
+        "win_rate": wins["win_rate"],
+        "win_rate_se": wins["se"],
+        "tie_rate": wins["tie_rate"],
         "reward_policy": float(rewards.mean()),
         "reward_policy_se": float(rewards.std(ddof=1) / np.sqrt(len(rewards))) if len(rewards) > 1 else 0.0,
-        "reward_chosen": float(chosen_rewards.mean()),
-        "kl": {k: v for k, v in kl.items() if not k.startswith("per_prompt")},
+        "reward_chosen": float(wins["chosen_rewards"].mean()),
+        "kl": {k: v for k, v in kl.items() if not k.startswith(("per_prompt", "sample_"))},
         "kl_k1": kl["k1"],
         "kl_k3": kl["k3"],
         "sqrt_kl": kl[f"sqrt_{cfg.plot_kl}"],
         "sqrt_kl_estimator": cfg.plot_kl,
         "kl_source": cfg.kl_source,
-        "kl_sample_temperature": kl_temp,
-        "kl_sample_top_p": kl_top_p,
+        "kl_sample_temperature": kl["sample_temperature"],
+        "kl_sample_top_p": kl["sample_top_p"],
         "mean_length": float(lengths.mean()),
         "finished_frac": float(np.mean([s.finished for s in samples])),
-        "n_prompts": n,
+        "n_prompts": len(wins["chosen_rewards"]),
         "n_samples": len(samples),
         "settings": {**dataclasses.asdict(cfg), "key": cfg.key()},
         "reward": reward_name(reward),
-        "timings_s": {"sample": round(t_sample, 3), "reward": round(t_reward, 3), "total": round(t_total, 3)},
-        "per_prompt": {"win": wr["per_prompt"].tolist(), "k1": kl["per_prompt_k1"].tolist(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "per_prompt": {"win": wins["per_prompt"].tolist(), "k1": kl["per_prompt_k1"].tolist(),
                        "k3": kl["per_prompt_k3"].tolist()},
         "samples": [
             {"prompt_idx": int(s.prompt_index), "response": s.text, "response_ids": s.response_ids,
@@ -171,9 +191,6 @@ def evaluate_policy(
             for s, r, a, b in zip(samples, rewards, lp_pol, lp_ref)
         ],
     }
-    if out_dir is not None:
-        write_eval_outputs(result, out_dir)
-    return result
 
 
 EVAL_CSV_FIELDS = ["step", "examples_seen", "win_rate", "win_rate_se", "reward_policy", "reward_chosen",

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from isdaa.evaluate.metrics import response_logps
 from isdaa.evaluate.rewards import RewardFn, score
 from isdaa.evaluate.sampling import encode_prompts, sample_logps, sample_responses
 from isdaa.io import atomic_write_json, atomic_write_jsonl, read_jsonl
+from isdaa.logprobs import score_responses
 
 
 @dataclass
@@ -75,14 +75,14 @@ def _label_shard(model, ref, tokenizer, prompts, reward, s: LabelSettings, seed:
     lp_model = sample_logps(model, prompt_ids, samples, batch_size, pad)  # T = 1, on the sampled ids
     redo = np.flatnonzero(~exact)
     if len(redo):
-        lp_model[redo] = response_logps(model, [p_ids[i] for i in redo], [r_ids[i] for i in redo], batch_size,
+        lp_model[redo] = score_responses(model, [p_ids[i] for i in redo], [r_ids[i] for i in redo], batch_size,
                                         pad_id=pad)
-    lp_b = lp_model if s.temperature == 1.0 else response_logps(model, p_ids, r_ids, batch_size,
+    lp_b = lp_model if s.temperature == 1.0 else score_responses(model, p_ids, r_ids, batch_size,
                                                                 temperature=s.temperature, pad_id=pad)
     if ref is None or ref is model:
         lp_ref = lp_model
     else:
-        lp_ref = response_logps(ref, p_ids, r_ids, batch_size, pad_id=pad)
+        lp_ref = score_responses(ref, p_ids, r_ids, batch_size, pad_id=pad)
     first, second = np.arange(0, len(samples), 2), np.arange(1, len(samples), 2)  # consecutive pairs
     wins = bt_first_wins(rewards[first], rewards[second], np.random.default_rng(seed), s.labeling)
     rows = []

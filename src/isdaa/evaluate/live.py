@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from isdaa.evaluate.metrics import kl_estimates, response_logps, win_rate
+from isdaa.evaluate.metrics import kl_estimates, win_rate
 from isdaa.evaluate.rewards import RewardFn, score
 from isdaa.evaluate.sampling import encode_prompts, sample_logps, sample_responses
+from isdaa.logprobs import score_responses
 from isdaa.train.callbacks import TrainerCallback
 
 
@@ -67,7 +68,7 @@ class LiveEvalCallback(TrainerCallback):
                                 self.max_new_tokens, seed, self.batch_size)
         p_ids, r_ids = [pids[s.prompt_index] for s in kl_s], [s.response_ids for s in kl_s]
         lp_pol = sample_logps(model, pids, kl_s, self.batch_size, pad)
-        lp_ref = response_logps(self.ref, p_ids, r_ids, self.batch_size, pad_id=pad)
+        lp_ref = score_responses(self.ref, p_ids, r_ids, self.batch_size, pad_id=pad)
         kl = kl_estimates(lp_pol, lp_ref, [s.prompt_index for s in kl_s])
         out = {"eval/kl_k1": kl["k1"], "eval/kl_k3": kl["k3"], "eval/sqrt_kl": kl[f"sqrt_{self.kl_estimator}"],
                "eval/kl_l_median": kl["l_median"]}

@@ -1,18 +1,12 @@
-"""Evaluation metrics (METHOD.md, "Evaluation protocol"): golden win rate, KL(pi_theta || pi_ref)
-estimators, and summed response log-probs on exact token ids.
-
-`win_rate` and `kl_estimates` are pure functions of arrays. `response_logps` runs a model forward but
-has no other effect (no grad, training mode restored).
-"""
+"""Evaluation metrics (docs/METHOD.md, "Evaluation"): golden win rate and KL(pi_theta || pi_ref)
+estimators, pure functions of arrays (no model: log-probs of samples come from
+`isdaa.logprobs.score_responses` or are recorded while sampling)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-
-from isdaa.logprobs import causal_lm_logps
 
 
 def _per_prompt_means(values: np.ndarray, prompt_index: np.ndarray | None) -> np.ndarray:
@@ -70,7 +64,7 @@ def kl_estimates(
     l = logp_theta(y) - logp_ref(y):
         k1 = mean(l)                       unbiased, can be negative
         k3 = mean(exp(-l) - 1 + l)         unbiased, >= 0, heavy-tailed (exp(-l) for l << 0)
-    (METHOD.md: the paper's appendix prints pi_theta/pi_ref - 1, a typo; k3 uses pi_ref/pi_theta.)
+    (docs/METHOD.md: the paper's appendix prints pi_theta/pi_ref - 1, a typo; k3 uses pi_ref/pi_theta.)
     Unbiased only when the samples come from pi_theta itself (temperature 1, no top-p).
 
     Robust summaries: `l_median` (median of l) and `k1_trimmed` (mean of l with the `trim` fraction
@@ -100,46 +94,3 @@ def kl_estimates(
         "per_prompt_k1": pk1,
         "per_prompt_k3": pk3,
     }
-
-
-@torch.no_grad()
-def response_logps(
-    model,
-    prompt_ids: Sequence[Sequence[int]],
-    response_ids: Sequence[Sequence[int]],
-    batch_size: int = 256,
-    temperature: float = 1.0,
-    pad_id: int = 0,
-) -> np.ndarray:
-    """Summed log pi(y_t | x, y_<t) over the response tokens of each (prompt, response) pair.
-
-    prompt_ids / response_ids: lists of token-id lists (exact sampled ids, EOS included). Sequences are
-    right-padded (positions then start at 0 for every row, as in training). `temperature != 1` gives
-    the log-probs of the tempered distribution softmax(logits / T), i.e. of a T-sampler without top-p.
-    Returns (S,) float64.
-    """
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    out = np.zeros(len(response_ids), dtype=np.float64)
-    order = np.argsort([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)])  # less padding
-    try:
-        for start in range(0, len(order), batch_size):
-            rows = order[start: start + batch_size]
-            seqs = [list(prompt_ids[i]) + list(response_ids[i]) for i in rows]
-            width = max(len(s) for s in seqs)
-            ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-            attn = torch.zeros((len(rows), width), dtype=torch.long)
-            resp = torch.zeros((len(rows), width), dtype=torch.long)  # 1 on response tokens
-            for j, (i, s) in enumerate(zip(rows, seqs)):
-                ids[j, : len(s)] = torch.tensor(s)
-                attn[j, : len(s)] = 1
-                resp[j, len(prompt_ids[i]): len(s)] = 1
-            logits = model(input_ids=ids.to(device), attention_mask=attn.to(device)).logits  # (B, T, V)
-            if temperature != 1.0:
-                logits = logits.float() / temperature
-            lp = causal_lm_logps(logits, ids.to(device), resp.to(device), chunk_rows=16)  # (B,) float32
-            out[rows] = lp.double().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out

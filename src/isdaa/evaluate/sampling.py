@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
+from isdaa.padding import pad_batch
+
 
 @dataclass
 class Sample:
@@ -21,7 +23,8 @@ class Sample:
 
     prompt_index: index into the `prompts` given to `sample_responses`.
     response_ids: sampled token ids, cut after the first EOS (EOS included when it was generated).
-    text: the response decoded without special tokens.
+    text: the response as emitted, decoded WITH special tokens except the terminating EOS (`response_text`):
+        a sampled <unk> or <bos> stays visible to a reward and re-tokenizes to the same ids.
     finished: True when the response ended with EOS (False: cut at `max_new_tokens`).
     logp: summed log pi(y_t | x, y_<t) of the response under the UNTEMPERED model (raw logits, before
         temperature/top-p), recorded during generation (HF backend); None otherwise.
@@ -85,17 +88,6 @@ class _RawLogpRecorder:
         return torch.stack(self.steps, dim=1) if self.steps else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
 
 
-def _left_pad(batch: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(p) for p in batch)
-    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch), width), dtype=torch.long)
-    for i, p in enumerate(batch):
-        if p:
-            input_ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
-            mask[i, width - len(p):] = 1
-    return input_ids, mask  # (B, P) each
-
-
 @torch.no_grad()
 def sample_responses(
     model,
@@ -152,7 +144,8 @@ def sample_responses(
     try:
         for b, start in enumerate(range(0, len(flat), batch_size)):
             chunk = flat[start: start + batch_size]
-            input_ids, mask = _left_pad([p for _, p in chunk], pad_id)
+            padded = pad_batch([p for _, p in chunk], pad_id, side="left")
+            input_ids, mask = padded["input_ids"], padded["attention_mask"]  # (B, P) each
             recorder = _RawLogpRecorder()
             with torch.random.fork_rng(devices=devices):
                 torch.manual_seed(seed + b)
@@ -169,10 +162,16 @@ def sample_responses(
     finally:
         model.generation_config = saved_config
         model.train(was_training)
-    texts = tokenizer.batch_decode([s.response_ids for s in samples], skip_special_tokens=True)
-    for s, t in zip(samples, texts):
-        s.text = t
+    for s in samples:
+        s.text = response_text(tokenizer, s.response_ids, s.finished)
     return samples
+
+
+def response_text(tokenizer, ids: Sequence[int], finished: bool) -> str:
+    """The text of a sampled response: every emitted token, special ones included, but not the
+    terminating EOS (the tokenization rule appends it again), so that the text re-tokenizes to exactly
+    the sampled ids and a reward scores what the policy actually emitted."""
+    return tokenizer.decode(list(ids[:-1] if finished else ids), skip_special_tokens=False)
 
 
 def sample_logps(model, prompt_ids, samples: Sequence[Sample], batch_size: int = 256, pad_id: int = 0,
@@ -183,14 +182,14 @@ def sample_logps(model, prompt_ids, samples: Sequence[Sample], batch_size: int =
     up as spurious KL against a reference scored by a forward)."""
     import numpy as np
 
-    from isdaa.evaluate.metrics import response_logps
+    from isdaa.logprobs import score_responses
 
     if mode == "auto":
         mode = "generate" if next(model.parameters()).dtype == torch.float32 else "forward"
     if mode == "generate" and all(s.logp is not None for s in samples):
         return np.array([s.logp for s in samples], dtype=np.float64)
-    return response_logps(model, [prompt_ids[s.prompt_index] for s in samples],
-                          [s.response_ids for s in samples], batch_size, pad_id=pad_id)
+    return score_responses(model, [prompt_ids[s.prompt_index] for s in samples],
+                           [s.response_ids for s in samples], batch_size, pad_id=pad_id)
 
 
 def sample_responses_vllm(model, tokenizer, prompts, n=2, temperature=0.7, top_p=0.95,
@@ -214,5 +213,5 @@ def sample_responses_vllm(model, tokenizer, prompts, n=2, temperature=0.7, top_p
             ids, finished = _cut_at_eos(list(comp.token_ids), eos)
             if not finished and comp.finish_reason == "stop" and tokenizer.eos_token_id is not None:
                 ids, finished = ids + [int(tokenizer.eos_token_id)], True  # vLLM strips the stop token
-            samples.append(Sample(i, ids, tokenizer.decode(ids, skip_special_tokens=True), finished))
+            samples.append(Sample(i, ids, response_text(tokenizer, ids, finished), finished))
     return samples

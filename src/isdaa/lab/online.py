@@ -52,8 +52,8 @@ class OnlineDPOSource:
     @torch.no_grad()
     def __call__(self, step: int, model, tokenizer=None) -> list[dict]:
         from isdaa.evaluate.label import bt_first_wins
-        from isdaa.evaluate.metrics import response_logps
         from isdaa.evaluate.sampling import encode_prompts, sample_responses
+        from isdaa.logprobs import score_responses
 
         tok = tokenizer or self.tokenizer
         prompts = self.prompts_for_step(step)
@@ -66,7 +66,7 @@ class OnlineDPOSource:
         p_ids = [prompt_ids[s.prompt_index] for s in samples]
         r_ids = [s.response_ids for s in samples]
         pad = tok.pad_token_id if tok.pad_token_id is not None else 0
-        lp_pol = response_logps(model, p_ids, r_ids, 1024, temperature=self.temperature, pad_id=pad)
+        lp_pol = score_responses(model, p_ids, r_ids, 1024, temperature=self.temperature, pad_id=pad)
         first, second = np.arange(0, len(samples), 2), np.arange(1, len(samples), 2)
         wins = bt_first_wins(rewards[first], rewards[second], np.random.default_rng([self.seed, step, 7]))
         rows = []

@@ -258,7 +258,7 @@ def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tup
     """
     nonblank = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]
     distinct = [r for r in nonblank if r["chosen"] != r["rejected"]]
-    gaps = importance_stats(ref, tokenizer, distinct, per_pair=True) if distinct else []
+    gaps = behavior_gaps(ref, tokenizer, distinct) if distinct else []
     keep = [r for r, d in zip(distinct, gaps) if d <= tol]
     return keep, {"empty_response": len(rows) - len(nonblank), "identical": len(nonblank) - len(distinct),
                   "not_reproducible": len(distinct) - len(keep)}
@@ -287,11 +287,13 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
     from isdaa.config import load_config
 
     method = "dpo" if spec.online else spec.method
+    scheduler = spec.scheduler or p.scheduler
+    warmup = p.warmup_ratio if spec.warmup_ratio is None else spec.warmup_ratio
     cfg = {
         "model": {"name_or_path": str(lab.ref_model)},
         "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": task.MAX_LENGTH,
-                 "max_prompt_length": task.PROMPT_TOKENS + 2},
-        "optim": {"lr": spec.lr, "scheduler": p.scheduler, "warmup_ratio": p.warmup_ratio, "weight_decay": 0.0,
+                 "max_prompt_length": task.PROMPT_TOKENS + 2, "max_train_examples": spec.n_pairs},
+        "optim": {"lr": spec.lr, "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": 0.0,
                   "max_grad_norm": 1.0},
         "output_dir": str(lab.run(spec)), "seed": spec.seed, "epochs": p.epochs,
         "batch_size": p.batch, "micro_batch_size": p.batch, "mixed_precision": "no",
@@ -301,8 +303,7 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
         "ref_cache_dir": str(lab.cache / "ref_logps"), "run_name": spec.run_id,
     }
     if spec.online:  # the offline runs' steps and pairs per step; the pairs come from the policy
-        offline_pairs = sum(r["chosen"] != r["rejected"] for r in golden_pairs(lab, "train"))  # engine drops identical
-        cfg["max_steps"] = max(1, int(p.epochs * (offline_pairs // p.batch)))
+        cfg["max_steps"] = offline_steps(lab, p, spec)
         cfg["ref_logps"] = "on_the_fly"
     if spec.optimizer != "adamw":
         from isdaa.config import OptimConfig
@@ -313,6 +314,12 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
                 "`optimizer` field (adamw | sgd) yet")
         cfg["optim"]["optimizer"] = spec.optimizer
     return load_config(cfg, kind="pref")
+
+
+def offline_steps(lab: LabDir, p: Preset, spec: RunSpec) -> int:
+    """The optimizer steps of an offline run of `spec` (the engine drops the last partial batch)."""
+    n = len(golden_pairs(lab, "train")[: spec.n_pairs])  # pairs_consistent.jsonl holds no identical pairs
+    return max(1, int(p.epochs * (n // p.batch)))
 
 
 def eval_config(p: Preset, seed: int = 0):
@@ -372,33 +379,28 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     evaluate_run(lab.run(spec), ref, tok, [r["prompt"] for r in ev], [r["chosen"] for r in ev],
                  task.golden_reward, eval_config(p, seed=spec.seed))
     pairs = golden_pairs(lab, "train")[: p.evaluation.n_ratio_pairs]
-    eps = dict(spec.options).get("is_clip", 1.0)
-    rows = [{"step": 0, **importance_stats(ref, tok, pairs, eps)}]  # pi_theta = pi_ref: ratio ~ 1
+    options = dict(spec.options)  # the run's IS options (clip, normalizations); the registry fills defaults
+    rows = [{"step": 0, **importance_stats(ref, tok, pairs, options)}]  # pi_theta = pi_ref: ratio ~ 1
     for ck in list_checkpoints(lab.run(spec)):
         policy = safe_from_pretrained(AutoModelForCausalLM, str(ck)).eval()
         state = json.loads((ck / "trainer_state.json").read_text())
-        rows.append({"step": state["step"], **importance_stats(policy, tok, pairs, eps)})
+        rows.append({"step": state["step"], **importance_stats(policy, tok, pairs, options)})
     atomic_write_jsonl(lab.run(spec) / "ratios.jsonl", rows)
 
 
-def importance_stats(policy, tokenizer, pairs: list[dict], eps: float = 1.0, batch_pairs: int = 256,
-                     per_pair: bool = False):
-    """Figure 6's quantities on training pairs: the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(...),
-    pi_b's log-probs from the data (behaviour columns), pi_theta's through the engine's own tokenization
-    (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at pi_theta = pi_b
-    the ratio is 1 up to float error. `ratio_mean_log` = log of the unclipped mean ratio (log-mean-exp);
-    `weight_mean` / `ess` / `clip_frac` describe the clipped IS weights exp(min(log ratio, 2 eps))."""
-    import math
-
+def pair_logps(policy, tokenizer, pairs: list[dict], batch_pairs: int = 256):
+    """pi_theta's summed log-probs of each pair's chosen and rejected response through the engine's own
+    tokenization (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at
+    pi_theta = pi_b they equal the behaviour columns up to float error. Returns (P,) float64 tensors
+    (chosen, rejected) and (P,) lengths (chosen, rejected)."""
     import torch
 
     from isdaa.data import collate_pref, tokenize_pref
     from isdaa.logprobs import causal_lm_logps
-    from isdaa.losses import ess
 
     # one example per pair, identical pairs included (the engine drops those from a training set)
     examples = tokenize_pref(pairs, tokenizer, task.MAX_LENGTH, task.PROMPT_TOKENS + 2, drop_identical=False)
-    lp_c, lp_r = [], []
+    lp_c, lp_r, len_c, len_r = [], [], [], []
     was_training = policy.training
     policy.eval()
     with torch.no_grad():
@@ -409,24 +411,40 @@ def importance_stats(policy, tokenizer, pairs: list[dict], eps: float = 1.0, bat
             n = batch["n_pairs"]
             lp_c.append(logps[:n])
             lp_r.append(logps[n:])
+            len_c.append(batch["chosen_lengths"])
+            len_r.append(batch["rejected_lengths"])
     policy.train(was_training)
-    lp_c, lp_r = torch.cat(lp_c), torch.cat(lp_r)  # (P,) each
-    beh_c = torch.tensor([r["chosen_logps"] for r in pairs], dtype=torch.float64)
-    beh_r = torch.tensor([r["rejected_logps"] for r in pairs], dtype=torch.float64)
-    log_ratio = lp_c - beh_c + lp_r - beh_r  # (P,)
-    if per_pair:  # |log ratio| of each side, summed: 0 when the behaviour columns match the policy
-        return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()
-    w = log_ratio.clamp(max=2 * eps).exp()
-    return {
-        "log_ratio_mean": float(log_ratio.mean()),
-        "ratio_mean_log": float(torch.logsumexp(log_ratio, 0) - math.log(len(pairs))),
-        "weight_mean": float(w.mean()),
-        "ess": float(ess(w)),
-        "clip_frac": float((log_ratio > 2 * eps).double().mean()),
-        "logps_chosen": float(lp_c.mean()),
-        "logps_rejected": float(lp_r.mean()),
-        "n_pairs": len(pairs),
-    }
+    return torch.cat(lp_c), torch.cat(lp_r), torch.cat(len_c), torch.cat(len_r)
+
+
+def _behavior_logps(pairs: list[dict]):
+    import torch
+
+    return (torch.tensor([r["chosen_logps"] for r in pairs], dtype=torch.float64),
+            torch.tensor([r["rejected_logps"] for r in pairs], dtype=torch.float64))
+
+
+def importance_stats(policy, tokenizer, pairs: list[dict], options: dict | None = None) -> dict:
+    """Figure 6's quantities on training pairs under the run's IS options (`loss` config; defaults
+    filled in by the registry): the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(y_c) pi_b(y_r) with
+    pi_b's log-probs from the data (behaviour columns), through `isdaa.importance` -- the same code as
+    the trainer's `is/*` metrics (weight_mean, weight_max, clip_frac, ess, top_share, log_ratio_mean,
+    ratio_mean_log = log of the unclipped mean ratio)."""
+    from isdaa import importance
+    from isdaa.losses import validate_options
+
+    lp_c, lp_r, len_c, len_r = pair_logps(policy, tokenizer, pairs)
+    beh_c, beh_r = _behavior_logps(pairs)
+    return importance.importance_stats(lp_c, lp_r, beh_c, beh_r, validate_options(options or {}),
+                                       chosen_lengths=len_c, rejected_lengths=len_r)
+
+
+def behavior_gaps(policy, tokenizer, pairs: list[dict]) -> list[float]:
+    """Per pair, |log pi(y_c) - behaviour column| + |log pi(y_r) - behaviour column|: 0 when the stored
+    behaviour log-probs describe exactly the sequences the engine trains on."""
+    lp_c, lp_r, _, _ = pair_logps(policy, tokenizer, pairs)
+    beh_c, beh_r = _behavior_logps(pairs)
+    return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()
 
 
 def _jsonable(obj):
@@ -468,6 +486,9 @@ def stage_sweep(lab: LabDir, p: Preset, jobs: int = 1, progress=None) -> list[di
             records.append(rec)
         else:
             todo.append(spec)
+    # seed by seed (an interrupted sweep leaves whole seeds), the main grid first, and within that the
+    # longest runs first (online DPO samples every step): the pool's tail stays short
+    todo.sort(key=lambda s: (s.seed, s.group != "main", -(2 if s.online else 1) * (s.n_pairs or p.n_pairs)))
     if progress:
         progress(len(records), len(p.runs), None)
     if jobs <= 1 or len(todo) <= 1:

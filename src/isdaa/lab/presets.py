@@ -1,15 +1,24 @@
 """The lab's presets: sizes of every stage and the grid of preference runs.
 
-`micro`   seconds, for tests: every stage on a toy budget (numbers are meaningless).
-`quick`   <= 10 minutes on a 2-core laptop: DPO, IS-DPO, IPO, IS-IPO at beta 0.01 and 0.1, one seed,
-          online DPO at beta 0.1, the report.
-`paper`   Section 4.1's grid: 7 offline methods + online DPO, beta {0.01, 0.05, 0.1}, 3 seeds,
-          2 epochs, and the clip ablation eps {0.5, 1, 2, 4} for IS-DPO (beta 0.1).
-`regimes` DPO vs IS-DPO vs IS with a self-normalized / length-normalized ratio, across learning rates
-          from "the policy barely moves per step" to "aggressive", Adam and SGD.
+The main presets train in the paper's step regime (Appendix C: ~2,900 small AdamW steps, cosine
+schedule, 100 warmup steps): >= 1,000 optimizer steps per run (2 epochs of ~37k pairs at batch 64),
+cosine decay after an 8% warmup (~90 steps). The learning rate (`PAPER_LR`) was chosen once, on DPO
+alone, before any IS run: the `calibrate` preset trains DPO at beta 0.01 over a ladder of rates and
+the rule is "the smallest rate at which DPO visibly over-optimizes within 2 epochs" (smoothed peak -
+final win rate > 0.1); see `CALIBRATION`.
 
-Sizes follow LAB-NOTES.md (the feasibility run): SFT 40k demonstrations x 3 epochs at AdamW 3e-3,
-4,000 preference pairs, 2 epochs of batch 64 pairs at Adam 2e-3.
+`micro`     seconds, for tests: every stage on a toy budget (numbers are meaningless).
+`quick`     <= 10 minutes on 2 cores: DPO and IS-DPO at beta 0.01 and 0.1, one seed, online DPO at
+            beta 0.1, the report.
+`paper`     Section 4.1's grid: 7 offline methods + online DPO, beta {0.01, 0.05, 0.1}, 3 seeds, and
+            the clip ablation eps {0.5, 1, 2, 4} for IS-DPO at beta 0.01, 3 seeds.
+`regimes`   where IS helps and where it fails: DPO vs IS-DPO (and its options) over the number of steps
+            and the step size together, from the paper's regime to the first round's 114 large steps
+            (where IS collapsed), Adam and SGD, 3 seeds.
+`calibrate` DPO only at beta 0.01 over learning rates: how PAPER_LR was chosen.
+
+Sizes of SFT and the environment follow LAB-NOTES (the feasibility run): SFT 40k demonstrations x 3
+epochs at AdamW 3e-3; D_golden from 40k prompts (pairs of two identical responses are dropped).
 """
 
 from __future__ import annotations
@@ -31,6 +40,9 @@ class RunSpec:
     optimizer: str = "adamw"  # adamw | sgd
     options: tuple[tuple[str, object], ...] = ()  # loss options (is_clip, is_self_normalize, ...)
     group: str = "main"  # main | clip | regimes: which report section the run belongs to
+    n_pairs: int | None = None  # train on the first n pairs of D_golden (None: all of them)
+    scheduler: str | None = None  # None: the preset's
+    warmup_ratio: float | None = None  # None: the preset's
 
     @property
     def online(self) -> bool:
@@ -53,7 +65,10 @@ class RunSpec:
     def run_id(self) -> str:
         """A file-name-safe unique name; stable across invocations (the resume key)."""
         opts = "".join(f"_{k}={v}" for k, v in self.options)
-        return f"{self.method}_b{self.beta:g}_lr{self.lr:g}_{self.optimizer}{opts}_s{self.seed}".replace("/", "-")
+        regime = "".join(f"_{k}={v}" for k, v in (("n", self.n_pairs), ("sched", self.scheduler),
+                                                   ("warm", self.warmup_ratio)) if v is not None)
+        return (f"{self.method}_b{self.beta:g}_lr{self.lr:g}_{self.optimizer}{opts}{regime}_s{self.seed}"
+                .replace("/", "-"))
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -74,6 +89,21 @@ class EvalSpec:
     n_ratio_pairs: int = 512  # training pairs on which the mean importance ratio is measured
 
 
+# The paper's regime (module docstring). Checkpoints dense early (the rise can last a few percent of
+# training) and regular to the end (the "final" win rate averages the last checkpoints).
+PAPER_LR = 3e-4  # Adam; chosen on DPO alone by the `calibrate` preset (CALIBRATION)
+CALIBRATION = (
+    "the rate was chosen once, on DPO alone at beta 0.01 (preset `calibrate`, Adam {lrs}, 1 seed), before "
+    "any IS run: the smallest rate at which DPO's win rate visibly declines within 2 epochs (smoothed peak "
+    "minus final > 0.1). Measured (2026-11-26, seed 0, peak -> final win rate, final KL): 3e-5 0.753 -> 0.726 "
+    "(2.1), 1e-4 0.780 -> 0.771 (2.3), 3e-4 0.736 -> 0.086 (136): PAPER_LR = 3e-4"
+)
+CALIBRATION_LRS = (3e-5, 1e-4, 3e-4, 1e-3)
+SAVE_FRACTIONS = (0.01, 0.02, 0.04, 0.06, 0.08, 0.11, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+# The first round's regime: 2 epochs of ~3.7k pairs (114 steps), constant Adam 2e-3 after a 10% warmup.
+OLD_REGIME = {"n_pairs": 3_700, "scheduler": "constant", "warmup_ratio": 0.1}
+
+
 @dataclass(frozen=True)
 class Preset:
     name: str
@@ -82,19 +112,19 @@ class Preset:
     sft_epochs: int = 3
     sft_batch: int = 128
     sft_lr: float = 3e-3
-    # D_golden
-    n_pairs: int = 4_000
+    # D_golden: prompts labelled (two pi_ref samples each); pairs of identical responses are dropped
+    n_pairs: int = 40_000
     n_eval_prompts: int = 256  # held-out split (labelled too: the win rate compares with its chosen)
-    # preference training
+    # preference training (a RunSpec may override n_pairs / scheduler / warmup_ratio)
     epochs: int = 2
     batch: int = 64
-    scheduler: str = "constant"  # the engine's optim.scheduler, for every preference run
-    warmup_ratio: float = 0.1  # linear warmup over this fraction of the steps
-    save_fractions: tuple[float, ...] = (0.02, 0.05, 0.08, 0.12, 0.16, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
+    scheduler: str = "cosine"  # the engine's optim.scheduler, for every preference run
+    warmup_ratio: float = 0.08  # linear warmup over this fraction of the steps (~90 of 1,158: paper 100)
+    save_fractions: tuple[float, ...] = SAVE_FRACTIONS
     evaluation: EvalSpec = EvalSpec()
     runs: tuple[RunSpec, ...] = ()
     task_seed: int = 0
-    overopt_drop: float = 0.05  # a run "over-optimized" when peak - final win rate exceeds this
+    overopt_drop: float = 0.05  # a run "over-optimized" when smoothed peak - final win rate exceeds this
     description: str = ""
 
     def to_dict(self) -> dict:
@@ -103,57 +133,81 @@ class Preset:
         return d
 
 
-def grid(methods, betas, seeds, lrs=(2e-3,), optimizers=("adamw",), options=((),), group="main"):
+def grid(methods, betas, seeds, lrs=(PAPER_LR,), optimizers=("adamw",), options=((),), group="main", **regime):
+    """Runs for every combination; `regime` sets RunSpec's n_pairs / scheduler / warmup_ratio."""
     return tuple(
-        RunSpec(m, b, s, lr, opt, o, group)
+        RunSpec(m, b, s, lr, opt, o, group, **regime)
         for m, b, lr, opt, o, s in itertools.product(methods, betas, lrs, optimizers, options, seeds)
     )
 
 
 def _micro() -> Preset:
-    runs = grid(("dpo", "is-dpo"), (0.1,), (0,)) + grid(("online-dpo",), (0.1,), (0,))
+    runs = grid(("dpo", "is-dpo"), (0.1,), (0,), lrs=(2e-3,)) + grid(("online-dpo",), (0.1,), (0,), lrs=(2e-3,))
     return Preset(
         name="micro", n_sft=512, sft_epochs=1, sft_batch=64, n_pairs=128, n_eval_prompts=32,
-        epochs=1, batch=32, save_fractions=(0.5, 1.0),
+        epochs=1, batch=32, scheduler="constant", warmup_ratio=0.1, save_fractions=(0.5, 1.0),
         evaluation=EvalSpec(n_prompts=32, n_samples=2, n_kl_samples=1, n_ratio_pairs=64),
         runs=runs, description="seconds; for tests (numbers are meaningless)",
     )
 
 
 def _quick() -> Preset:
-    runs = grid(("dpo", "is-dpo", "ipo", "is-ipo"), (0.01, 0.1), (0,)) + grid(("online-dpo",), (0.1,), (0,))
+    runs = grid(("dpo", "is-dpo"), (0.01, 0.1), (0,)) + grid(("online-dpo",), (0.1,), (0,))
     return Preset(name="quick", runs=runs,
-                  description="DPO, IS-DPO, IPO, IS-IPO at beta 0.01/0.1, one seed, online DPO at beta 0.1")
+                  description="DPO and IS-DPO at beta 0.01/0.1, one seed, online DPO at beta 0.1; "
+                              "the paper's regime (>= 1,000 small cosine-scheduled steps per run)")
+
+
+CLIP_EPS = (0.5, 1.0, 2.0, 4.0)
+CLIP_BETA = 0.01  # where DPO over-optimizes in this regime (the paper does not state Figure 5's beta)
 
 
 def _paper() -> Preset:
     betas, seeds = (0.01, 0.05, 0.1), (0, 1, 2)
     runs = grid(OFFLINE_METHODS + ("online-dpo",), betas, seeds)
-    runs += grid(("is-dpo",), (0.1,), seeds, options=tuple((("is_clip", e),) for e in (0.5, 2.0, 4.0)),
-                 group="clip")  # eps = 1 is the main grid's is-dpo run (default is_clip)
-    return Preset(name="paper", runs=runs, description="Section 4.1: 7 methods + online DPO, 3 betas, 3 seeds, clip ablation")
+    runs += grid(("is-dpo",), (CLIP_BETA,), seeds, group="clip",
+                 options=tuple((("is_clip", e),) for e in CLIP_EPS if e != 1.0))  # eps = 1: the main grid's run
+    return Preset(name="paper", runs=runs,
+                  description="Section 4.1: 7 methods + online DPO, 3 betas, 3 seeds, clip ablation (3 seeds)")
 
 
-# Learning rates from "barely moves per step" (log-ratios stay O(1) over 2 epochs, like a 3B model at
-# 1e-6) to "aggressive"; SGD needs far larger steps than Adam for the same movement.
-REGIME_LRS = {"adamw": (3e-5, 1e-4, 5e-4, 2e-3, 8e-3), "sgd": (0.03, 0.3, 3.0)}
-REGIME_VARIANTS = (
-    ("dpo", ()),
-    ("is-dpo", ()),
-    ("is-dpo", (("is_self_normalize", True),)),
-    ("is-dpo", (("is_length_normalize", True),)),
+# The map of regimes, at beta 0.01 (where DPO over-optimizes in the paper's regime): each cell is a
+# (number of steps, step size) pair; DPO and plain IS-DPO in every cell, IS-DPO's options (self-
+# normalized, length-normalized ratio) in the two ends. Rates are not tuned for any method: the paper
+# regime's is PAPER_LR, then a third of it (where DPO did not over-optimize in the calibration), the
+# first round's (2e-3 Adam, 1.0 SGD: there IS collapsed) and a point between.
+REGIME_BETA = 0.01
+REGIME_CELLS = (
+    # name, optimizer, lr, regime overrides
+    ("paper", "adamw", PAPER_LR, {}),
+    ("paper, lr/3", "adamw", PAPER_LR / 3, {}),
+    ("1/3 steps, 3x lr", "adamw", 3 * PAPER_LR, {"n_pairs": 12_400}),
+    ("first round", "adamw", 2e-3, OLD_REGIME),
+    ("paper, sgd", "sgd", 0.3, {}),
+    ("first round, sgd", "sgd", 1.0, OLD_REGIME),
 )
+REGIME_OPTION_CELLS = ("paper", "first round")
+IS_OPTIONS = ((("is_self_normalize", True),), (("is_length_normalize", True),))
 
 
 def _regimes() -> Preset:
     runs: tuple[RunSpec, ...] = ()
-    for opt, lrs in REGIME_LRS.items():
-        for method, opts in REGIME_VARIANTS:
-            runs += grid((method,), (0.1,), (0, 1), lrs=lrs, optimizers=(opt,), options=(opts,), group="regimes")
-    return Preset(name="regimes", runs=runs, description="DPO vs IS-DPO variants across learning rates, Adam and SGD")
+    seeds = (0, 1, 2)
+    for name, opt, lr, regime in REGIME_CELLS:
+        runs += grid(("dpo", "is-dpo"), (REGIME_BETA,), seeds, lrs=(lr,), optimizers=(opt,), group="regimes", **regime)
+        if name in REGIME_OPTION_CELLS:
+            runs += grid(("is-dpo",), (REGIME_BETA,), seeds, lrs=(lr,), optimizers=(opt,), options=IS_OPTIONS,
+                         group="regimes", **regime)
+    return Preset(name="regimes", runs=runs,
+                  description="DPO vs IS-DPO (+ options) over steps x step size, Adam and SGD, beta 0.01, 3 seeds")
 
 
-PRESETS = {"micro": _micro, "quick": _quick, "paper": _paper, "regimes": _regimes}
+def _calibrate() -> Preset:
+    runs = grid(("dpo",), (0.01,), (0,), lrs=CALIBRATION_LRS, group="calibrate")
+    return Preset(name="calibrate", runs=runs, description="DPO alone at beta 0.01 over Adam rates: how PAPER_LR was chosen")
+
+
+PRESETS = {"micro": _micro, "quick": _quick, "paper": _paper, "regimes": _regimes, "calibrate": _calibrate}
 
 
 def get_preset(name: str) -> Preset:

@@ -16,7 +16,10 @@ def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite:
     from isdaa.train.loop import run
 
     if isinstance(cfg, PrefConfig):
+        from isdaa.train.drift_stop import drift_callbacks
         from isdaa.train.pref import PrefTask as task_cls
+
+        callbacks = (*callbacks, *drift_callbacks(cfg))  # stop_on_drift, when configured
     elif isinstance(cfg, RMConfig):
         from isdaa.train.rm import RMTask as task_cls
     elif isinstance(cfg, SFTConfig):

@@ -2,7 +2,9 @@
 
 The trainer never branches on the method: it always passes response lengths and behavior log-probs
 (the dataset's `chosen_logps` / `rejected_logps` when present, else None so that pi_b = pi_ref) and
-every loss option; the registry entry decides what is read. Chosen and rejected go through the
+every loss option; the registry entry decides what is read, and whether reference log-probs are
+needed at all (`Method.requires_reference`: not for a reference-free method, unless its IS variant
+has no behavior columns and falls back to pi_b = pi_ref). Chosen and rejected go through the
 policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
 
 Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
@@ -26,6 +28,7 @@ import torch
 
 from isdaa.data import collate_pref, tokenize_pref
 from isdaa.logprobs import response_head_supported, response_logps
+from isdaa.losses import METHODS, preference_loss
 from isdaa.train import reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
@@ -58,7 +61,8 @@ class PrefTask(Task):
             return
         policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
         for examples in (self.train_examples, self.eval_examples or []):
-            if not examples or all("ref_chosen_logps" in e for e in examples):
+            if not examples or all("ref_chosen_logps" in e for e in examples) or not self._needs_reference(
+                    all("chosen_logps" in e for e in examples)):
                 continue
             ref_path = cfg.ref_model or cfg.model.name_or_path
             key = reference.cache_key(ref_path, cfg.model, accelerator.mixed_precision, examples)
@@ -74,6 +78,9 @@ class PrefTask(Task):
                 e.setdefault("ref_rejected_logps", r)
         if not policy_is_ref:
             self.ref_model = None  # precomputed: free it
+
+    def _needs_reference(self, has_behavior_logps: bool) -> bool:
+        return METHODS[self.cfg.method].requires_reference(has_behavior_logps)
 
     def _adapter_off(self, model):
         unwrapped = self.accelerator.unwrap_model(model)
@@ -121,17 +128,19 @@ class PrefTask(Task):
         return sum(e.get("n_pairs", 1) for e in examples)
 
     def loss(self, model, batch):
-        from isdaa.losses import preference_loss
-
         n = batch["n_pairs"]
         logps = self._logps(model, batch)                                     # (2B,) float32
+        # the data columns chosen_logps / rejected_logps hold pi_b's log-probs (the release's names)
+        behavior_chosen_logps, behavior_rejected_logps = batch.get("chosen_logps"), batch.get("rejected_logps")
         if "ref_chosen_logps" in batch:
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
-        else:
+        elif self._needs_reference(behavior_chosen_logps is not None):
             ref_c, ref_r = self._ref_logps(batch)
+        else:  # reference-free method: no reference forward
+            ref_c = ref_r = None
         out = preference_loss(
             self.cfg.method, self.cfg.beta, logps[:n], logps[n:], ref_c, ref_r,
-            behavior_chosen_logps=batch.get("chosen_logps"), behavior_rejected_logps=batch.get("rejected_logps"),
+            behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
             chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
         )
         return out.loss * n, out.metrics, out.weights

@@ -17,11 +17,13 @@ class RMTask(Task):
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_reward_model(cfg.model, self.tokenizer)
-        tok = lambda rows, stats=None: tokenize_pref(rows, self.tokenizer, cfg.data.max_length,
-                                                     cfg.data.max_prompt_length, stats)
-        self.train_examples = tok(self.load("train"), self.data_stats)
+
+        def tokenize(rows, stats=None):  # this task's tokenization of a split's rows
+            return tokenize_pref(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, stats)
+
+        self.train_examples = tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)
-        self.eval_examples = tok(self.load("eval")) if cfg.data.eval else None
+        self.eval_examples = tokenize(self.load("eval")) if cfg.data.eval else None
 
     def collate(self, examples):
         return collate_pref(examples, self.tokenizer.pad_token_id)

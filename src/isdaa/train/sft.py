@@ -16,11 +16,14 @@ class SFTTask(Task):
         cfg = self.cfg
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_causal_lm(cfg.model, self.tokenizer)
-        tok = lambda rows, stats=None: tokenize_sft(rows, self.tokenizer, cfg.data.max_length,
-                                                    cfg.data.max_prompt_length, cfg.data.sft_source, stats)
-        self.train_examples = tok(self.load("train"), self.data_stats)
+
+        def tokenize(rows, stats=None):  # this task's tokenization of a split's rows
+            return tokenize_sft(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length,
+                                cfg.data.sft_source, stats)
+
+        self.train_examples = tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["truncated"] for e in self.train_examples)
-        self.eval_examples = tok(self.load("eval")) if cfg.data.eval else None
+        self.eval_examples = tokenize(self.load("eval")) if cfg.data.eval else None
 
     def collate(self, examples):
         return collate_sft(examples, self.tokenizer.pad_token_id)

@@ -1,0 +1,166 @@
+"""Importance weights of IS-DAAs (paper Section 3.1) and their diagnostics, from (B,) log-prob tensors.
+
+Every importance weight in isdaa comes from here: the IS losses (`isdaa.losses`), the trainer's
+`is/*` metrics, the lab's Figure 6 statistics, the bandit (Figure 2) and the Gaussian toy (Figure 1).
+For a pair (y_c, y_r) drawn from the behavior policy pi_b (docs/METHOD.md decides the form):
+
+    log r = [logp_theta(y_c) - logp_b(y_c)] + [logp_theta(y_r) - logp_b(y_r)]      joint log-ratio
+    log w = min(log r, 2 eps)                                                      clipped from above
+    w     = exp(log w), detached: the weight multiplies the loss, it is never differentiated
+
+The joint ratio (both responses in the numerator) follows Appendix B.1's proof and the authors'
+release (Eq. 11's text prints an inverted rejected factor); the upper clip in log space follows the
+release (Eq. 13 prints max(., eps)); no lower clip (Section 4.3's implicit early stopping).
+
+Diagnostics of a batch of B weights:
+    ess        = (sum w)^2 / (B sum w^2), in (0, 1]: 1 iff all weights are equal
+    clip_frac  = fraction of pairs with log r > 2 eps
+    top_share  = max_i w_i / sum_i w_i, in [1/B, 1]: the share of the batch's weighted loss that the
+                 heaviest pair carries when all pairs have equal per-pair losses (w_i |dL_i/dh_i| with
+                 the gradient magnitude held equal; exact for that case, cheap for every case). 1/B for
+                 equal weights, -> 1 when one pair dominates.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+Tensor = torch.Tensor
+
+
+def safe_lengths(lengths: Tensor) -> Tensor:
+    """Response lengths as float, at least 1 (a response always holds its EOS; this guards division)."""
+    return lengths.float().clamp(min=1.0)
+
+
+def log_ratios(
+    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+    *, length_normalize=False, chosen_lengths=None, rejected_lengths=None,
+) -> Tensor:
+    """Detached joint log-ratio log pi_theta/pi_b of each pair, (B,). `length_normalize`: the sum of the
+    per-token mean log-ratios instead (beyond the paper; needs both lengths)."""
+    with torch.no_grad():
+        log_ratio_c = policy_chosen_logps - behavior_chosen_logps
+        log_ratio_r = policy_rejected_logps - behavior_rejected_logps
+        if length_normalize:
+            log_ratio_c = log_ratio_c / safe_lengths(chosen_lengths)
+            log_ratio_r = log_ratio_r / safe_lengths(rejected_lengths)
+        return (log_ratio_c + log_ratio_r).detach()
+
+
+def clip_log_weights(log_ratio: Tensor, eps: float | None) -> Tensor:
+    """log w = min(log r, 2 eps), (B,); eps None: no clip (the bandit's and toy's unclipped curves)."""
+    return log_ratio if eps is None else log_ratio.clamp(max=2.0 * eps)
+
+
+def self_normalize(log_w: Tensor) -> Tensor:
+    """log(w / mean(w)) in log space, so that the weights average exactly 1 (beyond the paper)."""
+    return log_w - (torch.logsumexp(log_w, dim=0) - math.log(log_w.numel()))
+
+
+def _clip_and_normalize(log_ratio: Tensor, eps: float | None, self_normalized: bool) -> Tensor:
+    log_w = clip_log_weights(log_ratio, eps)
+    return self_normalize(log_w) if self_normalized else log_w
+
+
+def log_weights(
+    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+    eps: float | None, *, self_normalized=False, length_normalize=False, chosen_lengths=None,
+    rejected_lengths=None,
+) -> Tensor:
+    """Detached, clipped log importance weights (B,): clip_log_weights(log_ratios(...), eps), then
+    `self_normalize` when asked (after clipping)."""
+    log_ratio = log_ratios(
+        policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+        length_normalize=length_normalize, chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+    )
+    return _clip_and_normalize(log_ratio, eps, self_normalized)
+
+
+def weights_with_stats(
+    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+    options, *, chosen_lengths=None, rejected_lengths=None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """(log w (B,), `weight_stats`) under the IS options of a loss config: `options` maps is_clip,
+    is_self_normalize and is_length_normalize (a resolved `config.LossOptions` as a dict, or
+    `losses.validate_options(...)`). The IS losses and the lab's Figure 6 both go through here."""
+    eps = options["is_clip"]
+    log_ratio = log_ratios(
+        policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+        length_normalize=options["is_length_normalize"], chosen_lengths=chosen_lengths,
+        rejected_lengths=rejected_lengths,
+    )
+    log_w = _clip_and_normalize(log_ratio, eps, options["is_self_normalize"])
+    return log_w, weight_stats(log_ratio, eps, log_w)
+
+
+def clip_fraction(log_ratio: Tensor, eps: float | None) -> Tensor:
+    """Fraction of pairs whose weight was clipped (log r > 2 eps), 0-dim; 0 without a clip."""
+    if eps is None:
+        return log_ratio.new_zeros(())
+    return (log_ratio > 2.0 * eps).float().mean()
+
+
+def ess_from_sums(sum_w: Tensor, sum_w2: Tensor, n) -> Tensor:
+    """(sum w)^2 / (n sum w^2) from the sums, so that micro-batches and processes can add them up."""
+    return sum_w**2 / (n * sum_w2)
+
+
+def ess(weights: Tensor) -> Tensor:
+    """Effective sample size fraction of weights (B,), 0-dim in (0, 1]. Scale-invariant: computed on
+    w / max(w), so large weights do not overflow. NaN if every weight is 0 (use `ess_from_log`)."""
+    w = weights.detach().float()
+    w = w / w.max()
+    return ess_from_sums(w.sum(), (w**2).sum(), w.numel())
+
+
+def ess_from_log(log_w: Tensor) -> Tensor:
+    """ESS of exp(log_w), in log space: exp(2 lse(log w) - lse(2 log w) - log B). Never NaN."""
+    return torch.exp(2 * torch.logsumexp(log_w, 0) - torch.logsumexp(2 * log_w, 0) - math.log(log_w.numel()))
+
+
+def top_share(log_w: Tensor) -> Tensor:
+    """max_i w_i / sum_i w_i from log-weights (B,), 0-dim in [1/B, 1] (see the module docstring)."""
+    return torch.exp(log_w.max() - torch.logsumexp(log_w, 0))
+
+
+def log_mean_exp(x: Tensor) -> Tensor:
+    """log mean exp(x) over (B,), 0-dim: the log of the mean ratio without overflow (may be inf)."""
+    return torch.logsumexp(x, 0) - math.log(x.numel())
+
+
+def weight_stats(log_ratio: Tensor, eps: float | None, log_w: Tensor | None = None) -> dict[str, Tensor]:
+    """Diagnostics of a batch, detached 0-dim tensors: weight_mean, weight_max, clip_frac, ess,
+    top_share of the weights exp(log_w) (default: clip_log_weights(log_ratio, eps)), and the drift of
+    the unclipped ratio: log_ratio_mean and ratio_mean_log = log mean exp(log r) (Figure 6)."""
+    with torch.no_grad():
+        log_w = clip_log_weights(log_ratio, eps) if log_w is None else log_w
+        w = log_w.exp()
+        return {
+            "weight_mean": w.mean(),
+            "weight_max": w.max(),
+            "clip_frac": clip_fraction(log_ratio, eps),
+            "ess": ess_from_log(log_w),
+            "top_share": top_share(log_w),
+            "log_ratio_mean": log_ratio.mean(),
+            "ratio_mean_log": log_mean_exp(log_ratio),
+        }
+
+
+def importance_stats(
+    policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
+    options, *, chosen_lengths=None, rejected_lengths=None,
+) -> dict[str, float]:
+    """Figure 6's statistics of a set of pairs, as floats: `weights_with_stats` under the run's IS
+    `options` (see there; a run's resolved `loss` config), plus logps_chosen / logps_rejected (means of
+    pi_theta's log-probs) and n_pairs. Inputs (P,) tensors of summed log-probs (use float64 to compare
+    a policy with itself: the ratio is then 1 to round-off)."""
+    _, stats = weights_with_stats(policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps,
+                                  behavior_rejected_logps, options, chosen_lengths=chosen_lengths,
+                                  rejected_lengths=rejected_lengths)
+    stats = {k: float(v) for k, v in stats.items()}
+    stats.update(logps_chosen=float(policy_chosen_logps.mean()), logps_rejected=float(policy_rejected_logps.mean()),
+                 n_pairs=int(policy_chosen_logps.numel()))
+    return stats

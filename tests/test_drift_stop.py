@@ -1,0 +1,151 @@
+"""stop_on_drift in the real trainer: a synthetic drifting run stops at the hand-computed step, a run
+whose ratios stay at 1 never stops, keep-best saves the alarm step's policy, and 1 and 2 processes
+(torchrun, gloo on CPU) take the same decision at the same step."""
+
+import json
+import os
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from isdaa.io import read_jsonl
+
+# The run, as a script so that torchrun can launch it. Its batch_source scores the 4 pairs of each step
+# with the CURRENT policy and writes behavior log-probs that put the joint log-ratio
+# log pi_theta(c, r) / pi_b(c, r) of pairs 0 and 1 at exactly -2 * SLOPE * s (s = 0-based step) and
+# that of pairs 2 and 3 at 0. The batch mean (drift/log_ratio_mean) is -SLOPE * s; with 2 processes,
+# process 0 alone sees -2 * SLOPE * s and process 1 alone sees 0, so only the reduced signal is right.
+SCRIPT = r'''
+import json, os, sys
+import torch
+from isdaa.config import load_config
+from isdaa.data import collate_pref, tokenize_pref
+from isdaa.logprobs import causal_lm_logps
+from isdaa.train import train
+
+PAIRS = [{"prompt": f"w{i} w{i + 1}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i + 2}"} for i in range(4)]
+
+
+def run(model_dir, out, slope, action="stop", save_steps=None):
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
+    per = len(PAIRS) // world
+    mine = range(rank * per, (rank + 1) * per)
+
+    def source(step, model, tokenizer):
+        rows = [PAIRS[i] for i in mine]
+        batch = collate_pref(tokenize_pref(rows, tokenizer, 32, 16, drop_identical=False), tokenizer.pad_token_id)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logps = causal_lm_logps(logits, batch["input_ids"], batch["response_mask"]).tolist()
+        n = len(rows)
+        out_rows = []
+        for k, i in enumerate(mine):
+            shift = slope * step if i < 2 else 0.0  # per response: the pair's joint log-ratio is -2 * shift
+            out_rows.append({**PAIRS[i], "chosen_logps": logps[k] + shift, "rejected_logps": logps[n + k] + shift})
+        return out_rows
+
+    cfg = load_config({
+        "model": {"name_or_path": model_dir}, "data": {"train": "unused.jsonl", "max_length": 32, "max_prompt_length": 16},
+        "optim": {"lr": 1e-3, "warmup_steps": 0}, "output_dir": out, "max_steps": 8, "batch_size": 4,
+        "micro_batch_size": 2, "logging_steps": 1, "progress": False, "num_threads": 1, "mixed_precision": "no",
+        "method": "dpo", "beta": 0.1, "ref_logps": "on_the_fly", "save_steps": save_steps,
+        "stop_on_drift": {"signal": "drift/log_ratio_mean", "threshold": -1.0, "smoothing": 2, "patience": 2,
+                          "action": action},
+    }, kind="pref")
+    return train(cfg, batch_source=source)
+
+
+if __name__ == "__main__":
+    run(sys.argv[1], sys.argv[2], float(sys.argv[3]))
+'''
+
+
+@pytest.fixture()
+def script(tmp_path):
+    path = tmp_path / "drift_run.py"
+    path.write_text(SCRIPT)
+    return path
+
+
+def _run(script, *args, **kw):
+    return runpy.run_path(str(script))["run"](*args, **kw)
+
+
+def _expected_smoothed():
+    """Logged drift at optimizer step t is -0.25 (t - 1): 0, -.25, -.5, -.75, -1, -1.25, -1.5. Means of
+    the last 2: 0, -.125, -.375, -.625, -.875, -1.125, -1.375. Below -1 at steps 6 and 7: patience 2 ->
+    the alarm fires at step 7 with -1.375."""
+    values = [-0.25 * (t - 1) for t in range(1, 8)]
+    return [(values[max(0, i - 1)] + values[i]) / 2 if i else values[0] for i in range(7)]
+
+
+def test_drifting_run_stops_at_the_hand_computed_step(tiny_dir, tmp_path, script):
+    summary = _run(script, str(tiny_dir), str(tmp_path / "drift"), 0.25)
+    assert summary["status"] == "stopped" and summary["step"] == 7
+    block = summary["stop_on_drift"]
+    assert block["fired"] and block["step"] == 7 and block["smoothed"] == pytest.approx(-1.375, abs=1e-4)
+    assert "stop_on_drift: drift/log_ratio_mean" in summary["stop_reason"]
+    on_disk = json.loads((tmp_path / "drift" / "summary.json").read_text())
+    assert on_disk["stop_on_drift"] == block and on_disk["status"] == "stopped"
+    rows = read_jsonl(tmp_path / "drift" / "metrics.jsonl")
+    assert [r["drift/log_ratio_mean"] for r in rows] == pytest.approx([-0.25 * (t - 1) for t in range(1, 8)],
+                                                                      abs=1e-4)
+    assert [r["drift_stop/smoothed"] for r in rows] == pytest.approx(_expected_smoothed(), abs=1e-4)
+
+
+def test_ratio_at_one_never_stops(tiny_dir, tmp_path, script):
+    summary = _run(script, str(tiny_dir), str(tmp_path / "flat"), 0.0)
+    assert summary["status"] == "finished" and summary["step"] == 8
+    assert summary["stop_on_drift"]["fired"] is False and summary["stop_on_drift"]["checks"] == 8
+    rows = read_jsonl(tmp_path / "flat" / "metrics.jsonl")
+    assert max(abs(r["drift/log_ratio_mean"]) for r in rows) < 1e-4  # on-policy pairs: ratio 1
+
+
+def test_keep_best_saves_the_alarm_step_and_trains_on(tiny_dir, tmp_path, script):
+    out = tmp_path / "keep"
+    summary = _run(script, str(tiny_dir), str(out), 0.25, action="keep-best", save_steps=7)
+    assert summary["status"] == "finished" and summary["step"] == 8
+    block = summary["stop_on_drift"]
+    assert block["fired"] and block["step"] == 7 and block["best_by_drift"] == str(out / "best_by_drift")
+    state = json.loads((out / "best_by_drift" / "trainer_state.json").read_text())
+    assert state["step"] == 7 and state["stop_on_drift"]["step"] == 7
+    kept = load_file(out / "best_by_drift" / "model.safetensors")
+    at_7 = load_file(out / "checkpoints" / "step-00000007" / "model.safetensors")  # the schedule's own save
+    final = load_file(out / "final" / "model.safetensors")
+    assert all((kept[k] == at_7[k]).all() for k in at_7)
+    assert any((kept[k] != final[k]).any() for k in final)
+
+
+@pytest.mark.slow
+def test_two_processes_take_the_same_decision(tiny_dir, tmp_path, script):
+    """Process 1 alone sees log-ratio 0 (it would never stop); the loop's reduce and the callback's
+    broadcast make both processes stop at step 7, like the single-process run."""
+    one = _run(script, str(tiny_dir), str(tmp_path / "one"), 0.25)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(port), str(script), str(tiny_dir), str(tmp_path / "two"), "0.25"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        _, stderr = proc.communicate(timeout=180)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, stderr[-3000:]
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert two["status"] == "stopped" and two["step"] == one["step"] == 7
+    for k in ("fired", "step", "checks"):
+        assert two["stop_on_drift"][k] == one["stop_on_drift"][k]
+    assert two["stop_on_drift"]["smoothed"] == pytest.approx(one["stop_on_drift"]["smoothed"], abs=1e-4)
+    rows = read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert len(rows) == 7  # one writer (process 0 of 2); two single-process runs would both append
+    assert [r["drift_stop/smoothed"] for r in rows] == pytest.approx(_expected_smoothed(), abs=1e-4)
