@@ -355,8 +355,13 @@ def write_report(root: str | Path, preset=None) -> dict:
     label_stats = _read_marker(root, "label")
     five = five_lines(summary, label_stats, threshold, comparisons)
     regimes = regimes_section(comparisons, mech, summary, mech_figs) if summary else []
+    drift_md = ""
+    if summary:  # issue 14's golden-free drift alarm: its own section, CSVs and figures
+        from isdaa.lab.drift import drift_section
+
+        drift_md = drift_section(root)[0]
     md = _markdown(lab, summary, found, figs, label_stats, threshold, five, examples_table(root, summary, points),
-                   regimes)
+                   regimes, drift_md)
     atomic_write_text(root / "report.md", md)
     atomic_write_json(root / "csv" / "findings.json",
                       {"findings": found, "summary_lines": five,
@@ -436,7 +441,17 @@ def five_lines(summary: list[dict], label_stats: dict, threshold: float, compari
     ]
 
 
-def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples="", regimes=()) -> str:
+def _learning_rate_text(summary: list[dict]) -> str:
+    """How the learning rate was chosen (presets.CALIBRATION), when the runs use PAPER_LR."""
+    from isdaa.lab.presets import CALIBRATION, CALIBRATION_LRS, PAPER_LR
+
+    if not any(math.isclose(s["lr"], PAPER_LR) for s in summary):
+        return ""
+    return (f" Learning rate {PAPER_LR:g}: "
+            + CALIBRATION.format(lrs=", ".join(f"{lr:g}" for lr in CALIBRATION_LRS)) + ".")
+
+
+def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples="", regimes=(), drift_md="") -> str:
     p, env = lab["preset"], lab["environment"]
     ev = p["evaluation"]
     out = [f"# isdaa lab report: preset `{p['name']}`\n",
@@ -459,7 +474,8 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
            f"{label_stats.get('dropped_pairs', {}).get('not_reproducible', 0)} whose text does not reproduce the "
            f"sampled tokens.",
            f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs (the same for every method); checkpoints at "
-           f"fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}. How each group's runs were stepped:\n",
+           f"fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.{_learning_rate_text(summary)} "
+           "How each group's runs were stepped:\n",
            _table(training_groups(summary), GROUP_COLS) if summary else "",
            f"- Evaluation per checkpoint: {ev['n_prompts']} held-out prompts x {ev['n_samples']} samples at "
            f"T={ev['temperature']}, top-p {ev['top_p']} against the held-out split's chosen responses (ties count "
@@ -474,11 +490,14 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
     if main:
         out += ["## Table 1 analog\n", f"{STATS_TEXT} Over-optimized when drop > {threshold:g}.\n",
                 _table(_table1_rows(main), TABLE1_COLS)]
-    other = [s for s in summary if s["group"] != "main"]
-    if other:
-        out += ["## Ablations\n", ("" if main else STATS_TEXT + "\n"),
-                _table(_table1_rows(other), [("group", "group", ""), ("optimizer", "opt", ""), ("lr", "lr", "6"),
-                                             ("steps", "steps", "")] + TABLE1_COLS)]
+    for group in sorted({s["group"] for s in summary} - {"main"}):  # clip, regimes, calibrate, ...
+        rows = [s for s in summary if s["group"] == group]
+        out += [f"## Group `{group}`\n", ("" if main else STATS_TEXT + "\n"),
+                _table(_table1_rows(rows), [("optimizer", "opt", ""), ("lr", "lr", "6"), ("steps", "steps", "")]
+                       + TABLE1_COLS)]
+        main = main or rows  # the statistics are explained once
+    if drift_md:
+        out += [drift_md.rstrip() + "\n"]
     captions = {
         "fig3": "Figure 3 analog: golden win rate vs sqrt KL, one point per checkpoint; lines: Gao RL-form fits.",
         "fig4": "Figure 4 analog: win rate and sqrt KL over training (mean +- se over seeds).",
@@ -496,7 +515,7 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
     out += ["## Files\n",
             "- `csv/points.csv`: every evaluated checkpoint (all raw numbers); `csv/summary.csv`: the tables; "
             "`csv/is_comparisons.csv`: IS vs base; `csv/train_metrics.csv`: the trainer's per-step metrics; "
-            "`csv/gao_fits.csv`; `csv/findings.json`.",
+            "`csv/gao_fits.csv`; `csv/findings.json`; `csv/drift_*.csv`: the drift alarm's analysis.",
             "- `configs/<run>.yaml`: every run's resolved config; `lab.json`: the preset; "
             "`task/definition.json`: the environment.", ""]
     return "\n".join(out)
