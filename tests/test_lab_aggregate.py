@@ -225,3 +225,20 @@ def test_report_regimes_only_and_empty(tmp_path):
     out = report.write_report(empty)
     assert out["summary_lines"] == ["no finished runs"]
     assert (empty / "report.md").read_text().lower().count("no finished runs") == 1
+
+
+def test_report_calibrate_group_states_how_the_rate_was_chosen(tmp_path):
+    """The calibrate preset's DPO-only runs: a table of their own; the report quotes presets.CALIBRATION
+    for runs at PAPER_LR, and no IS comparison exists."""
+    from isdaa.lab.presets import PAPER_LR
+
+    root = make_lab(tmp_path / "cal", name="calibrate")
+    for lr in (1e-4, PAPER_LR):
+        add_run(root, "dpo", 0, [(0, 0.5, 0), (5, 0.75, 1), (10, 0.7, 2), (15, 0.4, 9)], beta=0.01, lr=lr,
+                group="calibrate")
+    report.write_report(root)
+    md = (root / "report.md").read_text()
+    assert "## Group `calibrate`" in md and f"Learning rate {PAPER_LR:g}: the rate was chosen once" in md
+    assert "No IS run has a matching base-method run" in md
+    # smoothed [.625 .65 .6167 .55] -> .65; final (.7 + .4) / 2 = .55; drop .1
+    assert f"| adamw | {PAPER_LR:.6f} | 15 | dpo lr={PAPER_LR:g} | 0.010 | 1 | 0.750 | 0.650 |" in md
