@@ -100,20 +100,20 @@ def test_report_numbers_match_csv(lab_run):
         assert float(p["win_rate"]) == pytest.approx(ev["win_rate"])
         assert float(p["kl_k1"]) == pytest.approx(ev["kl_k1"])
     # Table 1 rows in report.md against summary.csv
-    summary = {r["label"]: r for r in _read_csv(out / "csv" / "summary.csv")}
+    summary = {r["name"]: r for r in _read_csv(out / "csv" / "summary.csv")}
     table = [line for line in md.splitlines() if re.match(r"\| (online-dpo|is-dpo|dpo) \|", line)]
     assert len(table) == 3
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
         s = summary[cells[0]]
         assert float(cells[3]) == pytest.approx(float(s["peak_win_rate"]), abs=5e-4)
-        assert float(cells[6]) == pytest.approx(float(s["final_win_rate"]), abs=5e-4)
+        assert float(cells[4]) == pytest.approx(float(s["smoothed_peak"]), abs=5e-4)
+        assert float(cells[7]) == pytest.approx(float(s["final_win_rate"]), abs=5e-4)
         assert float(cells[8]) == pytest.approx(float(s["final_kl"]), abs=5e-3)
         assert float(cells[9]) == pytest.approx(float(s["drop"]), abs=5e-4)
-        # final = the run's last checkpoint in points.csv; peak = max over its checkpoints (1 seed)
-        rows = [p for p in points if p["label"] == cells[0]]
-        last = max(rows, key=lambda p: int(p["step"]))
-        assert float(s["final_win_rate"]) == pytest.approx(float(last["win_rate"]))
+        # 1 seed: final = mean of the run's last 2 checkpoints in points.csv; peak = max over its checkpoints
+        rows = sorted((p for p in points if p["name"] == cells[0]), key=lambda p: int(p["step"]))
+        assert float(s["final_win_rate"]) == pytest.approx((float(rows[-1]["win_rate"]) + float(rows[-2]["win_rate"])) / 2)
         assert float(s["peak_win_rate"]) == pytest.approx(max(float(p["win_rate"]) for p in rows))
     # the summary lines printed by the CLI are the report's
     five = json.loads((out / "csv" / "findings.json").read_text())["summary_lines"]

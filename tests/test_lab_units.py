@@ -7,38 +7,43 @@ import math
 import numpy as np
 import pytest
 
-from isdaa.lab import report, task
+from isdaa.lab import aggregate, task
 
 
-def _pt(run_id, label, step, wr, kl, seed=0, beta=0.1, total=10):
-    return {"run_id": run_id, "method": label, "label": label, "group": "main", "beta": beta, "seed": seed,
-            "lr": 2e-3, "optimizer": "adamw", "step": step, "fraction": step / total, "win_rate": wr,
-            "win_rate_se": 0.02, "kl_k1": kl, "sqrt_kl": math.sqrt(kl)}
+def _pt(run_id, label, step, wr, kl, seed=0, beta=0.1, total=20):
+    return {"run_id": run_id, "method": label, "label": label, "name": label, "group": "main", "beta": beta,
+            "seed": seed, "lr": 2e-3, "optimizer": "adamw", "options": "{}", "n_pairs": None,
+            "scheduler": "constant", "warmup_ratio": 0.1, "steps": total, "step": step, "fraction": step / total,
+            "win_rate": wr, "win_rate_se": 0.02, "kl_k1": kl, "sqrt_kl": math.sqrt(kl)}
+
+
+def _run(run_id, label, wrs, kl_last, seed=0):
+    return [_pt(run_id, label, 5 * i, w, kl_last * i / 4, seed=seed) for i, w in enumerate(wrs)]
 
 
 def test_summarize_peak_final_drop():
-    """Two seeds of dpo: mean curve 0.5, 0.8, 0.6 at fractions 0, 0.5, 1 -> peak 0.8 at 0.5, final
-    0.6 (std of 0.55/0.65 = 0.0707), drop 0.2 > 0.05: over-optimized. is-dpo rises monotonically."""
-    pts = [
-        _pt("a", "dpo", 0, 0.5, 0.0), _pt("a", "dpo", 5, 0.75, 1.0), _pt("a", "dpo", 10, 0.55, 4.0),
-        _pt("b", "dpo", 0, 0.5, 0.0, seed=1), _pt("b", "dpo", 5, 0.85, 1.0, seed=1),
-        _pt("b", "dpo", 10, 0.65, 2.0, seed=1),
-        _pt("c", "is-dpo", 0, 0.5, 0.0), _pt("c", "is-dpo", 5, 0.6, 0.25), _pt("c", "is-dpo", 10, 0.7, 0.49),
-    ]
-    rows = {s["label"]: s for s in report.summarize(pts, drop_threshold=0.05)}
+    """dpo, seeds a / b at steps 0, 5, ..., 20: [.5 .75 .6 .55 .55] and [.5 .85 .7 .65 .65].
+    a: peak .75 at fraction .25; 3-point moving average [.625 .6167 .6333 .5667 .55] -> smoothed peak
+    .6333; final = mean of the last 2 = .55; drop .0833. b: peak .85, smoothed [.675 .6833 .7333 .6667 .65]
+    -> .7333, final .65, drop .0833. Over seeds: peak .8 +- .05, smoothed .6833 +- .05, final .6 +- .05
+    (std .0707), final KL (4 + 2) / 2 = 3, drop .0833 > .05: over-optimized. is-dpo (1 seed) rises to .7."""
+    pts = (_run("a", "dpo", [0.5, 0.75, 0.6, 0.55, 0.55], 4.0) + _run("b", "dpo", [0.5, 0.85, 0.7, 0.65, 0.65], 2.0, seed=1)
+           + _run("c", "is-dpo", [0.5, 0.6, 0.65, 0.7, 0.7], 0.49))
+    rows = {s["name"]: s for s in aggregate.summarize(pts, drop_threshold=0.05)}
     d = rows["dpo"]
     assert d["n_seeds"] == 2 and d["ref_win_rate"] == pytest.approx(0.5)
-    assert d["peak_win_rate"] == pytest.approx(0.8) and d["peak_fraction"] == pytest.approx(0.5)
-    assert d["peak_sqrt_kl"] == pytest.approx(1.0)
-    assert d["final_win_rate"] == pytest.approx(0.6) and d["final_win_rate_std"] == pytest.approx(0.1 / math.sqrt(2))
-    assert d["final_win_rate_se"] == pytest.approx(0.05)  # std / sqrt(2)
-    assert d["final_kl"] == pytest.approx(3.0) and d["drop"] == pytest.approx(0.2) and d["over_optimized"]
+    assert (d["peak_win_rate"], d["peak_win_rate_se"]) == pytest.approx((0.8, 0.05))
+    assert d["peak_fraction"] == pytest.approx(0.25) and d["peak_sqrt_kl"] == pytest.approx((1 + math.sqrt(0.5)) / 2)
+    assert (d["smoothed_peak"], d["smoothed_peak_se"]) == pytest.approx((4.1 / 6, 0.05))
+    assert (d["final_win_rate"], d["final_win_rate_se"]) == pytest.approx((0.6, 0.05))
+    assert d["final_win_rate_std"] == pytest.approx(0.1 / math.sqrt(2))
+    assert d["final_kl"] == pytest.approx(3.0) and d["drop"] == pytest.approx(0.25 / 3) and d["over_optimized"]
     i = rows["is-dpo"]
-    assert i["drop"] == pytest.approx(0.0) and not i["over_optimized"] and math.isnan(i["final_win_rate_std"])
-    assert i["final_win_rate_se"] == pytest.approx(0.02)  # one seed: the evaluation's se over prompts
-    lines = report.is_comparisons(list(rows.values()))
-    # diff 0.1, 2 se = 2 sqrt(0.05^2 + 0.02^2) = 0.1077 -> no clear difference
-    assert len(lines) == 1 and "no clear difference" in lines[0]
+    assert i["drop"] == pytest.approx(0.0) and not i["over_optimized"] and math.isnan(i["final_win_rate_se"])
+    assert i["peak_fraction"] == pytest.approx(0.75) and i["final_win_rate"] == pytest.approx(0.7)
+    (c,) = aggregate.is_comparisons(list(rows.values()))
+    # one seed and no per-prompt records: no se to judge the diff .1 by
+    assert c["diff"] == pytest.approx(0.1) and c["verdict"] == "untested"
 
 
 def test_online_source_rows_and_determinism():

@@ -1,175 +1,51 @@
 """The lab's report: DIR/report.md, figures/*.png (drawn by isdaa.lab.figures), csv/*.csv, all from the
 saved results.
 
-Reads only files (lab.json, runs/*/eval/*.json, runs/*/ratios.jsonl, runs/*/eval/samples/*.jsonl);
-never imports the trainer. Every number in report.md is also in a CSV; the "findings" are generated
-from those numbers with the thresholds stated in the text (nothing hand-written, nothing tuned).
+Reads only files (lab.json, runs/*/lab_spec.json, eval/*.json, metrics.jsonl, ratios.jsonl,
+eval/samples/*.jsonl) through isdaa.lab.aggregate; never imports the trainer. Every number in report.md is
+also in a CSV; the findings and the Regimes section are generated from those numbers with the rules
+stated in the text (nothing hand-written, nothing tuned).
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
 
 from isdaa.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
 from isdaa.lab import task
+from isdaa.lab.aggregate import (
+    FINAL_K,
+    POINT_FIELDS,
+    SUMMARY_FIELDS,
+    TRAIN_FIELDS,
+    attach_final_steps,
+    by_config,
+    clip_table,
+    collect_per_prompt,
+    collect_points,
+    collect_train_metrics,
+    config_key,
+    eval_prompts,
+    is_comparisons,
+    mechanism_stats,
+    regime_of,
+    regime_title,
+    run_stats,
+    summarize,
+)
 
-POINT_FIELDS = [
-    "run_id", "method", "label", "group", "beta", "seed", "lr", "optimizer", "options",
-    "step", "total_steps", "fraction", "examples_seen",
-    "win_rate", "win_rate_se", "tie_rate", "reward_policy", "reward_chosen",
-    "kl_k1", "kl_k3", "sqrt_kl", "sqrt_kl_k3", "kl_l_median", "mean_length", "finished_frac",
-    "coverage", "hallucinated", "repeated", "beyond", "no_eos", "length_words",
-    "log_ratio_mean", "ratio_mean_log", "weight_mean", "ess", "clip_frac", "logps_chosen", "logps_rejected",
-]
-SUMMARY_FIELDS = [
-    "group", "label", "beta", "lr", "optimizer", "n_seeds", "ref_win_rate",
-    "peak_win_rate", "peak_sqrt_kl", "peak_fraction", "final_win_rate", "final_win_rate_std",
-    "final_win_rate_se", "final_kl", "final_sqrt_kl", "drop", "over_optimized",
-]
-
-
-# ---------------------------------------------------------------------------------------------------
-# Collecting points
-
-
-def _eval_prompts(root: Path) -> list[str]:
-    return [r["prompt"] for r in read_jsonl(root / "data" / "golden_eval" / "pairs.jsonl")]
-
-
-def _components(samples_path: Path, prompts: list[str]) -> dict:
-    if not samples_path.exists():
-        return {}
-    recs = read_jsonl(samples_path)
-    comps = task.mean_components([prompts[r["prompt_idx"]] for r in recs], [r["response"] for r in recs])
-    comps["length_words"] = comps.pop("length")
-    comps.pop("reward", None)
-    return comps
-
-
-def collect_points(root: str | Path) -> list[dict]:
-    """One row per (finished run, evaluated checkpoint), plus the reference policy at fraction 0."""
-    root = Path(root)
-    prompts = _eval_prompts(root)
-    rows = []
-    for done in sorted(root.glob("runs/*/lab_done.json")):
-        run_dir = done.parent
-        spec = json.loads((run_dir / "lab_spec.json").read_text())
-        ratios = {r["step"]: r for r in read_jsonl(run_dir / "ratios.jsonl")} if (run_dir / "ratios.jsonl").exists() else {}
-        base = {k: spec[k] for k in ("run_id", "method", "label", "group", "beta", "seed", "lr", "optimizer")}
-        base["options"] = json.dumps(spec["options"], sort_keys=True)
-        evals = []
-        for path in (run_dir / "eval").glob("*.json"):
-            if path.name == "reference.json" or path.name.startswith("step-"):
-                evals.append(json.loads(path.read_text()))
-        total = None
-        for e in evals:
-            if e.get("checkpoint"):
-                st = json.loads((Path(e["checkpoint"]) / "trainer_state.json").read_text())
-                total = st.get("total_steps") or total
-        for e in evals:
-            is_ref = e.get("name") == "reference"
-            step = 0 if is_ref else int(e["step"])
-            row = dict(base, step=step, total_steps=total, fraction=(step / total) if total else None,
-                       examples_seen=0 if is_ref else e.get("examples_seen"),
-                       win_rate=e["win_rate"], win_rate_se=e["win_rate_se"], tie_rate=e["tie_rate"],
-                       reward_policy=e["reward_policy"], reward_chosen=e["reward_chosen"],
-                       kl_k1=e["kl_k1"], kl_k3=e["kl_k3"], sqrt_kl=math.sqrt(max(e["kl_k1"], 0.0)),
-                       sqrt_kl_k3=math.sqrt(max(e["kl_k3"], 0.0)), kl_l_median=e["kl"]["l_median"],
-                       mean_length=e["mean_length"], finished_frac=e["finished_frac"])
-            name = "reference" if is_ref else e["name"]
-            row.update(_components(run_dir / "eval" / "samples" / f"{name}.jsonl", prompts))
-            rat = ratios.get(step, {})
-            row.update({k: rat.get(k) for k in ("log_ratio_mean", "weight_mean", "ess", "clip_frac",
-                                                "logps_chosen", "logps_rejected")})
-            row["ratio_mean_log"] = rat.get("ratio_mean_log")
-            rows.append(row)
-    rows.sort(key=lambda r: (r["group"], r["label"], r["beta"], r["lr"], r["optimizer"], r["seed"], r["step"]))
-    return rows
-
-
-TRAIN_FIELDS = ["run_id", "label", "group", "beta", "seed", "lr", "optimizer", "step", "fraction", "loss",
-                "is/weight_mean", "is/ess", "is/clip_frac", "rewards/margins", "logps/chosen", "logps/rejected",
-                "drift/log_ratio_mean", "grad_norm"]
-
-
-def collect_train_metrics(root: str | Path) -> list[dict]:
-    """The trainer's per-step records (metrics.jsonl) of every finished run, the fields of TRAIN_FIELDS."""
-    rows = []
-    for done in sorted(Path(root).glob("runs/*/lab_done.json")):
-        run_dir = done.parent
-        spec = json.loads((run_dir / "lab_spec.json").read_text())
-        total = json.loads((run_dir / "summary.json").read_text()).get("total_steps") or 1
-        for rec in read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True):
-            if "loss" not in rec:
-                continue
-            rows.append({**{k: spec[k] for k in ("run_id", "label", "group", "beta", "seed", "lr", "optimizer")},
-                         "fraction": rec["step"] / total, **{k: rec.get(k) for k in TRAIN_FIELDS[7:] if k != "fraction"}})
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------------
-# Aggregation (pure functions of the points)
-
-
-def _key(r) -> tuple:
-    return (r["group"], r["label"], r["beta"], r["lr"], r["optimizer"])
-
-
-def curves(points: list[dict], field: str) -> dict:
-    """{condition key: (fractions (F,), mean (F,), se over seeds (F,), n_seeds)} for `field`."""
-    by = defaultdict(lambda: defaultdict(list))
-    for r in points:
-        if r[field] is not None and r["fraction"] is not None:
-            by[_key(r)][round(r["fraction"], 6)].append(r[field])
-    out = {}
-    for k, per_f in by.items():
-        fr = np.array(sorted(per_f))
-        vals = [np.asarray(per_f[f], dtype=float) for f in fr]
-        mean = np.array([v.mean() for v in vals])
-        se = np.array([v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
-        out[k] = (fr, mean, se, max(len(v) for v in vals))
-    return out
-
-
-def summarize(points: list[dict], drop_threshold: float) -> list[dict]:
-    """Table 1 analog, one row per condition (method label, beta, lr, optimizer); over seeds:
-    the peak of the MEAN win-rate curve and its sqrt KL; final = last checkpoint (mean, std, se)."""
-    by_run = defaultdict(list)
-    for r in points:
-        by_run[r["run_id"]].append(r)
-    finals = defaultdict(list)
-    refs = defaultdict(list)
-    for rows in by_run.values():
-        rows.sort(key=lambda r: r["step"])
-        finals[_key(rows[-1])].append(rows[-1])
-        refs[_key(rows[0])].append(rows[0]["win_rate"] if rows[0]["step"] == 0 else float("nan"))
-    wr, kl = curves(points, "win_rate"), curves(points, "sqrt_kl")
-    out = []
-    for k, (fr, mean, _se, _n) in wr.items():
-        i = int(np.argmax(mean))
-        f_rows = finals[k]
-        f_wr = np.array([r["win_rate"] for r in f_rows])
-        n = len(f_rows)
-        final_se = f_wr.std(ddof=1) / np.sqrt(n) if n > 1 else f_rows[0]["win_rate_se"]
-        drop = float(mean[i] - f_wr.mean())
-        out.append({
-            "group": k[0], "label": k[1], "beta": k[2], "lr": k[3], "optimizer": k[4], "n_seeds": n,
-            "ref_win_rate": float(np.nanmean(refs[k])),
-            "peak_win_rate": float(mean[i]), "peak_sqrt_kl": float(kl[k][1][i]), "peak_fraction": float(fr[i]),
-            "final_win_rate": float(f_wr.mean()),
-            "final_win_rate_std": float(f_wr.std(ddof=1)) if n > 1 else float("nan"),
-            "final_win_rate_se": float(final_se),
-            "final_kl": float(np.mean([r["kl_k1"] for r in f_rows])),
-            "final_sqrt_kl": float(np.mean([r["sqrt_kl"] for r in f_rows])),
-            "drop": drop, "over_optimized": bool(drop > drop_threshold),
-        })
-    out.sort(key=lambda r: (r["group"], r["optimizer"], r["lr"], r["beta"], r["label"]))
-    return out
+COMPARISON_FIELDS = ["group", "beta", "regime", "is", "base", "n_seeds", "is_final", "base_final", "diff",
+                     "se_seeds", "paired_diff", "paired_se", "n_prompts", "is_final_kl", "base_final_kl", "verdict"]
+STATS_TEXT = (
+    "Per run: peak = the maximum win rate over its checkpoints (biased upwards: a max over noisy points); "
+    "smoothed peak = the maximum of the centred 3-checkpoint moving average (2 at the ends); "
+    f"final = the mean win rate of the last {FINAL_K} checkpoints; final KL = the last checkpoint's k1; "
+    "drop = smoothed peak - final. Each cell is the mean +- se over seeds (std / sqrt(n)); one seed: no se."
+)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,14 +56,18 @@ def _fmt(x, nd=3):
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{nd}f}"
 
 
-def _base_of(label: str) -> str | None:
-    """is-dpo -> dpo; is-dpo[self-norm] -> dpo; non-IS labels -> None."""
-    return label[3:].split("[")[0] if label.startswith("is-") else None
+def _pm(mean, se, nd=3) -> str:
+    """`0.753 +- 0.012`, or `0.753` when the se is undefined (one seed)."""
+    return _fmt(mean, nd) + ("" if se is None or math.isnan(se) else f" +- {se:.{nd}f}")
+
+
+def _seeds(n: int) -> str:
+    return "(1 seed)" if n == 1 else f"({n} seeds)"
 
 
 def findings(summary: list[dict], points: list[dict], drop_threshold: float) -> list[str]:
     lines: list[str] = []
-    main = [s for s in summary if s["group"] == "main"]
+    main = [s for s in summary if s["group"] == "main"] or summary
     if main:
         ref = np.nanmean([s["ref_win_rate"] for s in main])
         lines.append(f"pi_ref's golden win rate against the chosen responses: {_fmt(ref)}.")
@@ -195,117 +75,164 @@ def findings(summary: list[dict], points: list[dict], drop_threshold: float) -> 
         kept = [s for s in main if not s["over_optimized"]]
         if over:
             lines.append(
-                f"Over-optimized (peak minus final win rate > {drop_threshold}): "
-                + ", ".join(f"{s['label']} (beta {s['beta']:g}: peak {_fmt(s['peak_win_rate'])} at sqrt KL "
-                            f"{_fmt(s['peak_sqrt_kl'], 2)}, final {_fmt(s['final_win_rate'])})" for s in over) + "."
+                f"Over-optimized (smoothed peak minus final win rate > {drop_threshold:g}): "
+                + ", ".join(f"{s['name']} (beta {s['beta']:g}: smoothed peak {_pm(s['smoothed_peak'], s['smoothed_peak_se'])}"
+                            f" near sqrt KL {_fmt(s['peak_sqrt_kl'], 2)}, final {_pm(s['final_win_rate'], s['final_win_rate_se'])}"
+                            f" {_seeds(s['n_seeds'])})" for s in over) + "."
             )
         if kept:
             lines.append("Did not over-optimize by that criterion: "
-                         + ", ".join(f"{s['label']} (beta {s['beta']:g}, drop {_fmt(s['drop'])})" for s in kept) + ".")
+                         + ", ".join(f"{s['name']} (beta {s['beta']:g}, drop {_pm(s['drop'], s['drop_se'])} "
+                                     f"{_seeds(s['n_seeds'])})" for s in kept) + ".")
         for beta in sorted({s["beta"] for s in main}):
             at = sorted((s for s in main if s["beta"] == beta), key=lambda s: s["final_kl"])
             lines.append(f"beta {beta:g}: final KL (k1) from lowest to highest: "
-                         + ", ".join(f"{s['label']} {_fmt(s['final_kl'], 2)}" for s in at)
-                         + f"; best final win rate: {max(at, key=lambda s: s['final_win_rate'])['label']}.")
-    lines += is_comparisons(summary)
+                         + ", ".join(f"{s['name']} {_fmt(s['final_kl'], 2)}" for s in at)
+                         + f"; highest final win rate: {max(at, key=lambda s: s['final_win_rate'])['name']}.")
     lines += mechanism(summary, points)
     lines += clip_findings(summary)
-    lines += regime_findings(summary)
     return lines
 
 
-def _se_diff(a: dict, b: dict) -> float:
-    return math.sqrt(a["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)
+def comparison_sentence(c: dict) -> str:
+    s, b = c["is"], c["base"]
+    verdict = {"helped": "IS helped", "hurt": "IS hurt", "untested": "Not testable (no se)"}.get(
+        c["verdict"], "No clear difference")
+    seeds = (f"; over seeds: diff {c['diff']:+.3f}, se {c['se_seeds']:.3f}" if not math.isnan(c["se_seeds"])
+             else " (1 seed)" if c["n_seeds"] == 1 else "")
+    paired = (f"; paired over {c['n_prompts']} prompts: {c['paired_diff']:+.3f}, se {c['paired_se']:.3f}"
+              if c["n_prompts"] else "; no per-prompt records to pair")
+    return (f"{verdict}: {s['name']} vs {b['name']} (beta {s['beta']:g}; {regime_title(s)}): final win rate "
+            f"{_pm(s['final_win_rate'], s['final_win_rate_se'])} vs {_pm(b['final_win_rate'], b['final_win_rate_se'])}"
+            f"{seeds}{paired}; smoothed peak {_fmt(s['smoothed_peak'])} vs {_fmt(b['smoothed_peak'])}; "
+            f"final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)} ({_kl_change(c)}).")
 
 
-def is_comparisons(summary: list[dict]) -> list[str]:
-    """IS-<m> (any IS option) vs <m> at equal (beta, lr, optimizer), outside the clip ablation: final and
-    peak win rate, final KL. "helped"/"hurt" when the final win rates differ by more than 2 standard
-    errors (over seeds; with one seed, the evaluation's over prompts)."""
-    idx = {(s["label"], s["beta"], s["lr"], s["optimizer"]): s for s in summary if s["group"] != "clip"}
-    lines = []
-    lr_main = {s["lr"] for s in summary if s["group"] == "main"}
-    for (label, beta, lr, opt), s in sorted(idx.items(), key=lambda kv: (kv[0][3], kv[0][2], kv[0][1], kv[0][0])):
-        base = _base_of(label)
-        b = idx.get((base, beta, lr, opt)) if base else None
-        if b is None:
-            continue
-        d, se = s["final_win_rate"] - b["final_win_rate"], _se_diff(s, b)
-        verdict = ("helped" if d > 2 * se else "hurt" if d < -2 * se else "made no clear difference (|diff| <= 2 se)")
-        where = f"beta {beta:g}" + ("" if lr in lr_main and opt == "adamw" and len(lr_main) == 1 else f", {opt} lr {lr:g}")
-        lines.append(
-            f"IS {verdict} for {label} vs {base} ({where}): final win rate {_fmt(s['final_win_rate'])} vs "
-            f"{_fmt(b['final_win_rate'])} (diff {d:+.3f}, 2 se = {2 * se:.3f}); peak {_fmt(s['peak_win_rate'])} "
-            f"vs {_fmt(b['peak_win_rate'])}; final KL {_fmt(s['final_kl'], 2)} vs {_fmt(b['final_kl'], 2)}."
-        )
-    return lines
+def mechanism_sentence(name: str, row: dict, m: dict) -> str:
+    """What the IS weights did during one configuration's training, from its per-step metrics."""
+    parts = [f"median ESS {_fmt(m['ess_median'], 3)} (min {_fmt(m['ess_min'], 3)})"]
+    if m["n_below"]:
+        parts.append(f"ESS < 0.1 from {100 * m['ess_below_0.1_at']:.0f}% of training on "
+                     f"({m['n_below']} of {m['n_runs']} runs)")
+    else:
+        parts.append("ESS never below 0.1")
+    parts.append(f"w_max at the clip e^(2 eps) in {100 * m['at_clip_frac']:.0f}% of steps")
+    parts.append(f"mean clipped fraction {_fmt(m['clip_frac_mean'], 3)}")
+    parts.append("top pair's median share of the batch weight "
+                 + (_fmt(m["top_share_median"], 3) if m["top_share_median"] is not None else "not logged in these runs"))
+    return f"{name} (beta {row['beta']:g}; {regime_title(row)}) {_seeds(m['n_runs'])}: " + ", ".join(parts) + "."
 
 
 def mechanism(summary: list[dict], points: list[dict]) -> list[str]:
     """How the over-optimized runs lost reward: the golden reward's components at the peak vs the end."""
     lines = []
     comps = ("coverage", "repeated", "hallucinated", "length_words", "no_eos")
+    runs = by_config(points)
     for s in summary:
         if not s["over_optimized"] or s["group"] != "main":
             continue
-        k = (s["group"], s["label"], s["beta"], s["lr"], s["optimizer"])
-        rows = [r for r in points if _key(r) == k]
-        at_peak = [r for r in rows if abs(r["fraction"] - s["peak_fraction"]) < 1e-6]
-        at_end = [r for r in rows if abs(r["fraction"] - max(x["fraction"] for x in rows)) < 1e-6]
-        if not at_peak or not at_end or at_peak[0].get("coverage") is None:
+        peak, end = [], []
+        for rows in runs[config_key(s)].values():
+            rows = sorted(rows, key=lambda r: r["step"])
+            if rows[0].get("coverage") is None:
+                continue
+            i = int(np.argmax([r["win_rate"] for r in rows]))
+            peak.append(rows[i])
+            end.append(rows[-1])
+        if not peak:
             continue
-        parts = [f"{c} {np.mean([r[c] for r in at_peak]):.2f} -> {np.mean([r[c] for r in at_end]):.2f}" for c in comps]
-        lines.append(f"{s['label']} (beta {s['beta']:g}), peak -> final: " + ", ".join(parts) + ".")
+        parts = [f"{c} {np.mean([r[c] for r in peak]):.2f} -> {np.mean([r[c] for r in end]):.2f}" for c in comps]
+        lines.append(f"{s['name']} (beta {s['beta']:g}), peak -> last checkpoint: " + ", ".join(parts) + ".")
     return lines
 
 
 def clip_findings(summary: list[dict]) -> list[str]:
-    clip = _clip_table(summary)
+    clip = clip_table(summary)
     if len(clip) < 2:
         return []
-    return ["Clip ablation (is-dpo): " + "; ".join(
-        f"eps {e:g}: final win rate {_fmt(s['final_win_rate'])}, final KL {_fmt(s['final_kl'], 2)}"
-        for e, s in clip) + "."]
+    return [f"Clip ablation ({clip[0][1]['method']}, beta {clip[0][1]['beta']:g}): " + "; ".join(
+        f"eps {e:g}: final win rate {_pm(s['final_win_rate'], s['final_win_rate_se'])}, final KL "
+        f"{_fmt(s['final_kl'], 2)} {_seeds(s['n_seeds'])}" for e, s in clip) + "."]
 
 
-def _clip_table(summary):
-    """[(eps, summary row)] for the clip ablation, eps=1 taken from the main grid's is-dpo."""
-    out = []
-    for s in summary:
-        if s["group"] == "clip":
-            out.append((float(s["label"].split("eps=")[1].rstrip("]")), s))
-    if out:
-        beta = out[0][1]["beta"]
-        for s in summary:
-            if s["group"] == "main" and s["label"] == "is-dpo" and s["beta"] == beta:
-                out.append((1.0, s))
-    return sorted(out, key=lambda t: t[0])
+def regimes_section(comparisons: list[dict], mech: dict, summary: list[dict], mech_figs) -> list[str]:
+    """The Regimes section: where IS helped, hurt, made no clear difference; the weights' behaviour."""
+    out = ["## Regimes: where importance sampling helps\n",
+           f"IS-<m> against <m> at the same beta, optimizer, learning rate, schedule, data and steps. `helped` / "
+           f"`hurt` when the final win rates (mean of the last {FINAL_K} checkpoints) differ by more than 2 se both "
+           "in the paired comparison over the same evaluation prompts (per-prompt win rates, averaged over seeds) "
+           "and, with >= 2 seeds on both sides, over seeds; otherwise `no clear difference`.\n"]
+    if not comparisons:
+        out.append("No IS run has a matching base-method run in this folder: nothing to compare.\n")
+    out += [f"- {line}" for line in regime_overview(comparisons)] + ([""] if comparisons else [])
+    for verdict, title in (("helped", "IS helped"), ("hurt", "IS hurt"), ("no clear difference", "No clear difference"),
+                           ("untested", "Not testable")):
+        cs = [c for c in comparisons if c["verdict"] == verdict]
+        if cs:
+            out += [f"**{title}** ({len(cs)} of {len(comparisons)}):\n", *[f"- {comparison_sentence(c)}" for c in cs], ""]
+    if comparisons:
+        out += ["Map (final win rate: base vs IS; smoothed peak -> final; final KL):\n", _regime_map(comparisons)]
+    if mech:
+        names = {config_key(s): (s["name"], s) for s in summary}
+        out += ["**Mechanism** (the trainer's per-step weights of the IS runs, mean over seeds):\n"]
+        out += [f"- {mechanism_sentence(*names[k], m)}" for k, m in sorted(mech.items(), key=lambda kv: str(kv[0]))
+                if k in names]
+        out.append("")
+    for title, path in mech_figs:
+        out += [f"Win rate over optimizer steps next to the IS weights' ESS, w_max, clipped fraction and top-pair "
+                f"share (rolling mean over 2% of the steps), {title}:\n", f"![mechanism](figures/{Path(path).name})\n"]
+    return out
 
 
-def _regime_rows(summary: list[dict]) -> list[dict]:
-    """The regimes comparison: its own runs plus identical conditions run under another preset (e.g. the
-    main grid's DPO / IS-DPO at the same beta and learning rate; runs are shared across presets)."""
-    reg = [s for s in summary if s["group"] == "regimes"]
-    if not reg:
-        return []
-    labels, betas = {s["label"] for s in reg}, {s["beta"] for s in reg}
-    seen = {(s["label"], s["beta"], s["lr"], s["optimizer"]) for s in reg}
-    extra = [s for s in summary if s["group"] == "main" and s["label"] in labels and s["beta"] in betas
-             and (s["label"], s["beta"], s["lr"], s["optimizer"]) not in seen]
-    return reg + extra
+def _kl_change(c: dict) -> str:
+    """IS's final KL relative to the base's, e.g. `-50%`."""
+    b, s = c["base"]["final_kl"], c["is"]["final_kl"]
+    return f"{100 * (s - b) / b:+.0f}%" if b > 0 else "n/a"
 
 
-def regime_findings(summary: list[dict]) -> list[str]:
-    reg = _regime_rows(summary)
+def regime_overview(comparisons: list[dict]) -> list[str]:
+    """The verdicts split by whether the base method over-optimized in that regime, with IS's final KL
+    relative to the base's: where IS helps, in one line each."""
     lines = []
-    for opt in sorted({s["optimizer"] for s in reg}):
-        for lr in sorted({s["lr"] for s in reg if s["optimizer"] == opt}):
-            at = sorted((s for s in reg if s["optimizer"] == opt and s["lr"] == lr), key=lambda s: s["label"])
-            best = max(at, key=lambda s: s["final_win_rate"])
-            lines.append(f"{opt} lr {lr:g}: final win rate " + ", ".join(
-                f"{s['label']} {_fmt(s['final_win_rate'])} (sqrt KL {_fmt(s['final_sqrt_kl'], 2)})" for s in at)
-                + f"; best: {best['label']}.")
+    for over, where in ((True, "where the base method over-optimized"), (False, "where it did not")):
+        cs = [c for c in comparisons if c["base"]["over_optimized"] == over]
+        if not cs:
+            continue
+        count = {v: sum(c["verdict"] == v for c in cs) for v in ("helped", "hurt", "no clear difference", "untested")}
+        one = sum(c["n_seeds"] == 1 for c in cs)
+        kl = [c["is"]["final_kl"] / c["base"]["final_kl"] for c in cs if c["base"]["final_kl"] > 0]
+        lines.append(
+            f"{where.capitalize()} ({len(cs)} comparisons{f', {one} of them on 1 seed' if one else ''}): IS helped "
+            f"{count['helped']}, hurt {count['hurt']}, no clear difference {count['no clear difference']}"
+            + (f", not testable {count['untested']}" if count["untested"] else "")
+            + (f"; IS's final KL was {min(kl):.2f}-{max(kl):.2f} x the base's" if kl else "") + ".")
     return lines
+
+
+def _regime_map(comparisons: list[dict]) -> str:
+    rows = []
+    for c in sorted(comparisons, key=lambda c: (regime_of(c["is"]), c["is"]["beta"], c["is"]["name"])):
+        s, b = c["is"], c["base"]
+        rows.append({"regime": regime_title(s), "beta": s["beta"], "pair": f"{s['name']} vs {b['name']}",
+                     "seeds": c["n_seeds"],
+                     "base": f"{_fmt(b['smoothed_peak'])} -> {_pm(b['final_win_rate'], b['final_win_rate_se'])}",
+                     "is": f"{_fmt(s['smoothed_peak'])} -> {_pm(s['final_win_rate'], s['final_win_rate_se'])}",
+                     "paired": f"{c['paired_diff']:+.3f} +- {c['paired_se']:.3f}" if c["n_prompts"] else "n/a",
+                     "kl": f"{_fmt(b['final_kl'], 2)} / {_fmt(s['final_kl'], 2)}", "verdict": c["verdict"]})
+    return _table(rows, [("regime", "regime", ""), ("beta", "beta", "3"), ("pair", "IS vs base", ""),
+                         ("seeds", "seeds", ""), ("base", "base: sm. peak -> final", ""),
+                         ("is", "IS: sm. peak -> final", ""), ("paired", "paired diff +- se", ""),
+                         ("kl", "final KL base / IS", ""), ("verdict", "verdict", "")])
+
+
+def comparison_rows(comparisons: list[dict]) -> list[dict]:
+    """The comparisons as flat CSV rows."""
+    return [{"group": c["group"], "beta": c["is"]["beta"], "regime": regime_title(c["is"]), "is": c["is"]["name"],
+             "base": c["base"]["name"], "n_seeds": c["n_seeds"], "is_final": c["is"]["final_win_rate"],
+             "base_final": c["base"]["final_win_rate"], "diff": c["diff"], "se_seeds": c["se_seeds"],
+             "paired_diff": c["paired_diff"], "paired_se": c["paired_se"], "n_prompts": c["n_prompts"],
+             "is_final_kl": c["is"]["final_kl"], "base_final_kl": c["base"]["final_kl"], "verdict": c["verdict"]}
+            for c in comparisons]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -313,7 +240,7 @@ def regime_findings(summary: list[dict]) -> list[str]:
 
 
 def gao_fits(points: list[dict]) -> tuple[dict, list[dict]]:
-    """RL-form fit R(d) = d (alpha - beta log d) of (win rate - reference) vs d = sqrt KL, per (method,
+    """RL-form fit R(d) = d (alpha - beta log d) of (win rate - reference) vs d = sqrt KL, per (name,
     beta) of the main grid, through `isdaa.evaluate.fits` (none if that module is unavailable)."""
     try:
         from isdaa.evaluate.fits import fit_gao_rl
@@ -321,8 +248,8 @@ def gao_fits(points: list[dict]) -> tuple[dict, list[dict]]:
         return {}, []
     fits, rows = {}, []
     main = [r for r in points if r["group"] == "main"]
-    for lab, beta in sorted({(r["label"], r["beta"]) for r in main}):
-        rs = [r for r in main if r["label"] == lab and r["beta"] == beta]
+    for lab, beta in sorted({(r["name"], r["beta"]) for r in main}):
+        rs = [r for r in main if r["name"] == lab and r["beta"] == beta]
         r0 = float(np.mean([r["win_rate"] for r in rs if r["step"] == 0] or [0.0]))
         d = np.array([r["sqrt_kl"] for r in rs if r["step"] > 0])
         y = np.array([r["win_rate"] - r0 for r in rs if r["step"] > 0])
@@ -331,11 +258,11 @@ def gao_fits(points: list[dict]) -> tuple[dict, list[dict]]:
         try:
             fit = fit_gao_rl(d, y)
         except Exception as err:  # a degenerate fit is reported, not fatal
-            rows.append({"label": lab, "beta": beta, "error": str(err)})
+            rows.append({"name": lab, "beta": beta, "error": str(err)})
             continue
         alpha, b = _fit_params(fit)
         fits[(lab, beta)] = {"alpha": alpha, "beta": b, "r0": r0}
-        rows.append({"label": lab, "beta": beta, "alpha": alpha, "beta_fit": b, "r0": r0})
+        rows.append({"name": lab, "beta": beta, "alpha": alpha, "beta_fit": b, "r0": r0})
     return fits, rows
 
 
@@ -358,20 +285,41 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
         cells = []
         for key, _title, fmt in cols:
             v = r.get(key)
-            cells.append(_fmt(v, int(fmt)) if isinstance(v, float) else str(v))
+            if isinstance(v, tuple):  # (mean, se)
+                cells.append(_pm(v[0], v[1], int(fmt)))
+            else:
+                cells.append(_fmt(v, int(fmt)) if isinstance(v, float) else str(v))
         body += "| " + " | ".join(cells) + " |\n"
     return head + body
 
 
-TABLE1_COLS = [("label", "method", ""), ("beta", "beta", "3"), ("n_seeds", "seeds", ""),
-               ("peak_win_rate", "peak WR", "3"), ("peak_sqrt_kl", "sqrt KL at peak", "2"),
-               ("peak_fraction", "peak at", "2"), ("final_win_rate", "final WR", "3"),
-               ("final_win_rate_std", "final WR std", "3"), ("final_kl", "final KL", "2"),
-               ("drop", "drop", "3")]
+TABLE1_COLS = [("name", "method", ""), ("beta", "beta", "3"), ("n_seeds", "seeds", ""),
+               ("peak", "peak WR", "3"), ("smoothed", "smoothed peak", "3"),
+               ("peak_sqrt_kl", "sqrt KL at peak", "2"), ("peak_fraction", "peak at", "2"),
+               ("final", "final WR", "3"), ("final_kl_pm", "final KL", "2"), ("drop_pm", "drop", "3")]
+GROUP_COLS = [("group", "group", ""), ("optimizer", "optimizer", ""), ("lr", "lr", "6"), ("scheduler", "schedule", ""),
+              ("warmup_ratio", "warmup", "3"), ("n_pairs", "pairs", ""), ("steps", "steps", ""), ("runs", "runs", "")]
+
+
+def _table1_rows(rows: list[dict]) -> list[dict]:
+    return [dict(s, peak=(s["peak_win_rate"], s["peak_win_rate_se"]),
+                 smoothed=(s["smoothed_peak"], s["smoothed_peak_se"]),
+                 final=(s["final_win_rate"], s["final_win_rate_se"]), final_kl_pm=(s["final_kl"], s["final_kl_se"]),
+                 drop_pm=(s["drop"], s["drop_se"])) for s in rows]
+
+
+def training_groups(summary: list[dict]) -> list[dict]:
+    """How each group's runs were stepped: one row per (group, regime) with the number of runs."""
+    out: dict = {}
+    for s in summary:
+        key = (s["group"],) + tuple("" if v is None else v for v in regime_of(s))
+        row = out.setdefault(key, dict(s, n_pairs="all" if s["n_pairs"] is None else s["n_pairs"], runs=0))
+        row["runs"] += s["n_seeds"]
+    return [out[k] for k in sorted(out, key=str)]
 
 
 def write_report(root: str | Path, preset=None) -> dict:
-    """Write DIR/report.md, DIR/figures/*.png, DIR/csv/*.csv; return paths and the 5-line summary."""
+    """Write DIR/report.md, DIR/figures/*.png, DIR/csv/*.csv; return paths and the summary lines."""
     root = Path(root)
     lab = json.loads((root / "lab.json").read_text())
     p = lab["preset"]
@@ -379,12 +327,16 @@ def write_report(root: str | Path, preset=None) -> dict:
     points = collect_points(root)
     train_rows = collect_train_metrics(root)
     summary = summarize(points, threshold)
+    attach_final_steps(summary, points)
+    comparisons = is_comparisons(summary, collect_per_prompt(root))
+    mech = mechanism_stats(train_rows)
     _fits, fit_rows = gao_fits(points)
     csv_dir, fig_dir = root / "csv", root / "figures"
     atomic_write_csv(csv_dir / "points.csv", points, POINT_FIELDS)
     atomic_write_csv(csv_dir / "summary.csv", summary, SUMMARY_FIELDS)
     atomic_write_csv(csv_dir / "train_metrics.csv", train_rows, TRAIN_FIELDS)
-    atomic_write_csv(csv_dir / "gao_fits.csv", fit_rows, ["label", "beta", "alpha", "beta_fit", "r0", "error"])
+    atomic_write_csv(csv_dir / "is_comparisons.csv", comparison_rows(comparisons), COMPARISON_FIELDS)
+    atomic_write_csv(csv_dir / "gao_fits.csv", fit_rows, ["name", "beta", "alpha", "beta_fit", "r0", "error"])
     for run_cfg in root.glob("runs/*/config.yaml"):
         (root / "configs").mkdir(exist_ok=True)
         atomic_write_text(root / "configs" / f"{run_cfg.parent.name}.yaml", run_cfg.read_text())
@@ -398,31 +350,41 @@ def write_report(root: str | Path, preset=None) -> dict:
         "components": f.fig_components(points, fig_dir),
         "regimes": f.fig_regimes(summary, fig_dir),
     }
+    mech_figs = f.fig_mechanism(points, train_rows, fig_dir)
     found = findings(summary, points, threshold)
     label_stats = _read_marker(root, "label")
-    five = five_lines(summary, label_stats, threshold)
-    md = _markdown(lab, summary, found, figs, label_stats, threshold, five, examples_table(root, summary, points))
+    five = five_lines(summary, label_stats, threshold, comparisons)
+    regimes = regimes_section(comparisons, mech, summary, mech_figs) if summary else []
+    drift_md = ""
+    if summary:  # issue 14's golden-free drift alarm: its own section, CSVs and figures
+        from isdaa.lab.drift import drift_section
+
+        drift_md = drift_section(root)[0]
+    md = _markdown(lab, summary, found, figs, label_stats, threshold, five, examples_table(root, summary, points),
+                   regimes, drift_md)
     atomic_write_text(root / "report.md", md)
-    atomic_write_json(root / "csv" / "findings.json", {"findings": found, "summary_lines": five})
+    atomic_write_json(root / "csv" / "findings.json",
+                      {"findings": found, "summary_lines": five,
+                       "comparisons": [comparison_sentence(c) for c in comparisons]})
     return {"report": str(root / "report.md"), "summary_lines": five, "n_points": len(points),
             "n_runs": len({r["run_id"] for r in points})}
 
 
 def examples_table(root: Path, summary: list[dict], points: list[dict], n: int = 5) -> str:
-    """Responses of the run with the largest peak-to-final drop, for the first `n` evaluation prompts:
-    pi_ref, the peak checkpoint, the final checkpoint (first sample each, with its golden reward)."""
-    main = [s for s in summary if s["group"] == "main" and s["label"] != "online-dpo"]
+    """Responses of the configuration with the largest drop (its lowest seed), for the first `n`
+    evaluation prompts: pi_ref, the peak checkpoint, the last checkpoint (first sample each, with its
+    golden reward)."""
+    main = [s for s in summary if s["group"] == "main" and s["method"] != "online-dpo"] or \
+        [s for s in summary if s["method"] != "online-dpo"]
     if not main:
         return ""
     worst = max(main, key=lambda s: s["drop"])
-    k = (worst["group"], worst["label"], worst["beta"], worst["lr"], worst["optimizer"])
-    rows = sorted((r for r in points if _key(r) == k and r["seed"] == min(x["seed"] for x in points if _key(x) == k)),
-                  key=lambda r: r["step"])
-    if not rows:
-        return ""
-    peak = min(rows, key=lambda r: abs(r["fraction"] - worst["peak_fraction"]))
+    runs = by_config(points)[config_key(worst)]
+    rows = sorted(min(runs.values(), key=lambda rs: rs[0]["seed"]), key=lambda r: r["step"])
+    stats = run_stats(rows)
+    peak = next(r for r in rows if r["win_rate"] == stats["peak"])
     final = rows[-1]
-    prompts = _eval_prompts(root)
+    prompts = eval_prompts(root)
     run_dir = root / "runs" / rows[0]["run_id"] / "eval" / "samples"
 
     def first(step):
@@ -432,9 +394,10 @@ def examples_table(root: Path, summary: list[dict], points: list[dict], n: int =
             out.setdefault(rec["prompt_idx"], rec)
         return out
 
-    cols = [(0, "pi_ref"), (peak["step"], f"peak (step {peak['step']})"), (final["step"], f"final (step {final['step']})")]
+    cols = [(0, "pi_ref"), (peak["step"], f"peak (step {peak['step']})"), (final["step"], f"last (step {final['step']})")]
     samples = [first(step) for step, _ in cols]
-    lines = [f"Run `{rows[0]['run_id']}` (the largest drop), first sample per prompt, golden reward in brackets:\n",
+    lines = [f"Run `{rows[0]['run_id']}` ({worst['name']}, beta {worst['beta']:g}: the largest drop), first sample "
+             "per prompt, golden reward in brackets:\n",
              "| prompt | keys | " + " | ".join(t for _, t in cols) + " |", "|---|---|" + "---|" * len(cols)]
     for i in range(min(n, len(prompts))):
         cells = []
@@ -450,36 +413,45 @@ def _read_marker(root: Path, stage: str) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def five_lines(summary: list[dict], label_stats: dict, threshold: float) -> list[str]:
-    main = [s for s in summary if s["group"] == "main"]
-    if not main:
-        return ["no finished runs"] + [""] * 4
-    ref = float(np.nanmean([s["ref_win_rate"] for s in main]))
-    best_peak = max(main, key=lambda s: s["peak_win_rate"])
-    best_final = max(main, key=lambda s: s["final_win_rate"])
-    over = [f"{s['label']}@{s['beta']:g}" for s in main if s["over_optimized"]]
-    is_lines = is_comparisons(main)
-    helped = sum(line.startswith("IS helped") for line in is_lines)
-    hurt = sum(line.startswith("IS hurt") for line in is_lines)
+def five_lines(summary: list[dict], label_stats: dict, threshold: float, comparisons=None) -> list[str]:
+    """The report's (and the CLI's) summary: the main grid's, or every group's when there is no main grid
+    (e.g. the regimes preset); one line when no run has finished."""
+    rows = [s for s in summary if s["group"] == "main"] or summary
+    if not rows:
+        return ["no finished runs"]
+    comparisons = is_comparisons(summary) if comparisons is None else comparisons
+    ref = float(np.nanmean([s["ref_win_rate"] for s in rows]))
+    best_peak = max(rows, key=lambda s: s["smoothed_peak"])
+    best_final = max(rows, key=lambda s: s["final_win_rate"])
+    over = [f"{s['name']}@{s['beta']:g}" for s in rows if s["over_optimized"]]
+    count = {v: sum(c["verdict"] == v for c in comparisons)
+             for v in ("helped", "hurt", "no clear difference", "untested")}
+    seeds = sorted({s["n_seeds"] for s in rows})
     return [
-        f"pi_ref win rate {ref:.3f}; D_golden {label_stats.get('train', {}).get('n_pairs', '?')} pairs",
-        f"best peak: {best_peak['label']} beta {best_peak['beta']:g}: {best_peak['peak_win_rate']:.3f} "
-        f"at sqrt KL {best_peak['peak_sqrt_kl']:.2f}",
-        f"best final: {best_final['label']} beta {best_final['beta']:g}: {best_final['final_win_rate']:.3f} "
-        f"(KL {best_final['final_kl']:.2f})",
-        f"over-optimized (drop > {threshold:g}): {', '.join(over) if over else 'none'}",
-        f"IS vs base method: helped {helped}, hurt {hurt}, no clear difference {len(is_lines) - helped - hurt} "
-        f"(of {len(is_lines)} comparisons)",
+        f"pi_ref win rate {ref:.3f}; D_golden {label_stats.get('train', {}).get('n_pairs', '?')} pairs; "
+        f"{len(rows)} configurations x {'/'.join(map(str, seeds))} seed(s)",
+        f"best smoothed peak: {best_peak['name']} beta {best_peak['beta']:g}: "
+        f"{_pm(best_peak['smoothed_peak'], best_peak['smoothed_peak_se'])} near sqrt KL {best_peak['peak_sqrt_kl']:.2f}",
+        f"best final: {best_final['name']} beta {best_final['beta']:g}: "
+        f"{_pm(best_final['final_win_rate'], best_final['final_win_rate_se'])} (KL {best_final['final_kl']:.2f})",
+        f"over-optimized (smoothed peak - final > {threshold:g}): {', '.join(over) if over else 'none'}",
+        f"IS vs base method: helped {count['helped']}, hurt {count['hurt']}, no clear difference "
+        f"{count['no clear difference']}" + (f", not testable {count['untested']}" if count["untested"] else "")
+        + f" (of {len(comparisons)} comparisons)",
     ]
 
 
-def _optimizers(p) -> str:
-    """The optimizers and learning rates of the preset's runs, e.g. `adamw lr 0.002`."""
-    pairs = sorted({(r["optimizer"], r["lr"]) for r in p["runs"]})
-    return ", ".join(f"{o} lr {lr:g}" for o, lr in pairs)
+def _learning_rate_text(summary: list[dict]) -> str:
+    """How the learning rate was chosen (presets.CALIBRATION), when the runs use PAPER_LR."""
+    from isdaa.lab.presets import CALIBRATION, CALIBRATION_LRS, PAPER_LR
+
+    if not any(math.isclose(s["lr"], PAPER_LR) for s in summary):
+        return ""
+    return (f" Learning rate {PAPER_LR:g}: "
+            + CALIBRATION.format(lrs=", ".join(f"{lr:g}" for lr in CALIBRATION_LRS)) + ".")
 
 
-def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples="") -> str:
+def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples="", regimes=(), drift_md="") -> str:
     p, env = lab["preset"], lab["environment"]
     ev = p["evaluation"]
     out = [f"# isdaa lab report: preset `{p['name']}`\n",
@@ -501,32 +473,38 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
            f"{label_stats.get('dropped_pairs', {}).get('identical', 0)} of two identical responses, "
            f"{label_stats.get('dropped_pairs', {}).get('not_reproducible', 0)} whose text does not reproduce the "
            f"sampled tokens.",
-           f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs, {_optimizers(p)}, "
-           f"{p['scheduler']} learning rate after a linear warmup over {p['warmup_ratio']:g} of the steps "
-           f"(the same for every method; chosen when the environment was designed, where a cosine decay damped DPO's decline within 2 epochs), "
-           f"checkpoints at fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.",
+           f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs (the same for every method); checkpoints at "
+           f"fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.{_learning_rate_text(summary)} "
+           "How each group's runs were stepped:\n",
+           _table(training_groups(summary), GROUP_COLS) if summary else "",
            f"- Evaluation per checkpoint: {ev['n_prompts']} held-out prompts x {ev['n_samples']} samples at "
            f"T={ev['temperature']}, top-p {ev['top_p']} against the held-out split's chosen responses (ties count "
            f"1/2); KL(pi_theta||pi_ref) from {ev['n_kl_samples']} separate T=1 samples per prompt (k1 plotted, k3 "
            f"in the CSV); importance ratios on {ev['n_ratio_pairs']} training pairs.",
            ""]
+    if not summary:  # the summary says "no finished runs", once
+        return "\n".join(out)
     out += ["## Findings (generated from the numbers)\n", *[f"- {f}" for f in found], ""]
+    out += list(regimes)
     main = [s for s in summary if s["group"] == "main"]
     if main:
-        out += ["## Table 1 analog\n",
-                f"Peak = maximum of the seed-mean win-rate curve; drop = peak - final; over-optimized when "
-                f"drop > {threshold:g}.\n", _table(main, TABLE1_COLS)]
-    other = [s for s in summary if s["group"] != "main"]
-    if other:
-        out += ["## Ablations\n", _table(other, [("group", "group", ""), ("optimizer", "opt", ""),
-                                                  ("lr", "lr", "4")] + TABLE1_COLS)]
+        out += ["## Table 1 analog\n", f"{STATS_TEXT} Over-optimized when drop > {threshold:g}.\n",
+                _table(_table1_rows(main), TABLE1_COLS)]
+    for group in sorted({s["group"] for s in summary} - {"main"}):  # clip, regimes, calibrate, ...
+        rows = [s for s in summary if s["group"] == group]
+        out += [f"## Group `{group}`\n", ("" if main else STATS_TEXT + "\n"),
+                _table(_table1_rows(rows), [("optimizer", "opt", ""), ("lr", "lr", "6"), ("steps", "steps", "")]
+                       + TABLE1_COLS)]
+        main = main or rows  # the statistics are explained once
+    if drift_md:
+        out += [drift_md.rstrip() + "\n"]
     captions = {
         "fig3": "Figure 3 analog: golden win rate vs sqrt KL, one point per checkpoint; lines: Gao RL-form fits.",
         "fig4": "Figure 4 analog: win rate and sqrt KL over training (mean +- se over seeds).",
-        "fig5": "Figure 5 analog: clip ablation of IS-DPO.",
+        "fig5": "Figure 5 analog: clip ablation of IS-DPO (final = mean of the last 2 checkpoints, +- se over seeds).",
         "fig6": "Figure 6 analog: importance ratio of the training pairs under the policy, and the ESS of the clipped weights.",
         "components": "The golden reward's components over training: how the policies over-optimize.",
-        "regimes": "Regimes: final win rate and sqrt KL vs learning rate, Adam and SGD.",
+        "regimes": "Regimes: final win rate and sqrt KL vs learning rate, Adam and SGD (mean +- se over seeds).",
     }
     if examples:
         out += ["## What the policies write\n", examples]
@@ -536,8 +514,8 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
             out += [f"{captions[name]}\n", f"![{name}](figures/{Path(path).name})\n"]
     out += ["## Files\n",
             "- `csv/points.csv`: every evaluated checkpoint (all raw numbers); `csv/summary.csv`: the tables; "
-            "`csv/train_metrics.csv`: the trainer's per-step metrics; "
-            "`csv/gao_fits.csv`; `csv/findings.json`.",
+            "`csv/is_comparisons.csv`: IS vs base; `csv/train_metrics.csv`: the trainer's per-step metrics; "
+            "`csv/gao_fits.csv`; `csv/findings.json`; `csv/drift_*.csv`: the drift alarm's analysis.",
             "- `configs/<run>.yaml`: every run's resolved config; `lab.json`: the preset; "
             "`task/definition.json`: the environment.", ""]
     return "\n".join(out)

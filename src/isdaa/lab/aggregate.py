@@ -1,0 +1,487 @@
+"""The lab's numbers, aggregated from its saved results (read by isdaa.lab.report and isdaa.lab.figures;
+never the trainer).
+
+A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
+optimizer, options, group, n_pairs, scheduler, warmup_ratio, plus its number of optimizer steps
+(summary.json `total_steps`). A configuration is the tuple of every column except seed / run_id / label
+(`CONFIG_COLUMNS`): runs that differ in anything but the seed are never averaged together.
+
+Per run (checkpoints ordered by step, pi_ref at step 0 included):
+  peak            max win rate over the checkpoints (biased upwards: a max over noisy points)
+  smoothed peak   max of the centred 3-checkpoint moving average (2 points at the ends)
+  final           mean win rate of the last FINAL_K = 2 trained checkpoints; final KL = the last one's
+  drop            smoothed peak - final (>= 0); over-optimized when the seed mean exceeds a threshold
+Per configuration: mean and se over seeds (std ddof=1 / sqrt(n); NaN with one seed).
+IS vs base (same columns but the method and the IS options): the difference of the seed means with its
+se over seeds, and a paired difference over the same evaluation prompts (each prompt's final win rate,
+averaged over seeds, from the evaluator's per-prompt records) with its se over prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from isdaa.io import read_jsonl
+from isdaa.lab import task
+from isdaa.losses import IS_OPTIONS, METHODS, OPTION_DEFAULTS
+
+CONFIG_COLUMNS = ("group", "method", "beta", "lr", "optimizer", "options", "n_pairs", "scheduler",
+                  "warmup_ratio", "steps")
+RUN_COLUMNS = ("run_id", "label", "seed") + CONFIG_COLUMNS
+FINAL_K = 2
+SMOOTH = 3  # checkpoints in the centred moving average of the smoothed peak
+MECHANISM_FIELDS = ("is/ess", "is/weight_max", "is/clip_frac", "is/top_share")
+
+POINT_FIELDS = [
+    *RUN_COLUMNS, "name", "step", "fraction", "examples_seen",
+    "win_rate", "win_rate_se", "tie_rate", "reward_policy", "reward_chosen",
+    "kl_k1", "kl_k3", "sqrt_kl", "sqrt_kl_k3", "kl_l_median", "mean_length", "finished_frac",
+    "coverage", "hallucinated", "repeated", "beyond", "no_eos", "length_words",
+    "log_ratio_mean", "ratio_mean_log", "weight_mean", "ess", "clip_frac", "logps_chosen", "logps_rejected",
+]
+SUMMARY_FIELDS = [
+    "name", *CONFIG_COLUMNS, "n_seeds", "ref_win_rate",
+    "peak_win_rate", "peak_win_rate_se", "smoothed_peak", "smoothed_peak_se", "peak_sqrt_kl", "peak_fraction",
+    "final_win_rate", "final_win_rate_se", "final_win_rate_std", "final_kl", "final_kl_se", "final_sqrt_kl",
+    "drop", "drop_se", "over_optimized",
+]
+TRAIN_FIELDS = [*RUN_COLUMNS, "name", "step", "fraction", "loss", "is/weight_mean", *MECHANISM_FIELDS,
+                "rewards/margins", "logps/chosen", "logps/rejected", "drift/log_ratio_mean", "grad_norm"]
+
+
+def base_method(method: str) -> str | None:
+    """The base loss of an importance-weighted method (is-dpo -> dpo); None for the others."""
+    m = METHODS.get(method)
+    return method[3:] if m is not None and m.importance_weighted else None
+
+
+def config_key(row: dict) -> tuple:
+    return tuple(row[c] for c in CONFIG_COLUMNS)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading runs
+
+
+def _finished_runs(root: Path) -> list[Path]:
+    return [done.parent for done in sorted(root.glob("runs/*/lab_done.json"))]
+
+
+def read_run(run_dir: Path) -> dict:
+    """The run's RUN_COLUMNS. Absent optional fields default (n_pairs None = all pairs; scheduler /
+    warmup_ratio None = the run's resolved config.yaml; steps: lab_spec.json's, else lab_done.json's, else
+    summary.json's total_steps)."""
+    path = run_dir / "lab_spec.json"
+    spec = json.loads(path.read_text())
+    missing = [k for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer") if k not in spec]
+    if missing:
+        raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
+    optim = {}
+    if (spec.get("scheduler") is None or spec.get("warmup_ratio") is None) and (run_dir / "config.yaml").exists():
+        optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim") or {}
+    steps = spec.get("steps")
+    if steps is None and (run_dir / "lab_done.json").exists():
+        steps = json.loads((run_dir / "lab_done.json").read_text()).get("steps")
+    if steps is None and (run_dir / "summary.json").exists():
+        steps = json.loads((run_dir / "summary.json").read_text()).get("total_steps")
+    row = {k: spec[k] for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer")}
+    row.update(options=json.dumps(spec.get("options") or {}, sort_keys=True), n_pairs=spec.get("n_pairs"),
+               scheduler=spec.get("scheduler") or optim.get("scheduler"),
+               warmup_ratio=spec.get("warmup_ratio") if spec.get("warmup_ratio") is not None
+               else optim.get("warmup_ratio"),
+               steps=int(steps) if steps is not None else None)
+    return row
+
+
+def eval_prompts(root: Path) -> list[str]:
+    return [r["prompt"] for r in read_jsonl(root / "data" / "golden_eval" / "pairs.jsonl")]
+
+
+def _components(samples_path: Path, prompts: list[str]) -> dict:
+    if not samples_path.exists():
+        return {}
+    recs = read_jsonl(samples_path)
+    comps = task.mean_components([prompts[r["prompt_idx"]] for r in recs], [r["response"] for r in recs])
+    comps["length_words"] = comps.pop("length")
+    comps.pop("reward", None)
+    return comps
+
+
+def _evals(run_dir: Path) -> list[dict]:
+    """The evaluator's per-checkpoint records (reference.json = step 0), by step."""
+    out = []
+    for path in (run_dir / "eval").glob("*.json"):
+        if path.name == "reference.json" or path.name.startswith("step-"):
+            e = json.loads(path.read_text())
+            e["_step"] = 0 if e.get("name") == "reference" else int(e["step"])
+            e["_path"] = path
+            out.append(e)
+    return sorted(out, key=lambda e: e["_step"])
+
+
+def collect_points(root: str | Path) -> list[dict]:
+    """One row per (finished run, evaluated checkpoint), the reference policy at step 0 included."""
+    root = Path(root)
+    prompts = eval_prompts(root)
+    rows = []
+    for run_dir in _finished_runs(root):
+        base = read_run(run_dir)
+        ratios = {r["step"]: r for r in read_jsonl(run_dir / "ratios.jsonl")} if (run_dir / "ratios.jsonl").exists() else {}
+        total = base["steps"]
+        for e in _evals(run_dir):
+            step = e["_step"]
+            row = dict(base, step=step, fraction=(step / total) if total else None,
+                       examples_seen=0 if step == 0 else e.get("examples_seen"),
+                       win_rate=e["win_rate"], win_rate_se=e["win_rate_se"], tie_rate=e["tie_rate"],
+                       reward_policy=e["reward_policy"], reward_chosen=e["reward_chosen"],
+                       kl_k1=e["kl_k1"], kl_k3=e["kl_k3"], sqrt_kl=math.sqrt(max(e["kl_k1"], 0.0)),
+                       sqrt_kl_k3=math.sqrt(max(e["kl_k3"], 0.0)), kl_l_median=e["kl"]["l_median"],
+                       mean_length=e["mean_length"], finished_frac=e["finished_frac"])
+            name = "reference" if step == 0 else e["name"]
+            row.update(_components(run_dir / "eval" / "samples" / f"{name}.jsonl", prompts))
+            rat = ratios.get(step, {})
+            row.update({k: rat.get(k) for k in ("log_ratio_mean", "ratio_mean_log", "weight_mean", "ess",
+                                                "clip_frac", "logps_chosen", "logps_rejected")})
+            rows.append(row)
+    _attach_names(rows)
+    rows.sort(key=lambda r: (r["group"], r["name"], r["beta"], r["seed"], r["step"]))
+    return rows
+
+
+def collect_per_prompt(root: str | Path) -> dict[tuple[str, int], np.ndarray]:
+    """{(run_id, step): (N,) per-prompt win rates} from the evaluator's records (`per_prompt.win`: the
+    mean over a prompt's samples of 1[r* > r*(chosen)] + 1/2 1[=]; prompt i is the i-th eval prompt)."""
+    out = {}
+    for run_dir in _finished_runs(Path(root)):
+        for e in _evals(run_dir):
+            win = (e.get("per_prompt") or {}).get("win")
+            if win is not None:
+                out[(run_dir.name, e["_step"])] = np.asarray(win, dtype=float)
+    return out
+
+
+def collect_train_metrics(root: str | Path) -> list[dict]:
+    """The trainer's per-step records (metrics.jsonl) of every finished run, the fields of TRAIN_FIELDS
+    (`is/top_share` is absent in runs older than its metric: None)."""
+    rows, runs = [], []
+    for run_dir in _finished_runs(Path(root)):
+        base = read_run(run_dir)
+        runs.append(base)
+        total = base["steps"] or 1
+        for rec in read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True):
+            if "loss" not in rec:
+                continue
+            rows.append({**base, "fraction": rec["step"] / total,
+                         **{k: rec.get(k) for k in TRAIN_FIELDS[len(RUN_COLUMNS) + 1:] if k != "fraction"}})
+    _attach_names(rows, runs)  # the names of the points: from every finished run, logged or not
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------------
+# Display names
+
+
+def _option_tags(options_json: str) -> list[str]:
+    tags = []
+    for k, v in sorted(json.loads(options_json).items()):
+        if k == "is_clip":
+            tags.append(f"eps={v:g}")
+        elif k == "is_self_normalize":
+            tags.append("self-norm" if v else "no self-norm")
+        elif k == "is_length_normalize":
+            tags.append("len-norm" if v else "no len-norm")
+        else:
+            tags.append(f"{k}={v}")
+    return tags
+
+
+def short_name(row: dict) -> str:
+    """The method and its options, e.g. `is-dpo [self-norm]` (legends where the regime is in the title)."""
+    tags = _option_tags(row["options"])
+    return row["method"] + (f" [{', '.join(tags)}]" if tags else "")
+
+
+def display_names(rows: list[dict], omit: tuple[str, ...] = ()) -> dict[tuple, str]:
+    """{config key: name}: the method, its options in brackets, then each column (optimizer, lr,
+    scheduler, warmup, n_pairs, steps) that varies among `rows`' configurations, e.g. `dpo lr=1e-4`,
+    `is-dpo [self-norm]`, `dpo (114 steps)`; columns in `omit` are left out (a figure's axis). beta and
+    group are shown by the tables / panels."""
+    keys = {config_key(r): r for r in rows}
+    varies = [c for c in ("optimizer", "lr", "scheduler", "warmup_ratio", "n_pairs", "steps")
+              if c not in omit and len({r[c] for r in keys.values()}) > 1]
+
+    def names(cols):
+        return {k: short_name(r) + "".join(_name_part(c, r[c]) for c in cols) for k, r in keys.items()}
+
+    def n_distinct(cols):
+        named = names(cols)
+        return len({(r["beta"], named[k]) for k, r in keys.items()})
+
+    # columns that co-vary with another (n_pairs with steps, a schedule with its regime) are left out
+    # when no two names merge without them: `dpo (114 steps)`, not `dpo constant 3700 pairs (114 steps)`
+    for c in ("n_pairs", "warmup_ratio", "scheduler"):
+        if c in varies and n_distinct([v for v in varies if v != c]) == n_distinct(varies):
+            varies.remove(c)
+    return names(varies)
+
+
+def _name_part(column: str, value) -> str:
+    if column == "lr":
+        return f" lr={value:g}"
+    if column == "warmup_ratio":
+        return f" warmup={value:g}" if value is not None else " warmup=?"
+    if column == "n_pairs":
+        return f" {value if value is not None else 'all'} pairs"
+    if column == "steps":
+        return f" ({value} steps)"
+    return f" {value}"  # optimizer, scheduler
+
+
+def _attach_names(rows: list[dict], universe: list[dict] | None = None) -> None:
+    """Names per group of `universe` (default: the rows): a column varying in another group does not
+    lengthen this group's names."""
+    by_group = defaultdict(list)
+    for r in rows if universe is None else universe:
+        by_group[r["group"]].append(r)
+    names = {}
+    for group_rows in by_group.values():
+        names.update(display_names(group_rows))
+    for r in rows:
+        r["name"] = names[config_key(r)]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Statistics (pure functions of the rows)
+
+
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error over seeds (std ddof=1 / sqrt(n)); se NaN for one value."""
+    v = np.asarray(list(values), dtype=float)
+    if v.size == 0:
+        return float("nan"), float("nan")
+    return float(v.mean()), float(v.std(ddof=1) / math.sqrt(v.size)) if v.size > 1 else float("nan")
+
+
+def smoothed(values) -> np.ndarray:
+    """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends)."""
+    x, h = np.asarray(values, dtype=float), SMOOTH // 2
+    return np.array([x[max(0, i - h): i + h + 1].mean() for i in range(len(x))])
+
+
+def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
+    """One run's statistics from its checkpoints (any order): peak, smoothed peak, final (mean of the
+    last k trained checkpoints), final KL (the last checkpoint's), drop = smoothed peak - final."""
+    rows = sorted(rows, key=lambda r: r["step"])
+    wr = np.array([r["win_rate"] for r in rows], dtype=float)
+    trained = [r for r in rows if r["step"] > 0] or rows
+    i = int(np.argmax(wr))
+    final = float(np.mean([r["win_rate"] for r in trained[-k:]]))
+    sm = float(smoothed(wr).max())
+    return {"peak": float(wr[i]), "peak_sqrt_kl": rows[i]["sqrt_kl"], "peak_fraction": rows[i]["fraction"],
+            "smoothed_peak": sm, "final": final, "final_kl": trained[-1]["kl_k1"],
+            "final_sqrt_kl": trained[-1]["sqrt_kl"], "drop": sm - final,
+            "ref": rows[0]["win_rate"] if rows[0]["step"] == 0 else float("nan"),
+            "final_steps": [r["step"] for r in trained[-k:]]}
+
+
+def curves(points: list[dict], field: str, x: str = "fraction") -> dict:
+    """{config key: (x (F,), mean (F,), se over seeds (F,) (0 with one seed), n_seeds)} for `field`."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in points:
+        if r.get(field) is not None and r.get(x) is not None:
+            by[config_key(r)][round(r[x], 6)].append(r[field])
+    out = {}
+    for key, per_x in by.items():
+        xs = np.array(sorted(per_x))
+        vals = [np.asarray(per_x[v], dtype=float) for v in xs]
+        mean = np.array([v.mean() for v in vals])
+        se = np.array([v.std(ddof=1) / np.sqrt(len(v)) if len(v) > 1 else 0.0 for v in vals])
+        out[key] = (xs, mean, se, max(len(v) for v in vals))
+    return out
+
+
+def by_config(points: list[dict]) -> dict[tuple, dict[str, list[dict]]]:
+    """{config key: {run_id: that run's rows}}."""
+    out: dict = defaultdict(lambda: defaultdict(list))
+    for r in points:
+        out[config_key(r)][r["run_id"]].append(r)
+    return out
+
+
+def summarize(points: list[dict], drop_threshold: float, k: int = FINAL_K) -> list[dict]:
+    """Table 1 analog, one row per configuration: mean and se over seeds of each run's statistics."""
+    out = []
+    for runs in by_config(points).values():
+        stats = [run_stats(rows, k) for rows in runs.values()]
+        first = next(iter(runs.values()))[0]
+        row = {c: first[c] for c in CONFIG_COLUMNS}
+        row.update(name=first["name"], n_seeds=len(stats), ref_win_rate=float(np.nanmean([s["ref"] for s in stats])))
+        for field, stat in (("peak_win_rate", "peak"), ("smoothed_peak", "smoothed_peak"),
+                            ("final_win_rate", "final"), ("final_kl", "final_kl"), ("drop", "drop")):
+            row[field], row[f"{field}_se"] = mean_se(s[stat] for s in stats)
+        row["final_win_rate_std"] = row["final_win_rate_se"] * math.sqrt(len(stats))
+        row["peak_sqrt_kl"] = float(np.mean([s["peak_sqrt_kl"] for s in stats]))
+        row["peak_fraction"] = float(np.mean([s["peak_fraction"] or 0.0 for s in stats]))
+        row["final_sqrt_kl"] = float(np.mean([s["final_sqrt_kl"] for s in stats]))
+        row["over_optimized"] = bool(row["drop"] > drop_threshold)
+        out.append(row)
+    out.sort(key=lambda r: (r["group"], r["optimizer"], r["lr"], r["steps"] or 0, r["beta"], r["name"]))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# IS vs base
+
+
+def _base_options(options_json: str) -> str:
+    return json.dumps({k: v for k, v in json.loads(options_json).items() if k not in IS_OPTIONS}, sort_keys=True)
+
+
+def _base_row(s: dict, summary: list[dict]) -> dict | None:
+    """The base method's configuration matching IS row `s` in every column but method and IS options;
+    the same group first, then any group but the clip ablation (runs are shared across presets)."""
+    want = dict(s, method=base_method(s["method"]), options=_base_options(s["options"]))
+    match = [b for b in summary if all(b[c] == want[c] for c in CONFIG_COLUMNS if c != "group")
+             and b["group"] != "clip"]
+    same = [b for b in match if b["group"] == s["group"]]
+    return (same or match or [None])[0]
+
+
+def paired_final(a: dict, b: dict, per_prompt: dict, k: int = FINAL_K) -> tuple[float, float, int]:
+    """Paired difference a - b over the same evaluation prompts: prompt i's final win rate (mean over the
+    last k checkpoints, then over seeds) per configuration; mean of the per-prompt differences and its
+    se over prompts (std ddof=1 / sqrt(N)). NaN when a run lacks per-prompt records."""
+    def final(summary_row):
+        per_seed = []
+        for rid, steps in summary_row["final_steps"].items():
+            arrs = [per_prompt.get((rid, st)) for st in steps]
+            if any(x is None for x in arrs):
+                return None
+            per_seed.append(np.mean(arrs, axis=0))
+        return np.mean(per_seed, axis=0)
+
+    fa, fb = final(a), final(b)
+    if fa is None or fb is None or fa.shape != fb.shape or fa.size < 2:
+        return float("nan"), float("nan"), 0
+    d = fa - fb
+    return float(d.mean()), float(d.std(ddof=1) / math.sqrt(d.size)), int(d.size)
+
+
+def attach_final_steps(summary: list[dict], points: list[dict], k: int = FINAL_K) -> None:
+    """Each summary row gets `final_steps`: {run_id: the steps averaged into its final win rate}."""
+    runs = by_config(points)
+    for s in summary:
+        s["final_steps"] = {rid: run_stats(rows, k)["final_steps"] for rid, rows in runs[config_key(s)].items()}
+
+
+def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[dict]:
+    """IS-<m> (any IS option) vs <m> at equal beta / lr / optimizer / schedule / data / steps, outside the
+    clip ablation. Verdict `helped` / `hurt` when the final win rates differ by more than 2 se in the
+    paired comparison over prompts AND (with >= 2 seeds on both sides) in the comparison over seeds;
+    else `no clear difference`."""
+    out = []
+    for s in summary:
+        if s["group"] == "clip" or base_method(s["method"]) is None:
+            continue
+        b = _base_row(s, summary)
+        if b is None:
+            continue
+        diff = s["final_win_rate"] - b["final_win_rate"]
+        se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
+        pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
+                               and "final_steps" in b else (float("nan"), float("nan"), 0))
+        tests = [(pd_, pse)] + ([] if math.isnan(se_seeds) else [(diff, se_seeds)])
+        tests = [(d, e) for d, e in tests if not math.isnan(e)]
+        verdict = "no clear difference"
+        if tests and all(d > 2 * e for d, e in tests):
+            verdict = "helped"
+        elif tests and all(d < -2 * e for d, e in tests):
+            verdict = "hurt"
+        out.append({"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
+                    "diff": diff, "se_seeds": se_seeds, "paired_diff": pd_, "paired_se": pse,
+                    "n_prompts": n_prompts, "verdict": verdict if tests else "untested"})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------
+# Clip ablation and regimes
+
+
+def clip_table(summary: list[dict]) -> list[tuple[float, dict]]:
+    """[(eps, summary row)] of the clip ablation (is_clip from the options column), with the main grid's
+    matching run at the default eps (no is_clip option) when it exists."""
+    clip = [s for s in summary if s["group"] == "clip"]
+    out = [(float(json.loads(s["options"]).get("is_clip", OPTION_DEFAULTS["is_clip"])), s) for s in clip]
+    if out:
+        ref = clip[0]
+        others = {k: v for k, v in json.loads(ref["options"]).items() if k != "is_clip"}
+        for s in summary:
+            if (s["group"] == "main" and s["method"] == ref["method"]
+                    and all(s[c] == ref[c] for c in CONFIG_COLUMNS if c not in ("group", "options"))
+                    and json.loads(s["options"]) == others):
+                out.append((float(OPTION_DEFAULTS["is_clip"]), s))
+    return sorted(out, key=lambda t: t[0])
+
+
+def regime_of(row: dict) -> tuple:
+    """What a regime is: how the policy is stepped (optimizer, lr, schedule, warmup, data, steps)."""
+    return (row["optimizer"], row["lr"], row["scheduler"], row["warmup_ratio"], row["n_pairs"], row["steps"])
+
+
+def regime_title(row: dict) -> str:
+    pairs = "all pairs" if row["n_pairs"] is None else f"{row['n_pairs']} pairs"
+    warm = f", warmup {row['warmup_ratio']:g}" if row["warmup_ratio"] is not None else ""
+    return f"{row['optimizer']} lr {row['lr']:g}, {row['scheduler']}{warm}, {row['steps']} steps ({pairs})"
+
+
+def regime_rows(summary: list[dict]) -> list[dict]:
+    """The regimes comparison: its own runs plus identical configurations run under another preset (e.g.
+    the main grid's DPO at the same beta and regime; runs are shared across presets)."""
+    reg = [s for s in summary if s["group"] == "regimes"]
+    if not reg:
+        return []
+    seen = {config_key(dict(s, group="")) for s in reg}
+    methods, betas = {s["method"] for s in reg}, {s["beta"] for s in reg}
+    extra = [s for s in summary if s["group"] == "main" and s["method"] in methods and s["beta"] in betas
+             and config_key(dict(s, group="")) not in seen]
+    return reg + extra
+
+
+def mechanism_stats(train_rows: list[dict]) -> dict[tuple, dict]:
+    """Per IS configuration, over its runs' logged steps (then mean over seeds): median ESS, the first
+    fraction of training where ESS < 0.1, the fraction of steps whose max weight sits at the clip
+    e^(2 eps), the mean clipped fraction, the median top-pair share (None when not logged)."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in train_rows:
+        if base_method(r["method"]) is not None and r.get("is/ess") is not None:
+            by[config_key(r)][r["run_id"]].append(r)
+    out = {}
+    for key, runs in by.items():
+        per_run = []
+        for rows in runs.values():
+            rows = sorted(rows, key=lambda r: r["step"])
+            eps = float(json.loads(rows[0]["options"]).get("is_clip", OPTION_DEFAULTS["is_clip"]))
+            ess = np.array([r["is/ess"] for r in rows], dtype=float)
+            wmax = np.array([r.get("is/weight_max") or np.nan for r in rows], dtype=float)
+            clipf = np.array([r.get("is/clip_frac") or 0.0 for r in rows], dtype=float)
+            top = [r["is/top_share"] for r in rows if r.get("is/top_share") is not None]
+            below = [r["fraction"] for r, e in zip(rows, ess) if e < 0.1]
+            per_run.append({"ess_median": float(np.median(ess)), "ess_min": float(ess.min()),
+                            "ess_below_0.1_at": below[0] if below else None,
+                            "at_clip_frac": float(np.mean(wmax >= math.exp(2 * eps) * (1 - 1e-3))),
+                            "clip_frac_mean": float(clipf.mean()),
+                            "top_share_median": float(np.median(top)) if top else None})
+        agg = {}
+        for f in per_run[0]:
+            vals = [p[f] for p in per_run if p[f] is not None]
+            agg[f] = float(np.mean(vals)) if vals else None
+        agg["n_below"] = sum(p["ess_below_0.1_at"] is not None for p in per_run)
+        agg["n_runs"] = len(per_run)
+        out[key] = agg
+    return out
