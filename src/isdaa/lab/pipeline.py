@@ -254,14 +254,17 @@ def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tup
     - Pairs of two identical responses carry no preference (zero DPO/IPO gradient) and the engine drops
       them from a training set anyway (with a warning); dropped here so that the file is exactly what
       is trained on (`identical`).
+    - A response cut at the generation limit (flagged `*_finished: false` by label_pairs) has no EOS; the
+      engine drops such pairs by default (data.drop_unfinished), so they are dropped here (`unfinished`).
     All counts are reported in the label stage's record and the report.
     """
     nonblank = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]
     distinct = [r for r in nonblank if r["chosen"] != r["rejected"]]
-    gaps = behavior_gaps(ref, tokenizer, distinct) if distinct else []
-    keep = [r for r, d in zip(distinct, gaps) if d <= tol]
+    finished = [r for r in distinct if r.get("chosen_finished", True) and r.get("rejected_finished", True)]
+    gaps = behavior_gaps(ref, tokenizer, finished) if finished else []
+    keep = [r for r, d in zip(finished, gaps) if d <= tol]
     return keep, {"empty_response": len(rows) - len(nonblank), "identical": len(nonblank) - len(distinct),
-                  "not_reproducible": len(distinct) - len(keep)}
+                  "unfinished": len(distinct) - len(finished), "not_reproducible": len(finished) - len(keep)}
 
 
 def _pair_stats(rows: list[dict]) -> dict:
