@@ -47,6 +47,9 @@ def add_run(root: Path, method: str, seed: int, curve: list[tuple[int, float, fl
     (run / "eval").mkdir(parents=True)
     total = steps or max(s for s, _, _ in curve)
     (run / "lab_spec.json").write_text(json.dumps(spec))
+    lab = json.loads((root / "lab.json").read_text())  # the preset lists its runs, as the pipeline writes it
+    lab["preset"]["runs"].append(spec)
+    (root / "lab.json").write_text(json.dumps(lab))
     (run / "summary.json").write_text(json.dumps({"status": "finished", "total_steps": total}))
     (run / "config.yaml").write_text(f"optim:\n  scheduler: {scheduler}\n  warmup_ratio: {warmup_ratio}\n")
     (run / "lab_done.json").write_text(json.dumps({"run": spec, "summary": {"total_steps": total}}))

@@ -2,6 +2,7 @@
 by hand in the docstrings (mean, se over seeds, smoothed peak, final of the last 2 checkpoints, paired
 difference over prompts)."""
 
+import csv
 import json
 import math
 
@@ -242,3 +243,20 @@ def test_report_calibrate_group_states_how_the_rate_was_chosen(tmp_path):
     assert "No IS run has a matching base-method run" in md
     # smoothed [.625 .65 .6167 .55] -> .65; final (.7 + .4) / 2 = .55; drop .1
     assert f"| adamw | {PAPER_LR:.6f} | 15 | dpo lr={PAPER_LR:g} | 0.010 | 1 | 0.750 | 0.650 |" in md
+
+
+def test_report_covers_the_presets_runs_in_its_groups(tmp_path):
+    """A folder shared by presets: a calibration run that is also the paper's DPO run is reported in the
+    reported preset's group (its own lab_spec.json says `calibrate`), and a run of another preset is left
+    out."""
+    root = make_lab(tmp_path / "lab")
+    shared = add_run(root, "dpo", 0, [(0, 0.5, 0.0), (10, 0.7, 1.0)], group="calibrate")
+    add_run(root, "dpo", 0, [(0, 0.5, 0.0), (10, 0.6, 1.0)], lr=1e-4, group="calibrate")  # not in the preset
+    spec = json.loads((shared / "lab_spec.json").read_text())
+    preset = dict(json.loads((root / "lab.json").read_text())["preset"], runs=[dict(spec, group="main")])
+    points = agg.collect_points(root, agg.preset_specs(preset))
+    assert {(p["run_id"], p["group"]) for p in points} == {(shared.name, "main")}
+    assert agg.collect_points(root, None) and len({p["run_id"] for p in agg.collect_points(root)}) == 2
+    report.write_report(root, preset)
+    rows = list(csv.DictReader((root / "csv" / "summary.csv").open()))
+    assert [(r["group"], r["lr"]) for r in rows] == [("main", "0.002")]

@@ -145,6 +145,8 @@ def _command(kind: str, help_text: str):
         # refused dir, missing file, missing tracker, bad data or model, the non-finite guard: one line
         except (OSError, ImportError, ValueError, NonFiniteError) as err:
             raise click.ClickException(str(err)) from None
+        finally:
+            _close_process_group()
         final = summary.get("final_metrics") or {}
         keys = ("loss", "rewards/accuracies", "rewards/margins", "is/weight_mean", "accuracy", "eval/accuracy")
         shown = {k: round(final[k], 4) for k in keys if isinstance(final.get(k), (int, float))}
@@ -152,6 +154,15 @@ def _command(kind: str, help_text: str):
                                "output_dir": cfg.output_dir, **shown}))
 
     return command
+
+
+def _close_process_group() -> None:
+    """Tear the torch.distributed group down before exit: left to interpreter shutdown, gloo's threads
+    can abort a process ("terminate called without an active exception") after a run that succeeded."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @click.group(name="train")

@@ -69,16 +69,31 @@ def config_key(row: dict) -> tuple:
 # Reading runs
 
 
-def _finished_runs(root: Path) -> list[Path]:
-    return [done.parent for done in sorted(root.glob("runs/*/lab_done.json"))]
+def finished_runs(root: Path, specs: dict[str, dict] | None = None) -> list[tuple[Path, dict | None]]:
+    """(run dir, spec) of the finished runs a report covers. `specs` ({run_id: RunSpec.to_dict()}, the
+    preset being reported): only its runs, described by ITS spec (a run shared between presets, e.g. a
+    calibration run that is also a paper run, is reported in this preset's group); None: every finished
+    run of the folder, each described by its own lab_spec.json."""
+    runs = [done.parent for done in sorted(Path(root).glob("runs/*/lab_done.json"))]
+    if specs is None:
+        return [(r, None) for r in runs]
+    return [(r, specs[r.name]) for r in runs if r.name in specs]
 
 
-def read_run(run_dir: Path) -> dict:
-    """The run's RUN_COLUMNS. Absent optional fields default (n_pairs None = all pairs; scheduler /
-    warmup_ratio None = the run's resolved config.yaml; steps: lab_spec.json's, else lab_done.json's, else
-    summary.json's total_steps)."""
+def preset_specs(preset) -> dict[str, dict] | None:
+    """{run_id: spec dict} of a Preset or of a preset dict as lab.json stores it; None for None."""
+    if preset is None or (isinstance(preset, dict) and "runs" not in preset):
+        return None
+    runs = preset["runs"] if isinstance(preset, dict) else [r.to_dict() for r in preset.runs]
+    return {r["run_id"]: r for r in runs}
+
+
+def read_run(run_dir: Path, spec: dict | None = None) -> dict:
+    """The run's RUN_COLUMNS, from `spec` or else the run's lab_spec.json. Absent optional fields default
+    (n_pairs None = all pairs; scheduler / warmup_ratio None = the run's resolved config.yaml; steps:
+    the spec's, else lab_done.json's, else summary.json's total_steps)."""
     path = run_dir / "lab_spec.json"
-    spec = json.loads(path.read_text())
+    spec = dict(spec) if spec is not None else json.loads(path.read_text())
     missing = [k for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer") if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
@@ -125,13 +140,14 @@ def _evals(run_dir: Path) -> list[dict]:
     return sorted(out, key=lambda e: e["_step"])
 
 
-def collect_points(root: str | Path) -> list[dict]:
-    """One row per (finished run, evaluated checkpoint), the reference policy at step 0 included."""
+def collect_points(root: str | Path, specs: dict[str, dict] | None = None) -> list[dict]:
+    """One row per (finished run, evaluated checkpoint), the reference policy at step 0 included;
+    `specs`: see `finished_runs`."""
     root = Path(root)
     prompts = eval_prompts(root)
     rows = []
-    for run_dir in _finished_runs(root):
-        base = read_run(run_dir)
+    for run_dir, spec in finished_runs(root, specs):
+        base = read_run(run_dir, spec)
         ratios = {r["step"]: r for r in read_jsonl(run_dir / "ratios.jsonl")} if (run_dir / "ratios.jsonl").exists() else {}
         total = base["steps"]
         for e in _evals(run_dir):
@@ -154,11 +170,11 @@ def collect_points(root: str | Path) -> list[dict]:
     return rows
 
 
-def collect_per_prompt(root: str | Path) -> dict[tuple[str, int], np.ndarray]:
+def collect_per_prompt(root: str | Path, specs: dict[str, dict] | None = None) -> dict[tuple[str, int], np.ndarray]:
     """{(run_id, step): (N,) per-prompt win rates} from the evaluator's records (`per_prompt.win`: the
     mean over a prompt's samples of 1[r* > r*(chosen)] + 1/2 1[=]; prompt i is the i-th eval prompt)."""
     out = {}
-    for run_dir in _finished_runs(Path(root)):
+    for run_dir, _ in finished_runs(Path(root), specs):
         for e in _evals(run_dir):
             win = (e.get("per_prompt") or {}).get("win")
             if win is not None:
@@ -166,12 +182,12 @@ def collect_per_prompt(root: str | Path) -> dict[tuple[str, int], np.ndarray]:
     return out
 
 
-def collect_train_metrics(root: str | Path) -> list[dict]:
+def collect_train_metrics(root: str | Path, specs: dict[str, dict] | None = None) -> list[dict]:
     """The trainer's per-step records (metrics.jsonl) of every finished run, the fields of TRAIN_FIELDS
     (`is/top_share` is absent in runs older than its metric: None)."""
     rows, runs = [], []
-    for run_dir in _finished_runs(Path(root)):
-        base = read_run(run_dir)
+    for run_dir, spec in finished_runs(Path(root), specs):
+        base = read_run(run_dir, spec)
         runs.append(base)
         total = base["steps"] or 1
         for rec in read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True):

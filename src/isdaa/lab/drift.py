@@ -76,8 +76,8 @@ def _read_json(path: Path) -> dict:
         raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
 
 
-def load_run(run_dir: Path) -> RunData:
-    spec = _read_json(run_dir / "lab_spec.json")
+def load_run(run_dir: Path, spec: dict | None = None) -> RunData:
+    spec = spec if spec is not None else _read_json(run_dir / "lab_spec.json")
     total = int(_read_json(run_dir / "summary.json").get("total_steps") or 0)
     golden = []
     for path in sorted((run_dir / "eval").glob("*.json")):
@@ -100,8 +100,11 @@ def load_run(run_dir: Path) -> RunData:
     return run
 
 
-def load_runs(root: str | Path) -> list[RunData]:
-    return [load_run(done.parent) for done in sorted(Path(root).glob("runs/*/lab_done.json"))]
+def load_runs(root: str | Path, specs: dict[str, dict] | None = None) -> list[RunData]:
+    """The finished runs a report covers (`aggregate.finished_runs`)."""
+    from isdaa.lab.aggregate import finished_runs
+
+    return [load_run(run_dir, spec) for run_dir, spec in finished_runs(Path(root), specs)]
 
 
 def _drop(root: Path) -> float:
@@ -309,11 +312,12 @@ def _trailing(values, k):
 # The report section
 
 
-def drift_section(lab_root: str | Path) -> tuple[str, list[Path], dict]:
-    """(markdown, figures, tables) of the drift analysis of a lab folder; CSVs written to csv/, figures
-    to figures/. Tables: {"drift_leadlag", "drift_thresholds", "drift_selection", "drift_heldout"}: rows."""
+def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) -> tuple[str, list[Path], dict]:
+    """(markdown, figures, tables) of the drift analysis of a lab folder (the runs of `specs`, see
+    `aggregate.finished_runs`); CSVs written to csv/, figures to figures/. Tables: {"drift_leadlag",
+    "drift_thresholds", "drift_selection", "drift_heldout"}: rows."""
     root = Path(lab_root)
-    runs = load_runs(root)
+    runs = load_runs(root, specs)
     if not runs:
         return "## Golden-free drift alarm\n\nNo finished runs.\n", [], {}
     drop = _drop(root)

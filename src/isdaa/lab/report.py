@@ -30,8 +30,10 @@ from isdaa.lab.aggregate import (
     collect_train_metrics,
     config_key,
     eval_prompts,
+    finished_runs,
     is_comparisons,
     mechanism_stats,
+    preset_specs,
     regime_of,
     regime_title,
     run_stats,
@@ -324,11 +326,12 @@ def write_report(root: str | Path, preset=None) -> dict:
     lab = json.loads((root / "lab.json").read_text())
     p = lab["preset"]
     threshold = float(p.get("overopt_drop", 0.05))
-    points = collect_points(root)
-    train_rows = collect_train_metrics(root)
+    specs = preset_specs(preset if preset is not None else p)  # the reported preset's runs, as it names them
+    points = collect_points(root, specs)
+    train_rows = collect_train_metrics(root, specs)
     summary = summarize(points, threshold)
     attach_final_steps(summary, points)
-    comparisons = is_comparisons(summary, collect_per_prompt(root))
+    comparisons = is_comparisons(summary, collect_per_prompt(root, specs))
     mech = mechanism_stats(train_rows)
     _fits, fit_rows = gao_fits(points)
     csv_dir, fig_dir = root / "csv", root / "figures"
@@ -337,7 +340,7 @@ def write_report(root: str | Path, preset=None) -> dict:
     atomic_write_csv(csv_dir / "train_metrics.csv", train_rows, TRAIN_FIELDS)
     atomic_write_csv(csv_dir / "is_comparisons.csv", comparison_rows(comparisons), COMPARISON_FIELDS)
     atomic_write_csv(csv_dir / "gao_fits.csv", fit_rows, ["name", "beta", "alpha", "beta_fit", "r0", "error"])
-    for run_cfg in root.glob("runs/*/config.yaml"):
+    for run_cfg in (d / "config.yaml" for d, _ in finished_runs(root, specs)):
         (root / "configs").mkdir(exist_ok=True)
         atomic_write_text(root / "configs" / f"{run_cfg.parent.name}.yaml", run_cfg.read_text())
     from isdaa.lab import figures as f
@@ -359,7 +362,7 @@ def write_report(root: str | Path, preset=None) -> dict:
     if summary:  # issue 14's golden-free drift alarm: its own section, CSVs and figures
         from isdaa.lab.drift import drift_section
 
-        drift_md = drift_section(root)[0]
+        drift_md = drift_section(root, specs)[0]
     md = _markdown(lab, summary, found, figs, label_stats, threshold, five, examples_table(root, summary, points),
                    regimes, drift_md)
     atomic_write_text(root / "report.md", md)
