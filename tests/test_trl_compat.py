@@ -206,3 +206,10 @@ def test_translation_leaves_the_callers_mapping_alone():
 def test_trl_loss_name_under_isdaa_key_points_to_the_isdaa_name():
     with pytest.raises(ValueError, match=r"method 'sigmoid' is TRL's loss_type name: isdaa's is method: dpo"):
         load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o"}, ["method=sigmoid"])
+
+
+def test_disable_dropout_is_trls_switch():
+    """TRL's `disable_dropout` is isdaa's key of the same name: default on (as TRL), off when asked."""
+    base = {"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", "loss_type": "sigmoid"}
+    assert load_config(base, kind="pref").disable_dropout is True
+    assert load_config({**base, "disable_dropout": False}, kind="pref").disable_dropout is False

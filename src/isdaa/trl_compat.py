@@ -110,7 +110,6 @@ REFUSED = {
     "use_dora": "not supported (LoRA options: lora_r, lora_alpha, lora_dropout, lora_target_modules)",
     "model_init_kwargs": "use model.dtype, model.attn_implementation, model.revision, model.trust_remote_code",
     "rpo_alpha": "isdaa's RPO is method: rpo with loss.rpo_eta (METHOD.md)",
-    "disable_dropout": "no dropout switch in this config version (an isdaa key of that name takes precedence)",
 }
 
 TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo"}

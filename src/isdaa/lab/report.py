@@ -474,6 +474,7 @@ def _markdown(lab, summary, found, figs, label_stats, threshold, five, examples=
            f"{_fmt(label_stats.get('train', {}).get('tie_frac'), 2)}. Dropped before training (`pipeline.consistent_pairs`): "
            f"{label_stats.get('dropped_pairs', {}).get('empty_response', 0)} pairs with an empty response, "
            f"{label_stats.get('dropped_pairs', {}).get('identical', 0)} of two identical responses, "
+           f"{label_stats.get('dropped_pairs', {}).get('unfinished', 0)} with a response cut at the length limit, "
            f"{label_stats.get('dropped_pairs', {}).get('not_reproducible', 0)} whose text does not reproduce the "
            f"sampled tokens.",
            f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs (the same for every method); checkpoints at "
