@@ -221,7 +221,8 @@ class PrefConfig(TrainConfig):
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
     ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
-    pack_pairs: bool = True           # one packed row [prompt, chosen, rejected] per pair: the prompt once (same values)
+    pack_pairs: bool | None = None  # one row [prompt, chosen, rejected] per pair, the prompt once (same values);
+    #                                 None: on CPU only (on GPUs unmeasured: a custom mask leaves sdpa's flash kernel)
 
     def __post_init__(self):
         super().__post_init__()
