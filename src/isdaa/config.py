@@ -300,6 +300,8 @@ class PrefConfig(TrainConfig):
                                        # trainer's ids, before training: error | recompute | off
     check_logps_rows: int = 32         # rows sampled for that check
     stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
+    pack_pairs: bool | None = None  # one row [prompt, chosen, rejected] per pair, the prompt once (same values);
+    #                                 None: on CPU only (on GPUs unmeasured: a custom mask leaves sdpa's flash kernel)
 
     def __post_init__(self):
         super().__post_init__()

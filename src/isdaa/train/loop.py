@@ -38,6 +38,7 @@ import torch
 
 from isdaa.config import to_dict, to_yaml
 from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
+from isdaa.train import accel_compat
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
 
@@ -104,8 +105,15 @@ def make_optimizer(model, ocfg):
                   {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
     if ocfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.sgd_momentum, weight_decay=ocfg.weight_decay)
+    # fused: one kernel over all parameters instead of a dozen foreach ops; the same update up to round-off
     return torch.optim.AdamW(params, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps,
-                             weight_decay=ocfg.weight_decay)
+                             weight_decay=ocfg.weight_decay, fused=_fusable(model))
+
+
+def _fusable(model) -> bool:
+    """torch's fused AdamW takes floating-point parameters on CPU or CUDA (where `prepare` moves them)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
 
 
 def resolve_mixed_precision(value: str) -> str:
@@ -179,7 +187,7 @@ def run(cfg, task, callbacks=(), batch_source=None, resume: bool = False, overwr
         import transformers
 
         transformers.utils.logging.disable_progress_bar()
-    _reset_accelerate_state()
+    accel_compat.reset_state()
     state = PartialState(cpu=_use_cpu())
     if cfg.batch_size % (cfg.micro_batch_size * state.num_processes):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
@@ -284,7 +292,7 @@ class _Run:
         for j, mb in enumerate(micro):
             batch = task.to_device(task.collate(mb), acc.device)
             last = j == len(micro) - 1
-            acc.gradient_state._set_sync_gradients(last)  # DDP gradient sync, DeepSpeed step boundary
+            accel_compat.set_sync_gradients(acc, last)  # DDP gradient sync, DeepSpeed step boundary
             with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
                 loss_sum, metrics, weights = task.loss(model, batch)
                 # accelerate divides by `accum`: the net scale is 1 / (units of the whole local batch)
@@ -431,7 +439,7 @@ class _Run:
             atomic_write_json(self.out / "summary.json", summary)
         self.tracker.close()
         acc.end_training()
-        _reset_accelerate_state()
+        accel_compat.reset_state()
         raise NonFiniteError(message)
 
     def finish(self, stop_reason) -> dict:
@@ -450,7 +458,7 @@ class _Run:
             cb.on_train_end(end_ctx)
         self.tracker.close()
         acc.end_training()
-        _reset_accelerate_state()
+        accel_compat.reset_state()
         return summary
 
 
@@ -473,15 +481,6 @@ def _configure_deepspeed(accelerator, cfg) -> None:
     ds["train_batch_size"] = cfg.batch_size
     if ds.get("gradient_clipping", "auto") == "auto":
         ds["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0
-
-
-def _reset_accelerate_state():
-    """Let train() run several times in one process (tests, the lab) with different accumulation /
-    precision: accelerate keeps process-wide singletons; the distributed PartialState is kept."""
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=False)
-    GradientState._reset_state()
 
 
 def read_summary(out) -> dict:
