@@ -1,4 +1,4 @@
-"""Golden-free drift signals and the alarm rule they feed (issue 14; paper Section 4.3, Figure 6).
+"""Golden-free drift signals and the alarm rule they feed (paper Section 4.3, Figure 6).
 
 The paper reads the falling importance ratio pi_theta / pi_b of the training pairs as an "implicit
 early stopping". Here that reading is made explicit: a signal series, a threshold, a trailing-mean

@@ -1,4 +1,4 @@
-"""The lab's drift analysis (issue 14): does a golden-free signal announce over-optimization?
+"""The lab's drift analysis: does a golden-free signal announce over-optimization?
 
     markdown, figures, tables = drift_section(lab_root)
 
@@ -348,7 +348,7 @@ def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> 
 
     n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop, GOLDEN_WINDOW).decline_step is not None for r in runs)
     best = _best_per_signal(trows)
-    lines = ["## Golden-free drift alarm (issue 14)", "",
+    lines = ["## Golden-free drift alarm", "",
              f"Can a signal that needs no golden reward announce over-optimization? {len(runs)} runs; "
              f"{n_declined} of them have a golden win rate that fell by >= {drop:g} from its peak (a decline; the "
              f"curve smoothed over {GOLDEN_WINDOW} checkpoints). "

@@ -359,7 +359,7 @@ def write_report(root: str | Path, preset=None) -> dict:
     five = five_lines(summary, label_stats, threshold, comparisons)
     regimes = regimes_section(comparisons, mech, summary, mech_figs) if summary else []
     drift_md = ""
-    if summary:  # issue 14's golden-free drift alarm: its own section, CSVs and figures
+    if summary:  # the golden-free drift alarm: its own section, CSVs and figures
         from isdaa.lab.drift import drift_section
 
         drift_md = drift_section(root, specs)[0]

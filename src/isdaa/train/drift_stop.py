@@ -1,4 +1,4 @@
-"""`stop_on_drift`: the golden-free over-optimization alarm as a training callback (issue 14).
+"""`stop_on_drift`: the golden-free over-optimization alarm as a training callback.
 
 Every `every` optimizer steps (default: the logging steps) the callback reads the step's signal from
 `ctx.metrics` (the batch's `drift/*` or `is/*` metric, already reduced over processes by the loop),
