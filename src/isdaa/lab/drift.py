@@ -333,6 +333,8 @@ def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) ->
         best = _best_per_signal(trows).get("drift/log_ratio_mean")
         chosen["drift/log_ratio_mean"] = best["threshold"] if best else None
     figures = []
+    for old in (root / "figures").glob("drift_*.png"):  # a previous report's, whose regimes may differ
+        old.unlink()
     by_regime = defaultdict(list)
     for r in runs:
         by_regime[r.regime].append(r)
