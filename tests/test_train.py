@@ -84,7 +84,7 @@ def test_accumulation_equals_big_batch(tiny_dir, tmp_path):
     train(a), train(b)
     ra, rb = metrics(a), metrics(b)
     for x, y in zip(ra, rb):
-        for k in ("loss", "grad_norm", "rewards/margins", "is/weight_mean", "is/weight_max", "is/ess"):
+        for k in ("loss", "grad_norm", "rewards/margins", "is/weight_mean", "is/weight_max", "is/ess", "is/top_share"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
     wa, wb = weights(a.output_dir + "/final"), weights(b.output_dir + "/final")
     for k in wa:
@@ -241,7 +241,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path):
     two = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert len(two) == 3
     for x, y in zip(metrics(single), two):
-        for k in ("loss", "grad_norm", "is/ess", "is/weight_max", "rewards/margins"):
+        for k in ("loss", "grad_norm", "is/ess", "is/top_share", "is/weight_max", "rewards/margins"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
     assert (tmp_path / "two" / "final" / "model.safetensors").exists()
 

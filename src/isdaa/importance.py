@@ -126,6 +126,13 @@ def top_share(log_w: Tensor) -> Tensor:
     return torch.exp(log_w.max() - torch.logsumexp(log_w, 0))
 
 
+def pooled_weight_metrics(sum_w: Tensor, sum_w2: Tensor, n, max_w: Tensor) -> dict[str, Tensor]:
+    """The loss's `is/*` metrics that are NOT means over pairs (ESS, top-pair share), from sums over the
+    whole batch: a trainer that splits a batch into micro-batches or processes adds up sum w, sum w^2,
+    the count and the max, and recomputes these instead of averaging per-micro-batch values."""
+    return {"is/ess": ess_from_sums(sum_w, sum_w2, n), "is/top_share": max_w / sum_w}
+
+
 def log_mean_exp(x: Tensor) -> Tensor:
     """log mean exp(x) over (B,), 0-dim: the log of the mean ratio without overflow (may be inf)."""
     return torch.logsumexp(x, 0) - math.log(x.numel())

@@ -31,10 +31,9 @@ import torch
 import torch.nn.functional as F
 
 from isdaa import importance
-from isdaa.importance import ess, safe_lengths
+from isdaa.importance import safe_lengths
 
-# `ess` stays importable from here for train/loop.py and lab/pipeline.py until they import isdaa.importance
-__all__ = ["METHODS", "OPTIONS", "Method", "Option", "PreferenceLossOutput", "ess", "preference_loss"]
+__all__ = ["METHODS", "OPTIONS", "Method", "Option", "PreferenceLossOutput", "preference_loss"]
 
 Tensor = torch.Tensor
 

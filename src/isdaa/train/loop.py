@@ -148,16 +148,23 @@ class StepMetrics:
 
     def finalize(self) -> dict:
         self.all_weights = torch.cat(self.weights) if self.weights else None
-        if self.micro > 1 and self.all_weights is not None and "is/ess" in self.values:
-            from isdaa.losses import ess
-
-            self.values["is/ess"] = ess(self.all_weights)
+        if self.micro > 1 and self.all_weights is not None:
+            w = self.all_weights
+            self.values.update(_pooled(self.values, w.sum(), (w * w).sum(), w.numel(), w.max()))
         return self.values
+
+
+def _pooled(values: dict, sum_w, sum_w2, n, max_w) -> dict:
+    """The batch-level weight metrics (`importance.pooled_weight_metrics`) the loss logged, recomputed
+    from the whole batch's sums: no metric is named here."""
+    from isdaa.importance import pooled_weight_metrics
+
+    return {k: v for k, v in pooled_weight_metrics(sum_w, sum_w2, n, max_w).items() if k in values}
 
 
 def to_floats(values: dict, accelerator, weights=None) -> dict:
     """One host sync for all metrics. Distributed: means averaged over processes, `*_max` maxed, and
-    ESS recomputed from the weight sums of the whole global batch."""
+    the pooled weight metrics (ESS, top share) recomputed from the weight sums of the global batch."""
     if not values:
         return {}
     keys = sorted(values)
@@ -167,10 +174,12 @@ def to_floats(values: dict, accelerator, weights=None) -> dict:
         means = accelerator.reduce(stacked.clone(), reduction="mean")
         maxes = accelerator.gather(stacked[None]).max(0).values
         stacked = torch.where(is_max, maxes, means)
-        if weights is not None and "is/ess" in values:
+        if weights is not None:
             w = weights.float()
             sums = accelerator.reduce(torch.stack([w.sum(), (w * w).sum(), w.new_tensor(w.numel())]), "sum")
-            stacked[keys.index("is/ess")] = sums[0] ** 2 / (sums[2] * sums[1])
+            max_w = accelerator.gather(w.max()[None]).max()
+            for k, v in _pooled(values, sums[0], sums[1], sums[2], max_w).items():
+                stacked[keys.index(k)] = v
     return dict(zip(keys, stacked.tolist()))
 
 
