@@ -1,4 +1,5 @@
-"""Progress bars for the reference precompute and evaluation sampling; none with `progress: false`."""
+"""Progress bars for tokenization, the reference precompute and evaluation sampling; none with
+`progress: false`."""
 
 from __future__ import annotations
 
@@ -14,9 +15,10 @@ def test_reference_and_sampling_bars_follow_progress(tiny_dir, tmp_path, capfd):
     live = {"every": 1, "n_prompts": 2, "max_new_tokens": 3}
     train(make_cfg(tiny_dir, tmp_path, "bars", max_steps=1, progress=True, eval=live))
     err = capfd.readouterr().err
+    assert "tokenizing:" in err and "0/64 [" in err               # a bar over the 64 training rows
     assert "reference log-probs:" in err and "/64 [" in err      # 64 pairs precomputed
     assert "sampling (T=1.0):" in err and "/2 [" in err           # the live eval's KL samples (2 prompts)
     train(make_cfg(tiny_dir, tmp_path, "quiet", max_steps=1, progress=False, eval=live,
                    ref_cache_dir=str(tmp_path / "other-cache")))
     err = capfd.readouterr().err
-    assert "reference log-probs" not in err and "sampling" not in err
+    assert "reference log-probs" not in err and "sampling" not in err and "tokenizing" not in err

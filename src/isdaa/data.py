@@ -577,13 +577,22 @@ def check_behavior_fields(row: dict) -> dict:
     return out
 
 
-def encode_pairs(rows, tokenizer) -> list[dict]:
+def rows_progress(rows, progress: bool, desc: str = "tokenizing"):
+    """`rows`, iterated under a tqdm bar when `progress` (large datasets take seconds to parse)."""
+    if not progress:
+        return rows
+    from tqdm.auto import tqdm
+
+    return tqdm(rows, desc=desc, unit="row", leave=False)
+
+
+def encode_pairs(rows, tokenizer, progress: bool = False) -> list[dict]:
     """Full (untruncated) ids of each preference row: prompt_ids, chosen_ids, rejected_ids, the flags
     chosen_finished / rejected_finished and the row's float columns. Standard rows follow the
     tokenization rule (batched), conversational rows `encode_chat`. A malformed row raises DataError
     naming the file, row (line) and field."""
     out, plain = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows_progress(rows, progress)):
         try:
             prompt, chosen, rejected = pref_parts(row)
             done = check_finished_fields(row)
@@ -627,7 +636,8 @@ def _warn_dropped(what: str, where: list[str]) -> None:
 
 
 def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int,
-                  stats: dict | None = None, drop_identical: bool = True, drop_unfinished: bool = False) -> list[dict]:
+                  stats: dict | None = None, drop_identical: bool = True, drop_unfinished: bool = False,
+                  progress: bool = False) -> list[dict]:
     """Pre-tokenized pairs (`encode_pairs`, then `truncate`): prompt_ids, chosen_ids, rejected_ids,
     chosen/rejected_truncated (cut at max_length) and _finished (sampled to EOS), the optional float
     columns (ref_/behavior log-probs) carried over, and `row` (the row's location).
@@ -640,7 +650,7 @@ def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_lengt
     given, receives the counts: data/rows, data/dropped_identical_pairs, data/dropped_unfinished_pairs,
     data/truncated_prompts."""
     out, identical, unfinished, long_prompts = [], [], [], 0
-    for i, ex in enumerate(encode_pairs(rows, tokenizer)):
+    for i, ex in enumerate(encode_pairs(rows, tokenizer, progress)):
         p = ex.pop("prompt_ids")
         p_ids, ex["chosen_ids"], ex["chosen_truncated"] = truncate(p, ex["chosen_ids"], max_length, max_prompt_length)
         _, ex["rejected_ids"], ex["rejected_truncated"] = truncate(p, ex["rejected_ids"], max_length,
@@ -664,11 +674,11 @@ def tokenize_pref(rows: list[dict], tokenizer, max_length: int, max_prompt_lengt
 
 
 def tokenize_sft(rows: list[dict], tokenizer, max_length: int, max_prompt_length: int, source: str = "auto",
-                 stats: dict | None = None):
+                 stats: dict | None = None, progress: bool = False):
     """SFT examples (prompt_ids, response_ids, truncated, row): standard rows by the tokenization rule
     (EOS appended), conversational rows as TRL (`encode_chat`: the template's end of turn, no EOS)."""
     full, plain = [], []
-    for i, row in enumerate(rows):
+    for i, row in enumerate(rows_progress(rows, progress)):
         try:
             prompt, response = sft_parts(row, source)
             if is_chat(prompt, response):

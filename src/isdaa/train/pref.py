@@ -56,6 +56,7 @@ class PrefTask(Task):
     def build(self, accelerator, online=False):
         cfg = self.cfg
         self.accelerator = accelerator
+        self._progress = cfg.progress and accelerator.is_main_process
         self.tokenizer = load_tokenizer(cfg.model)
         self.model = load_causal_lm(cfg.model, self.tokenizer, no_dropout=cfg.disable_dropout)
         self.ref_model = None
@@ -72,7 +73,7 @@ class PrefTask(Task):
     def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
         return tokenize_pref(rows, self.tokenizer, d.max_length, d.max_prompt_length, stats, drop_identical,
-                             d.drop_unfinished)
+                             d.drop_unfinished, progress=self._progress and drop_identical)  # not online batches
 
     def _warn_no_behavior(self, examples):
         """Once per run: an importance-weighted method on rows without behavior log-probs uses pi_b = pi_ref."""

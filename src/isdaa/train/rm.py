@@ -19,7 +19,8 @@ class RMTask(Task):
         self.model = load_reward_model(cfg.model, self.tokenizer)
 
         def tokenize(rows, stats=None):  # this task's tokenization of a split's rows
-            return tokenize_pref(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, stats)
+            return tokenize_pref(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length, stats,
+                                 progress=cfg.progress and accelerator.is_main_process)
 
         self.train_examples = tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["chosen_truncated"] + e["rejected_truncated"] for e in self.train_examples)

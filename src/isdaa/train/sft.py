@@ -19,7 +19,7 @@ class SFTTask(Task):
 
         def tokenize(rows, stats=None):  # this task's tokenization of a split's rows
             return tokenize_sft(rows, self.tokenizer, cfg.data.max_length, cfg.data.max_prompt_length,
-                                cfg.data.sft_source, stats)
+                                cfg.data.sft_source, stats, progress=cfg.progress and accelerator.is_main_process)
 
         self.train_examples = tokenize(self.load("train"), self.data_stats)
         self.truncated = sum(e["truncated"] for e in self.train_examples)
