@@ -167,10 +167,10 @@ def response_logps(model, input_ids, attention_mask, response_mask, *, response_
         raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
                          "response_only_head: false for it")
     labels = input_ids[:, 1:][target]                                      # (N,) same row-major order
-    tok = token_logps(logits, labels, fused=fused)                         # (N,)
+    token_lp = token_logps(logits, labels, fused=fused)                    # (N,)
     del logits                                                             # (fused: only p stays, inside the graph)
     rows = target.nonzero()[:, 0]                                          # (N,) the row of each token
-    out = tok.new_zeros(input_ids.shape[0]).index_add(0, rows, tok)        # (B,)
+    out = token_lp.new_zeros(input_ids.shape[0]).index_add(0, rows, token_lp)  # (B,)
     if return_counts:
         return out, target.sum(-1)
     return out
@@ -281,7 +281,7 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     scored = (k >= p) & real                                               # (B, L) every response token
     pred = torch.where(k == p + c, p - 1, k - 1).clamp(min=0)              # the position that scores it
     b, t = scored.nonzero(as_tuple=True)                                   # (M,) each
-    tok = token_logps(logits[index[b, pred[b, t]]], ids[b, t], fused=fused)  # (M,)
+    token_lp = token_logps(logits[index[b, pred[b, t]]], ids[b, t], fused=fused)  # (M,)
     del logits
     out_row = torch.where(in_chosen_row, 0, n)[b, t] + b                   # chosen -> b, rejected -> B + b
-    return tok.new_zeros(rows).index_add(0, out_row, tok)                  # (2B,)
+    return token_lp.new_zeros(rows).index_add(0, out_row, token_lp)  # (2B,)

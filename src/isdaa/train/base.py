@@ -60,12 +60,12 @@ class Task:
         size = self.cfg.eval_batch_size or self.cfg.micro_batch_size
         chunks = [examples[i: i + size] for i in range(0, len(examples), size)]
         total = sum(self.units(c) for c in chunks)
-        acc, loss = StepMetrics(), torch.zeros((), device=accelerator.device)
+        step_metrics, loss = StepMetrics(), torch.zeros((), device=accelerator.device)
         for chunk in chunks:
             batch = self.to_device(self.collate(chunk), accelerator.device)
             with accelerator.autocast():
                 loss_sum, metrics, weights = self.loss(model, batch)
             loss = loss + loss_sum.float() / total
-            acc.add(metrics, self.units(chunk) / total, weights)
-        values = {**acc.finalize(), "loss": loss}
-        return {f"eval/{k}": v for k, v in to_floats(values, accelerator, acc.all_weights).items()}
+            step_metrics.add(metrics, self.units(chunk) / total, weights)
+        values = {**step_metrics.finalize(), "loss": loss}
+        return {f"eval/{k}": v for k, v in to_floats(values, accelerator, step_metrics.all_weights).items()}
