@@ -84,6 +84,7 @@ def test_batch_counts_processes(monkeypatch):
     ({"hub_model_id": "me/m", "push_to_hub": True}, "hub_model_id", "me/m"),
     ({"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"]}, "model.lora.target_modules", ["q_proj", "v_proj"]),
     ({"use_peft": False}, "model.lora", None),
+    ({"torch_compile": True}, "compile", True),
 ])
 def test_converted_values(given, key, expected):
     cfg = load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", **given})

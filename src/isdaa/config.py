@@ -196,6 +196,8 @@ class TrainConfig:
     num_threads: int | None = None  # torch.set_num_threads
     run_name: str | None = None        # tracker run name (default: output_dir's folder name)
     max_nonfinite_steps: int = 3       # non-finite loss/gradient: the step is skipped; this many in a row stop
+    compile: bool = False              # torch.compile each decoder layer in place (regional compilation; TRL:
+                                       # torch_compile); README 'Performance' says when it pays off
     response_only_head: bool = True    # sft/pref: LM head on response-predicting positions only (same values,
                                        # less time and memory); false: full (B, T, V) logits. Models whose
                                        # forward takes no boolean logits_to_keep use full logits anyway.
@@ -217,6 +219,7 @@ class TrainConfig:
         _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
+        _check(isinstance(self.compile, bool), "compile must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
         self.report_to = _tracker_names(self.report_to)
 

@@ -48,6 +48,7 @@ ALIASES = {
     "per_device_eval_batch_size": "eval_batch_size",
     "precompute_ref_batch_size": "eval_batch_size",
     "hub_private_repo": "hub_private",
+    "torch_compile": "compile",                # isdaa compiles the decoder layers (regional), TRL the model
     "lora_r": "model.lora.r",
     "lora_alpha": "model.lora.alpha",
     "lora_dropout": "model.lora.dropout",

@@ -38,7 +38,7 @@ import torch
 
 from isdaa.config import to_dict, to_yaml
 from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from isdaa.train import accel_compat
+from isdaa.train import accel_compat, models
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
 
@@ -242,6 +242,8 @@ class _Run:
         task.model = self.model
         task.after_prepare(acc)  # e.g. reference log-probs, computed with the initial policy
         self.unwrapped = acc.unwrap_model(self.model)
+        if cfg.compile:  # after the reference pass and log-prob check: they run once, uncompiled
+            models.compile_blocks(self.unwrapped)
 
         self.step, self.examples_seen, self.epoch = 0, 0, 0.0
         self.nonfinite_steps = self.nonfinite_streak = 0
@@ -273,7 +275,9 @@ class _Run:
         cfg, acc = self.cfg, self.accelerator
         if self.batch_source is not None:
             self.batch_rows = []  # sampled pairs: no dataset rows to name
-            local = self.task.examples_from_source(self.batch_source(self.step, self.unwrapped, self.task.tokenizer))
+            with models.eager():  # sampling: no compilations for decode shapes
+                rows = self.batch_source(self.step, self.unwrapped, self.task.tokenizer)
+            local = self.task.examples_from_source(rows)
             self.examples_seen += self.task.units(local) * acc.num_processes  # pairs (pref only)
             self.epoch = (self.step + 1) / self.steps_per_epoch if self.steps_per_epoch else 0.0
             return local
@@ -362,8 +366,9 @@ class _Run:
         if self.task.has_eval and (step == self.total_steps or (cfg.eval_steps and step % cfg.eval_steps == 0)):
             ctx.logged.update(self.task.evaluate(self.model, acc))
             self.model.train()
-        for cb in self.callbacks:
-            cb.on_step_end(ctx)
+        with models.eager():  # callbacks (live eval) sample and score with the policy
+            for cb in self.callbacks:
+                cb.on_step_end(ctx)
         if is_log_step or ctx.logged:
             self._write_record({**ctx.metrics, **ctx.logged}, bar)
         bar.update(1)
@@ -463,8 +468,9 @@ class _Run:
         if acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
         end_ctx = self._context(summary=summary, _metrics=self.last_record)
-        for cb in self.callbacks:
-            cb.on_train_end(end_ctx)
+        with models.eager():
+            for cb in self.callbacks:
+                cb.on_train_end(end_ctx)
         self.tracker.close()
         acc.end_training()
         accel_compat.reset_state()

@@ -7,6 +7,7 @@ where it defaults to False."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import torch
@@ -122,3 +123,46 @@ def load_reward_model(mcfg, tokenizer):
 
     model = safe_from_pretrained(AutoModelForSequenceClassification, mcfg.name_or_path, num_labels=1, **_kwargs(mcfg))
     return _finish(model, mcfg, tokenizer, "SEQ_CLS")
+
+
+def compile_unavailable() -> str | None:
+    """Why `compile: true` cannot work here (None: it can): torch < 2.6, or no C++ compiler for inductor's
+    CPU kernels (CUDA kernels need triton, which CUDA builds of torch ship)."""
+    import os
+    import shutil
+
+    if not hasattr(torch.compiler, "set_stance"):
+        return f"torch >= 2.6 is needed (installed: {torch.__version__})"
+    if not (torch.cuda.is_available() or any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++",
+                                                                           "clang++"))):
+        return "no C++ compiler (g++, c++, clang++ or $CXX) for inductor's CPU kernels"
+    return None
+
+
+def compile_blocks(model) -> int:
+    """`torch.compile` each repeated block (the decoder layers: every ModuleList whose children share one
+    class) in place, with dynamic shapes (batches change length every step). This is accelerate's regional
+    compilation (`compile_regions`) without its copy of the model: one compiled graph serves every layer, and
+    parameter names, checkpoints, DDP and peft wrappers are untouched. Returns the number of blocks."""
+    if reason := compile_unavailable():
+        raise ValueError(f"compile: true cannot work here: {reason}")
+    lists = [name for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m) > 1
+             and len({type(c) for c in m}) == 1]
+    outer = [n for n in lists if not any(n.startswith(o + ".") for o in lists if o != n)]  # not MoE experts inside
+    blocks = [block for name in outer for block in model.get_submodule(name)]
+    if not blocks:
+        raise ValueError(f"compile: true found no repeated blocks (decoder layers) in {type(model).__name__}")
+    for block in blocks:
+        block.compile(dynamic=True)
+    return len(blocks)
+
+
+@contextlib.contextmanager
+def eager():
+    """Compiled blocks run eagerly inside: sampling and evaluation (other shapes, no gradient) must not
+    trigger compilations of their own."""
+    if not hasattr(torch.compiler, "set_stance"):  # torch < 2.6: nothing can be compiled (compile_blocks)
+        yield
+        return
+    with torch.compiler.set_stance("force_eager"):
+        yield
