@@ -288,12 +288,16 @@ def golden_pairs(lab: LabDir, split: str) -> list[dict]:
 
 def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
     from isdaa.config import load_config
+    from isdaa.train.models import compile_unavailable
 
     method = "dpo" if spec.online else spec.method
     scheduler = spec.scheduler or p.scheduler
     warmup = p.warmup_ratio if spec.warmup_ratio is None else spec.warmup_ratio
     cfg = {
-        "model": {"name_or_path": str(lab.ref_model)},
+        # eager attention and compiled layers: the fastest step for this tiny model (benchmarks/README.md);
+        # where nothing can be compiled the runs are the same computation, uncompiled
+        "model": {"name_or_path": str(lab.ref_model), "attn_implementation": "eager"},
+        "compile": p.compile and compile_unavailable() is None,
         "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": task.MAX_LENGTH,
                  "max_prompt_length": task.PROMPT_TOKENS + 2, "max_train_examples": spec.n_pairs},
         "optim": {"lr": spec.lr, "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": 0.0,
