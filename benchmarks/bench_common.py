@@ -40,6 +40,7 @@ class Workload:
     threads: int = 2
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 (mixed precision on the device)
+    compile: bool = False  # torch.compile in both trainers (isdaa: compile, its layers; TRL: torch_compile)
     lr: float = 1e-6
     beta: float = 0.1
     seed: int = 0

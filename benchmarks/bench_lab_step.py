@@ -45,7 +45,7 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=1, help="torch threads (the lab uses 1)")
     p.add_argument("--n-pairs", type=int, default=2048, help="training pairs generated")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a top-level config field in THIS tree's runs only (e.g. compile=true)")
+                   help="override a config field in THIS tree's runs only (e.g. model.attn_implementation=eager)")
     p.add_argument("--alt-set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a top-level config field in the ALT tree's runs (e.g. micro_batch_size=32: the "
                         "round-off noise floor of the loss comparison)")
@@ -102,8 +102,14 @@ def lab_config(root: Path, method: str, steps: int, out_dir: Path, overrides: di
 
     preset = get_preset("paper")
     cfg = pipeline.pref_config(pipeline.LabDir(root), preset, RunSpec(method, 0.1, 0, 2e-3))
-    return dataclasses.replace(cfg, max_steps=steps, save_fractions=[], output_dir=str(out_dir),
-                               **(overrides or {}))
+    cfg = dataclasses.replace(cfg, max_steps=steps, save_fractions=[], output_dir=str(out_dir))
+    for key, value in (overrides or {}).items():  # `section.field` reaches into a nested config (model.*)
+        section, _, field = key.rpartition(".")
+        if section:
+            cfg = dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **{field: value})})
+        else:
+            cfg = dataclasses.replace(cfg, **{field: value})
+    return cfg
 
 
 def worker(root: str, method: str, warmup: int, steps: int, out_dir: str, overrides: str) -> dict:
@@ -159,7 +165,10 @@ def parse_overrides(items: list[str]) -> dict:
     out = {}
     for item in items:
         key, _, value = item.partition("=")
-        out[key] = json.loads(value) if value not in ("",) else None
+        try:
+            out[key] = json.loads(value) if value else None
+        except json.JSONDecodeError:  # a bare word: a string (model.attn_implementation=eager)
+            out[key] = value
     return out
 
 

@@ -54,6 +54,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
                    help="float32, or bfloat16 mixed precision (autocast) for both trainers")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile in both trainers: isdaa `compile: true` (its decoder layers), TRL "
+                        "`torch_compile=True` (the model); the warm-up steps take the compilation")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 matmul timed for the rate")
     p.add_argument("--workdir", default=None, help="where models, data and results.json go (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
@@ -171,7 +174,8 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
 def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> str:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     head = (f"**{size}** ({assets['params'] / 1e6:.1f}M params, {assets['matmul_params'] / 1e6:.1f}M in matmuls), "
-            f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, {work.dtype}, "
+            f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, {work.dtype}"
+            f"{' compiled' if work.compile else ''}, "
             f"{work.threads} threads, {work.device}\n\n")
     lines = ["| contender | ref | tokens/s | step s (min-max) | peak RSS MiB | isdaa/TRL tok/s | RSS/TRL "
              "| step / DPO | % matmul rate |",
@@ -243,7 +247,7 @@ def main(argv=None) -> dict:
         work = Workload(size=size, vocab_size=args.vocab_size, prompt_len=args.prompt_len,
                         response_len=args.response_len, vary_lengths=args.vary_lengths, batch_size=args.batch_size,
                         warmup_steps=args.warmup_steps, measure_steps=args.steps, threads=args.threads,
-                        device=args.device, dtype=args.dtype)
+                        device=args.device, dtype=args.dtype, compile=args.compile)
         assets = build_assets(work, workdir / size, args)
         tokens_per_step = (mean_pair_tokens(assets["data_path"], work) * work.batch_size if work.vary_lengths
                            else step_tokens(work))

@@ -80,6 +80,7 @@ def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path) -> StepClock
         bf16=work.dtype == "bfloat16",  # TRL defaults to bf16=True: set explicitly, same dtype for everyone
         gradient_checkpointing=False,  # TRL defaults to True (an extra forward); isdaa does not checkpoint
         seed=work.seed,
+        torch_compile=work.compile,
         disable_tqdm=True,
         dataset_num_proc=None,
     )
