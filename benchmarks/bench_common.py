@@ -110,6 +110,14 @@ def step_tokens(work: Workload) -> int:
     return 2 * work.batch_size * (work.prompt_len + work.response_len)
 
 
+def necessary_fraction(work: Workload) -> float:
+    """The share of `step_tokens` a trainer must run through the model: each pair's prompt once, then both
+    responses (the chosen and rejected rows share the prompt's activations). The FLOP count of the
+    "% matmul rate" column uses it, so that a trainer that skips the prompt's second pass is not credited
+    with work it does not do."""
+    return (work.prompt_len + 2 * work.response_len) / (2 * (work.prompt_len + work.response_len))
+
+
 def set_threads(threads: int) -> None:
     """Threads for torch's intra-op pool; set before the first parallel op. Inter-op kept at 1."""
     import torch

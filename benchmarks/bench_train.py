@@ -10,7 +10,8 @@ alternate A B C D, D C B A, ... over rounds, and each process times only the ste
 (see bench_worker.py). The table reports tokens/s (median of all measured steps, all rounds), peak RSS
 (max over rounds), the ratios isdaa/TRL and IS/DPO, and the fraction of the machine's measured matmul rate
 reached, counting 6 * P * tokens FLOPs per step for the policy plus 2 * P * tokens for an in-memory
-reference, P = parameters that take part in matmuls (all but the input embedding table).
+reference, P = parameters that take part in matmuls (all but the input embedding table), tokens = the
+necessary ones: each pair's prompt once and both responses (`bench_common.necessary_fraction`).
 
 TRL is a benchmark peer only (`pip install -e .[bench]`); isdaa never imports it.
 """
@@ -29,7 +30,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_common import SIZES, Workload, median, step_tokens, thread_env  # noqa: E402
+from bench_common import SIZES, Workload, median, necessary_fraction, step_tokens, thread_env  # noqa: E402
 from bench_worker import CONTENDERS, REF_MODES  # noqa: E402
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -153,7 +154,8 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
         runs = [r for r in results if (r["contender"], r["ref_mode"]) == key]
         steps = [s for r in runs for s in r["step_s"]]
         step = median(steps)
-        flops = (6 + (2 if key[1] == "mem" else 0)) * assets["matmul_params"] * tokens_per_step
+        # the necessary work: 6 P per token for the policy (+ 2 P for an in-memory reference), each prompt once
+        flops = (6 + (2 if key[1] == "mem" else 0)) * assets["matmul_params"] * tokens_per_step * necessary_fraction(work)
         rows.append({
             "contender": key[0], "ref_mode": key[1], "step_s": step, "step_min_s": min(steps), "step_max_s": max(steps),
             "tokens_per_s": tokens_per_step / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),

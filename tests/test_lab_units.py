@@ -65,3 +65,22 @@ def test_online_source_rows_and_determinism():
     for r in rows:
         assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps"} <= set(r)
         assert r["prompt"] in prompts and np.isfinite(r["chosen_logps"])
+
+
+def test_compiled_offline_runs_only_where_it_pays(tmp_path, monkeypatch):
+    """Presets of tens of runs compile their offline runs (eager attention) where the machine can; the quick
+    and micro presets and every online run (sampling each step) keep the model as loaded."""
+    from isdaa.lab import pipeline
+    from isdaa.lab.presets import get_preset
+    from isdaa.train.models import compile_unavailable
+
+    monkeypatch.setattr(pipeline, "offline_steps", lambda lab, p, spec: 10)
+    lab = pipeline.LabDir(tmp_path)
+    can = compile_unavailable() is None
+    for name, offline_compiled in (("paper", can), ("regimes", can), ("quick", False), ("micro", False)):
+        p = get_preset(name)
+        for spec in p.runs:
+            cfg = pipeline.pref_config(lab, p, spec)
+            fast = offline_compiled and not spec.online
+            assert cfg.compile is fast, (name, spec.run_id)
+            assert cfg.model.attn_implementation == ("eager" if fast else None), (name, spec.run_id)

@@ -293,11 +293,13 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
     method = "dpo" if spec.online else spec.method
     scheduler = spec.scheduler or p.scheduler
     warmup = p.warmup_ratio if spec.warmup_ratio is None else spec.warmup_ratio
+    # Offline runs: eager attention and compiled layers, the fastest step for this tiny model (benchmarks/
+    # README.md); where nothing can be compiled, the same computation uncompiled. Online runs sample every
+    # step (sdpa samples faster) and would pay a compilation per worker for a small part of their step.
+    fast = not spec.online and p.compile and compile_unavailable() is None
     cfg = {
-        # eager attention and compiled layers: the fastest step for this tiny model (benchmarks/README.md);
-        # where nothing can be compiled the runs are the same computation, uncompiled
-        "model": {"name_or_path": str(lab.ref_model), "attn_implementation": "eager"},
-        "compile": p.compile and compile_unavailable() is None,
+        "model": {"name_or_path": str(lab.ref_model), **({"attn_implementation": "eager"} if fast else {})},
+        "compile": fast,
         "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": task.MAX_LENGTH,
                  "max_prompt_length": task.PROMPT_TOKENS + 2, "max_train_examples": spec.n_pairs},
         "optim": {"lr": spec.lr, "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": 0.0,

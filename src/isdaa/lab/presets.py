@@ -125,8 +125,9 @@ class Preset:
     runs: tuple[RunSpec, ...] = ()
     task_seed: int = 0
     overopt_drop: float = 0.05  # a run "over-optimized" when smoothed peak - final win rate exceeds this
-    # torch.compile the policy's layers where the machine can (models.compile_unavailable): 5-25 s once per
-    # worker process, repaid by ~8 ms of every step of ~1,000-step runs; not by the micro preset's few steps
+    # offline runs: torch.compile the policy's layers where the machine can (models.compile_unavailable):
+    # 5 s (warm cache) to 30 s (cold) once per worker process, repaid by ~6 s per 1,158-step run: worth it
+    # for presets of tens of runs per worker
     compile: bool = True
     description: str = ""
 
@@ -156,7 +157,8 @@ def _micro() -> Preset:
 
 def _quick() -> Preset:
     runs = grid(("dpo", "is-dpo"), (0.01, 0.1), (0,)) + grid(("online-dpo",), (0.1,), (0,))
-    return Preset(name="quick", runs=runs,
+    # not compiled: 4 offline runs do not repay a cold compilation (388 s with it, 356 s without; one run each)
+    return Preset(name="quick", runs=runs, compile=False,
                   description="DPO and IS-DPO at beta 0.01/0.1, one seed, online DPO at beta 0.1; "
                               "the paper's regime (>= 1,000 small cosine-scheduled steps per run)")
 
