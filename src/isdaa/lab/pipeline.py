@@ -244,7 +244,7 @@ TRAIN_PAIRS = "pairs_consistent.jsonl"
 def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tuple[list[dict], dict]:
     """The training pairs of D_golden the engine can take exactly as sampled; returns (rows, dropped counts).
 
-    - A response that is only EOS decodes to "" and the engine refuses blank responses (data.py), so
+    - A response that is only EOS decodes to "" and the engine refuses blank responses (data/rows.py), so
       pairs with an empty response are dropped (`empty_response`).
     - label_pairs stores pi_ref's log-probs of the exact sampled ids, but the text is decoded without
       special tokens; a response in which pi_ref sampled e.g. <unk> or <bos> re-tokenizes to other ids,
