@@ -148,6 +148,12 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+def square_n(device: str, dtype: str, n: int = 2048) -> int:
+    """The n of the n^3 matmul timed for the matmul rate: bf16 on CPUs at most 1024 (CPUs without bf16 matmul
+    units run it ~100x slower than fp32; a smaller matmul there, the same rate)."""
+    return n if dtype == "float32" or device.startswith("cuda") else min(n, 1024)
+
+
 def matmul_rate(device: str, dtype: str, n: int = 2048, reps: int = 5) -> float:
     """Measured dense matmul rate in FLOP/s (median over reps of an n^3 matmul, 2 n^3 FLOPs each)."""
     import torch

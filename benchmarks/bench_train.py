@@ -30,7 +30,15 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_common import SIZES, Workload, median, necessary_fraction, step_tokens, thread_env  # noqa: E402
+from bench_common import (  # noqa: E402
+    SIZES,
+    Workload,
+    median,
+    necessary_fraction,
+    square_n,
+    step_tokens,
+    thread_env,
+)
 from bench_worker import CONTENDERS, REF_MODES  # noqa: E402
 
 README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -107,12 +115,10 @@ def _python(code_or_script: list[str], threads: int, timeout: float, verbose: bo
 def measure_matmul(args) -> dict:
     """fp32 and (where supported) bf16 matmul rate, in a process with the benchmark's threads."""
     code = (
-        "import json, torch; from bench_common import matmul_rate, set_threads; "
+        "import json, torch; from bench_common import matmul_rate, set_threads, square_n; "
         f"set_threads({args.threads}); d={args.device!r}; out={{'float32': matmul_rate(d, 'float32', {args.matmul_size})}}\n"
         "bf16 = torch.cuda.is_bf16_supported() if d.startswith('cuda') else True\n"
-        # CPUs without bf16 matmul units run it ~100x slower than fp32: a smaller matmul there, same rate
-        f"n = {args.matmul_size} if d.startswith('cuda') else min({args.matmul_size}, 1024)\n"
-        "if bf16: out['bfloat16'] = matmul_rate(d, 'bfloat16', n, reps=3)\n"
+        f"if bf16: out['bfloat16'] = matmul_rate(d, 'bfloat16', square_n(d, 'bfloat16', {args.matmul_size}), reps=3)\n"
         "print('RESULT ' + json.dumps(out))"
     )
     return _result(_python(["-c", code], args.threads, args.timeout, args.verbose))
@@ -193,6 +199,16 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
     return head + "\n".join(lines) + "\n"
 
 
+def cpu_flags() -> str:
+    """The CPU features that decide the matmul rate: AVX-512, its bf16 dot products, AMX (Linux only)."""
+    try:
+        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
+    except (OSError, StopIteration):
+        return "unknown"
+    shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return ", ".join(shown) + ("" if "amx_bf16" in flags else "; no AMX")
+
+
 def machine_info(args) -> dict:
     import torch
 
@@ -201,7 +217,8 @@ def machine_info(args) -> dict:
         cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_flags": cpu_flags()}
     if args.device.startswith("cuda") and torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name(0)
     for mod in ("transformers", "trl", "accelerate"):
@@ -288,12 +305,13 @@ def main(argv=None) -> dict:
                   load_after=load_after)
     cmd = "python benchmarks/bench_train.py " + " ".join(argv if argv is not None else sys.argv[1:])
     text = (
-        f"Measured {started:%Y-%m-%d %H:%M} UTC on {info['cpu']} ({info['cores']} cores"
+        f"Measured {started:%Y-%m-%d %H:%M} UTC on {info['cpu']} ({info['cores']} cores, {info['cpu_flags']}"
         f"{', ' + info['gpu'] if 'gpu' in info else ''}), torch {info['torch']}, transformers "
         f"{info['transformers']}, TRL {info['trl']}, isdaa {info.get('isdaa_commit', '?')}; load average "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after.\n"
-        f"Matmul rate ({args.matmul_size}^3, {args.threads} threads): "
-        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s" for k, v in best.items())
+        f"Matmul rate ({args.threads} threads): "
+        + ", ".join(f"{k} {v / 1e9:.1f} GFLOP/s ({square_n(args.device, k, args.matmul_size)}^3)"
+                    for k, v in best.items())
         + f".\nCommand: `{cmd.strip()}`\n\n" + "\n".join(tables)
     )
     print("\n" + text)
