@@ -17,10 +17,12 @@ from pathlib import Path
 # Random-init Llamas. Parameter counts with the default vocabulary (8192, untied head):
 #   10m: 6 layers x 1.05M + 2 x 2.1M (embedding + LM head) = 10.5M
 #   40m: 8 layers x 4.2M  + 2 x 4.2M                        = 41.9M
+#  200m: 12 layers x 16.8M + 2 x 8.4M                       = 218M (GPU runs)
 SIZES = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),  # smoke tests only
     "10m": dict(hidden_size=256, num_layers=6, num_heads=4, intermediate_size=1024),
     "40m": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
+    "200m": dict(hidden_size=1024, num_layers=12, num_heads=16, intermediate_size=4096),
 }
 SPECIALS = 4  # <pad> <eos> <bos> <unk> come first in build_word_tokenizer's vocabulary
 

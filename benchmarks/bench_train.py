@@ -175,6 +175,8 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
         dpo = by.get(("isdaa-dpo" + suffix, r["ref_mode"]))
         r["vs_trl"] = r["tokens_per_s"] / trl["tokens_per_s"] if trl else None
         r["rss_vs_trl"] = r["peak_rss_mb"] / trl["peak_rss_mb"] if trl else None
+        if "peak_gpu_mb" in r:
+            r["gpu_vs_trl"] = r["peak_gpu_mb"] / trl["peak_gpu_mb"] if trl else None
         r["step_vs_dpo"] = r["step_s"] / dpo["step_s"] if dpo and r["contender"].startswith("isdaa-is") else None
     return rows
 
@@ -185,15 +187,19 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
             f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, {work.dtype}"
             f"{' compiled' if work.compile else ''}, "
             f"{work.threads} threads, {work.device}\n\n")
+    gpu = "peak_gpu_mb" in rows[0]  # GPU runs: the allocator's peak beside the host's RSS
     lines = ["| contender | ref | tokens/s | step s (min-max) | peak RSS MiB | isdaa/TRL tok/s | RSS/TRL "
-             "| step / DPO | % matmul rate |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             + ("| peak GPU MiB | GPU mem/TRL " if gpu else "") + "| step / DPO | % matmul rate |",
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---:|"]
     for r in rows:
+        is_trl = r["contender"] == "trl-dpo"
+        gpu_cols = (f"{r['peak_gpu_mb']:,.0f} | {fmt(r['gpu_vs_trl'], '.2f') if not is_trl else '1'} | "
+                    if gpu else "")
         lines.append(
             f"| {r['contender']} | {r['ref_mode']} | {r['tokens_per_s']:,.0f} | {r['step_s']:.3f} "
             f"({r['step_min_s']:.3f}-{r['step_max_s']:.3f}) | {r['peak_rss_mb']:,.0f} | "
-            f"{fmt(r['vs_trl'], '.2f') if r['contender'] != 'trl-dpo' else '1'} | "
-            f"{fmt(r['rss_vs_trl'], '.2f') if r['contender'] != 'trl-dpo' else '1'} | "
+            f"{fmt(r['vs_trl'], '.2f') if not is_trl else '1'} | "
+            f"{fmt(r['rss_vs_trl'], '.2f') if not is_trl else '1'} | {gpu_cols}"
             f"{fmt(r['step_vs_dpo'], '.3f')} | {100 * r['matmul_fraction']:.0f}% |"
         )
     return head + "\n".join(lines) + "\n"
