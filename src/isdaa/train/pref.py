@@ -21,7 +21,7 @@ Rows from a `batch_source` without reference columns are scored on the fly the s
 
 Log-probs come from `isdaa.logprobs.response_logps`: one call of the (wrapped) model's forward that
 projects only the response-predicting positions through the LM head (`response_only_head`, default),
-or the full logits. With `pack_pairs` (default: on CPU) each pair is one packed row [prompt, chosen,
+or the full logits. With `pack_pairs` (default: on) each pair is one packed row [prompt, chosen,
 rejected] (`isdaa.logprobs.pair_response_logps`): the prompt goes through the model once per pair.
 """
 
@@ -178,8 +178,7 @@ class PrefTask(Task):
     def _logps(self, model, batch):
         """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward."""
         head_only = self.cfg.response_only_head and response_head_supported(model)
-        pack = self.cfg.pack_pairs if self.cfg.pack_pairs is not None else batch["input_ids"].device.type == "cpu"
-        if head_only and pack and packed_pairs_supported(model):
+        if head_only and self.cfg.pack_pairs and packed_pairs_supported(model):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                        batch["n_pairs"])
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
