@@ -205,9 +205,10 @@ def test_sft_on_completions(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path):
+def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path, monkeypatch):
     """`torchrun --nproc_per_node 2` (gloo, CPU): the same global batch gives the same curve and metrics
-    (gradients averaged over processes; IS metrics reduced over the global batch)."""
+    (gradients averaged over processes; IS metrics reduced over the global batch). Both sides on the CPU, also
+    on a machine with a GPU (where accelerate would otherwise put the one-process run there)."""
     import os
     import subprocess
     import sys
@@ -216,6 +217,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path):
 
     from isdaa.config import to_dict
 
+    monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     single = make_cfg(tiny_dir, tmp_path, "one", max_steps=3, method="is-dpo")
     train(single)
     path = tmp_path / "two.yaml"
