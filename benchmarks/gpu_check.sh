@@ -2,12 +2,13 @@
 # The GPU checks, in one script for a short lease on a GPU machine (run from the repository root):
 #   1. the engine's tests on a machine where accelerate picks the GPU (training, packed pairs, IS weight 1, compile);
 #   2. the harness in bf16 on the GPU at 40m and 200m against TRL, both reference modes;
-#   3. packed pairs on the GPU, A/B (`pack_pairs` defaults to off there until this says otherwise).
-# Usage: bash benchmarks/gpu_check.sh OUT_DIR   (env: DEVICE=cuda SIZES=40m,200m BATCH=32 ROUNDS=1, *_S time limits)
+#   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off.
+# Usage: bash benchmarks/gpu_check.sh OUT_DIR   (env: DEVICE=cuda SIZES=40m,200m PACK_SIZES=200m BATCH=32 ROUNDS=1,
+# TEST_S/HARNESS_S/PACK_S time limits). On an H200: ~100 s per harness size, ~15 s per process of the A/B.
 set -u
 out=${1:-gpu-check-out}
 mkdir -p "$out"
-device=${DEVICE:-cuda}; sizes=${SIZES:-40m,200m}; batch=${BATCH:-32}; rounds=${ROUNDS:-1}
+device=${DEVICE:-cuda}; sizes=${SIZES:-40m,200m}; pack_sizes=${PACK_SIZES:-200m}; batch=${BATCH:-32}; rounds=${ROUNDS:-1}
 export PYTHONUNBUFFERED=1
 py=${PYTHON:-python3}
 
@@ -17,7 +18,7 @@ print('transformers', transformers.__version__, 'accelerate', accelerate.__versi
   2>&1 | tee "$out/env.txt"
 
 echo "== tests"
-timeout "${TEST_S:-120}" $py -m pytest -q -p no:cacheprovider ${PYTEST_ARGS:-} tests/test_train.py tests/test_is_weight_one.py \
+timeout "${TEST_S:-150}" $py -m pytest -q -p no:cacheprovider -p no:benchmark --tb=short -rf ${PYTEST_ARGS:-} tests/test_train.py tests/test_is_weight_one.py \
   tests/test_pair_logps.py tests/test_logprobs.py tests/test_compile.py tests/test_bf16_cpu.py > "$out/tests.log" 2>&1
 echo "tests exit $?"; tail -15 "$out/tests.log"
 
@@ -30,12 +31,12 @@ for size in ${sizes//,/ }; do  # one run per size: a size that runs out of time 
   cp "/tmp/gpu-harness-$size/results.json" "$out/harness-$size.json" 2>/dev/null
 done
 
-echo "== packed pairs A/B (+alt = pack_pairs on)"
+echo "== packed pairs A/B (+alt = pack_pairs off)"
 rm -rf /tmp/alt-pack && cp -r src /tmp/alt-pack
-sed -i 's/^    pack_pairs: bool | None = None  #/    pack_pairs: bool | None = True  #/' /tmp/alt-pack/isdaa/config.py
-grep -q "pack_pairs: bool | None = True" /tmp/alt-pack/isdaa/config.py || { echo "pack_pairs patch failed"; exit 1; }
-timeout "${PACK_S:-120}" $py benchmarks/bench_train.py --device "$device" --dtype bfloat16 --sizes "$sizes" \
-  --contenders isdaa-dpo --ref-modes pre --rounds "$rounds" --warmup-steps 3 --steps 5 --batch-size "$batch" \
+sed -i 's/^    pack_pairs: bool = True  #/    pack_pairs: bool = False  #/' /tmp/alt-pack/isdaa/config.py
+grep -q "pack_pairs: bool = False" /tmp/alt-pack/isdaa/config.py || { echo "pack_pairs patch failed"; exit 1; }
+timeout "${PACK_S:-200}" $py benchmarks/bench_train.py --device "$device" --dtype bfloat16 --sizes "$pack_sizes" \
+  --contenders isdaa-dpo,isdaa-is-dpo --ref-modes pre,mem --rounds "$rounds" --warmup-steps 3 --steps 5 --batch-size "$batch" \
   --alt-src /tmp/alt-pack --workdir /tmp/gpu-pack > "$out/pack.log" 2>&1
 echo "pack exit $?"; sed -n '/^Measured/,$p' "$out/pack.log"
 cp /tmp/gpu-pack/results.json "$out/pack.json" 2>/dev/null
