@@ -204,6 +204,28 @@ def test_fused_token_logps_gradient_checks():
         out.backward()
 
 
+def test_token_logps_rows_score_several_labels_per_row():
+    """`rows`: one logits row scoring several labels (a packed pair's last prompt position) gives, in float64,
+    the values and gradients of plain autograd through log_softmax of the rows copied out one per label,
+    for the fused path, the unfused one and without a graph."""
+    logits, labels, _ = _inputs(B=5, T=1, V=11, seed=7)
+    x = logits[:, 0].double()
+    rows = torch.tensor([0, 2, 2, 4, 1, 2, 0])
+    lab = torch.tensor([3, 0, 10, 5, 5, 7, 3])                       # row 2 thrice, row 0 twice (same label)
+    g = torch.linspace(-1.0, 2.0, 7, dtype=torch.float64)
+    ref = x.clone().requires_grad_(True)
+    expected = torch.log_softmax(ref[rows], -1).gather(-1, lab[:, None]).squeeze(-1)
+    (expected * g).sum().backward()
+    for fused in (True, False):
+        xi = x.clone().requires_grad_(True)
+        got = token_logps(xi, lab, rows=rows, fused=fused, chunk=2)
+        torch.testing.assert_close(got, expected.detach(), rtol=1e-12, atol=1e-14)
+        (got * g).sum().backward()
+        torch.testing.assert_close(xi.grad, ref.grad, rtol=1e-12, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(token_logps(x, lab, rows=rows, chunk=2), expected.detach(), rtol=1e-12, atol=1e-14)
+
+
 def test_bf16_logits_fused_in_float32():
     logits, labels, _ = _inputs(B=9, T=1, V=17, seed=6)
     x, labels = logits[:, 0].bfloat16().requires_grad_(True), labels[:, 0].clamp(min=0)

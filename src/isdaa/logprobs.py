@@ -95,27 +95,27 @@ def response_head_supported(model) -> bool:
 
 
 class _TokenLogps(torch.autograd.Function):
-    """log softmax(logits)[n, labels[n]] for (N, V) logits, keeping the softmax p of the forward for the
-    backward: d/dlogits = g * (onehot(labels) - p), computed in place in p (no second exp, no
-    zero-filled scatter buffer). Saves p (N, V) in the compute dtype, the same size autograd's
-    logsumexp would save (its float32 input). Rows go through in chunks of `chunk` (the float32 upcast
-    of bf16 logits)."""
+    """log softmax(logits[rows[m]])[labels[m]] for (N, V) logits and (M,) rows / labels, keeping the softmax p
+    of the forward for the backward: d/dlogits[n] = G_n * (-p[n]) + sum_{m: rows[m] = n} g_m onehot(labels[m]),
+    G_n = sum_{m: rows[m] = n} g_m, computed in place in p (no second exp, no zero-filled scatter buffer, and no
+    (M, V) copy of the rows that score several tokens). Saves p (N, V) in the compute dtype, the same size
+    autograd's logsumexp would save (its float32 input). Rows go through in chunks of `chunk` (the float32
+    upcast of bf16 logits)."""
 
     @staticmethod
-    def forward(ctx, logits, labels, chunk):
+    def forward(ctx, logits, labels, rows, chunk):
         dtype = torch.promote_types(logits.dtype, torch.float32)
         n = logits.shape[0]
-        out = torch.empty(n, dtype=dtype, device=logits.device)           # (N,)
+        lse = torch.empty(n, dtype=dtype, device=logits.device)           # (N,)
         p = torch.empty(logits.shape, dtype=dtype, device=logits.device)  # (N, V)
         for s in range(0, n, chunk):
             x = logits[s: s + chunk].to(dtype)                             # (c, V), may alias logits: read only
-            lse = torch.logsumexp(x, -1, keepdim=True)                     # (c, 1)
-            out[s: s + chunk] = (x.gather(-1, labels[s: s + chunk, None]) - lse).squeeze(-1)
-            torch.sub(x, lse, out=p[s: s + chunk]).exp_()
-        ctx.save_for_backward(p, labels)
+            lse[s: s + chunk] = torch.logsumexp(x, -1)
+            torch.sub(x, lse[s: s + chunk, None], out=p[s: s + chunk]).exp_()
+        ctx.save_for_backward(p, labels, rows)
         ctx.logits_dtype = logits.dtype
         ctx.consumed = False
-        return out
+        return logits[rows, labels].to(dtype) - lse[rows]                 # (M,)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -124,25 +124,31 @@ class _TokenLogps(torch.autograd.Function):
             raise RuntimeError("response log-probs: backward through the fused head twice (retain_graph) "
                                "is not supported")
         ctx.consumed = True
-        p, labels = ctx.saved_tensors
-        grad = p.mul_(-g[:, None].to(p.dtype))                            # -g * p, in place
-        grad.scatter_add_(-1, labels[:, None], g[:, None].to(p.dtype))    # + g at the label
-        return grad.to(ctx.logits_dtype), None, None
+        p, labels, rows = ctx.saved_tensors
+        g = g.to(p.dtype)
+        row_g = torch.zeros(p.shape[0], dtype=p.dtype, device=p.device).index_add_(0, rows, g)  # (N,) G_n
+        grad = p.mul_(-row_g[:, None])                                     # -G_n * p, in place
+        grad.index_put_((rows, labels), g, accumulate=True)                # + g_m at (rows[m], labels[m])
+        return grad.to(ctx.logits_dtype), None, None, None
 
 
-def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, fused: bool = True, chunk: int = 1024):
-    """(N,) log pi(labels[n] | logits[n]) for (N, V) logits, in float32 (float64 for float64 logits)."""
+def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, rows: torch.Tensor | None = None,
+                fused: bool = True, chunk: int = 1024):
+    """(M,) log pi(labels[m] | logits[rows[m]]) for (N, V) logits, in float32 (float64 for float64 logits).
+    `rows` (M,) defaults to 0..N-1 (M = N); a row may score several labels (a packed pair's last prompt
+    position scores the first token of both responses) without being copied."""
+    if rows is None:
+        rows = torch.arange(logits.shape[0], device=logits.device)
     if fused and logits.requires_grad and torch.is_grad_enabled():
-        return _TokenLogps.apply(logits, labels, chunk)
+        return _TokenLogps.apply(logits, labels, rows, chunk)
     dtype = torch.promote_types(logits.dtype, torch.float32)
     if logits.requires_grad:  # one piece: each slice of a graph-connected tensor costs an (N, V) zero-fill in backward
         x = logits.to(dtype)
-        return x.gather(-1, labels[:, None]).squeeze(-1) - torch.logsumexp(x, -1)
-    out = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # no graph: chunks bound the upcast
+        return x[rows, labels] - torch.logsumexp(x, -1)[rows]
+    lse = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)  # no graph: chunks bound the upcast
     for s in range(0, logits.shape[0], chunk):
-        x = logits[s: s + chunk].to(dtype)                                # (c, V)
-        out[s: s + chunk] = x.gather(-1, labels[s: s + chunk, None]).squeeze(-1) - torch.logsumexp(x, -1)
-    return out
+        lse[s: s + chunk] = torch.logsumexp(logits[s: s + chunk].to(dtype), -1)
+    return logits[rows, labels].to(dtype) - lse[rows]
 
 
 def response_logps(model, input_ids, attention_mask, response_mask, *, response_only_head: bool = True,
@@ -281,7 +287,7 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     scored = (k >= p) & real                                               # (B, L) every response token
     pred = torch.where(k == p + c, p - 1, k - 1).clamp(min=0)              # the position that scores it
     b, t = scored.nonzero(as_tuple=True)                                   # (M,) each
-    token_lp = token_logps(logits[index[b, pred[b, t]]], ids[b, t], fused=fused)  # (M,)
+    token_lp = token_logps(logits, ids[b, t], rows=index[b, pred[b, t]], fused=fused)  # (M,)
     del logits
     out_row = torch.where(in_chosen_row, 0, n)[b, t] + b                   # chosen -> b, rejected -> B + b
     return token_lp.new_zeros(rows).index_add(0, out_row, token_lp)  # (2B,)
