@@ -205,12 +205,21 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
     return head + "\n".join(lines) + "\n"
 
 
-def cpu_flags() -> str:
-    """The CPU features that decide the matmul rate: AVX-512, its bf16 dot products, AMX (Linux only)."""
+def cpuinfo_field(name: str) -> str | None:
+    """The first `name : value` line of /proc/cpuinfo (Linux), or None."""
     try:
-        flags = set(next(line for line in open("/proc/cpuinfo") if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith(name)), None)
+    except OSError:
+        return None
+
+
+def cpu_flags() -> str:
+    """The CPU features that decide the matmul rate: AVX-512, its bf16 dot products, AMX."""
+    line = cpuinfo_field("flags")
+    if line is None:
         return "unknown"
+    flags = set(line.split())
     shown = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     return ", ".join(shown) + ("" if "amx_bf16" in flags else "; no AMX")
 
@@ -218,11 +227,7 @@ def cpu_flags() -> str:
 def machine_info(args) -> dict:
     import torch
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpuinfo_field("model name") or platform.processor()
     info = {"cpu": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version(),
             "cpu_flags": cpu_flags()}
     if args.device.startswith("cuda") and torch.cuda.is_available():
