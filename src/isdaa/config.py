@@ -55,7 +55,7 @@ class LoraConfig:
 class ModelConfig:
     name_or_path: str = ""             # hub name or local save_pretrained folder
     revision: str | None = None        # hub branch, tag or commit of the model
-    dtype: str = "fp32"                # weights dtype: fp32 | bf16 | fp16 | auto
+    dtype: str = "fp32"                # weights dtype: fp32 | bf16 | fp16 | auto | fp64 (numerical checks)
     trust_remote_code: bool = False    # off unless explicitly set
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~20% slower)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None: transformers' default
@@ -64,7 +64,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(bool(self.name_or_path), "model.name_or_path is required")
-        _one_of(self.dtype, ("fp32", "bf16", "fp16", "auto"), "model.dtype")
+        _one_of(self.dtype, ("fp32", "bf16", "fp16", "auto", "fp64"), "model.dtype")
 
 
 @dataclass

@@ -126,11 +126,36 @@ def top_share(log_w: Tensor) -> Tensor:
     return torch.exp(log_w.max() - torch.logsumexp(log_w, 0))
 
 
-def pooled_weight_metrics(sum_w: Tensor, sum_w2: Tensor, n, max_w: Tensor) -> dict[str, Tensor]:
-    """The loss's `is/*` metrics that are NOT means over pairs (ESS, top-pair share), from sums over the
-    whole batch: a trainer that splits a batch into micro-batches or processes adds up sum w, sum w^2,
-    the count and the max, and recomputes these instead of averaging per-micro-batch values."""
-    return {"is/ess": ess_from_sums(sum_w, sum_w2, n), "is/top_share": max_w / sum_w}
+SCALED_METRICS = ("weight_mean", "weight_max")  # the weight metrics that scale with the weights (not ESS, top share)
+
+
+def log_weight_sums(log_w: Tensor) -> Tensor:
+    """(4,) [logsumexp(log w), logsumexp(2 log w), max log w, count] of a batch's log-weights (B,): what a
+    batch split into micro-batches or processes combines (`combine_log_weight_sums`) to get the whole
+    batch's ESS, top-pair share and mean weight, in log space (never NaN, never overflowing)."""
+    log_w = log_w.detach().double()
+    return torch.stack([torch.logsumexp(log_w, 0), torch.logsumexp(2 * log_w, 0), log_w.max(),
+                        log_w.new_tensor(float(log_w.numel()))])
+
+
+def combine_log_weight_sums(sums: Tensor) -> Tensor:
+    """(K, 4) `log_weight_sums` of K parts of a batch -> (4,) those of the whole batch."""
+    return torch.stack([torch.logsumexp(sums[:, 0], 0), torch.logsumexp(sums[:, 1], 0), sums[:, 2].max(),
+                        sums[:, 3].sum()])
+
+
+def pooled_weight_metrics(sums: Tensor) -> dict[str, Tensor]:
+    """The weight metrics that are NOT means over pairs, from a whole batch's `log_weight_sums`:
+    ess = exp(2 lse(log w) - lse(2 log w) - log n), top_share = exp(max log w - lse(log w)). A trainer
+    that splits a batch into micro-batches or processes combines the parts' sums and recomputes these
+    instead of averaging per-part values (which would be the ESS of each part, not of the batch)."""
+    lse, lse2, top, n = sums.unbind(0)
+    return {"ess": torch.exp(2 * lse - lse2 - torch.log(n)), "top_share": torch.exp(top - lse)}  # float64
+
+
+def log_mean_weight(sums: Tensor) -> Tensor:
+    """log mean w of a whole batch from its `log_weight_sums`: self-normalization's log normalizer."""
+    return sums[0] - torch.log(sums[3])
 
 
 def log_mean_exp(x: Tensor) -> Tensor:

@@ -178,7 +178,8 @@ class Option:
 OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("is_clip", 1.0, "eps: IS log-weights clipped from above at 2*eps (the release's default)",
            minimum=0, exclusive=True),
-    Option("is_self_normalize", False, "IS weights divided by their batch mean (beyond the paper)", bool),
+    Option("is_self_normalize", False, "IS weights divided by their mean over the batch (in training: the whole "
+           "optimizer step, every micro-batch and process; beyond the paper)", bool),
     Option("is_length_normalize", False, "IS log-ratio from per-token means (beyond the paper; needs lengths)",
            bool),
     Option("ipo_length_normalize", False, "IPO on per-token mean log-ratios (TRL's choice)", bool),
@@ -287,12 +288,17 @@ def methods_help() -> str:
 class PreferenceLossOutput:
     """loss: scalar mean of `losses`; losses: (B,) per-pair losses with weights applied; weights: (B,)
     detached (ones for non-IS methods); metrics: name -> detached 0-dim float32 tensor (convert once per
-    logging step with `metrics_float()`, so a GPU run does not sync the host per metric per step)."""
+    logging step with `metrics_float()`, so a GPU run does not sync the host per metric per step);
+    log_weights: prefix -> (B,) detached log-weights behind that prefix's batch-level metrics
+    (`is`: the loss's weights, `drift`: the clipped weights every pair would get), so that a trainer
+    splitting a batch recomputes `<prefix>/ess` and `<prefix>/top_share` over the whole batch
+    (`importance.log_weight_sums`)."""
 
     loss: Tensor
     losses: Tensor
     weights: Tensor
     metrics: dict[str, Tensor]
+    log_weights: dict[str, Tensor] = field(default_factory=dict)
 
     def metrics_float(self) -> dict[str, float]:
         return {k: float(v) for k, v in self.metrics.items()}
@@ -312,7 +318,8 @@ def preference_loss(
     rejected_lengths: Tensor | None = None,
     **options,
 ) -> PreferenceLossOutput:
-    """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32.
+    """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32 (float64
+    when an input is float64).
 
     Options by name: the keys of OPTIONS (all accepted for every method; defaults there). Reference
     log-probs may be omitted for a reference-free method (its rewards/* metrics then use ref = 0).
@@ -332,16 +339,20 @@ def preference_loss(
     lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
     if entry.importance_weighted:
         log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, **lengths)
-        weights = log_w.exp()
     else:
-        weights = torch.ones_like(base)
-        stats = importance.weight_stats(torch.zeros_like(base), None)  # w = 1: mean 1, ess 1, top 1/B
+        log_w = torch.zeros_like(base).detach()
+        stats = importance.weight_stats(log_w, None)  # w = 1: mean 1, ess 1, top 1/B
+    weights = log_w.exp()
     losses = weights * base
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
     drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
     metrics = _metrics(beta, *policy, *ref, stats, drift, opts["is_clip"])
-    return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
+    log_weights = {"is": log_w}
+    if drift is not None:
+        log_weights["drift"] = importance.clip_log_weights(drift, opts["is_clip"])
+    return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics,
+                                log_weights=log_weights)
 
 
 def _check_beta(beta) -> float:
@@ -391,7 +402,7 @@ def _metrics(beta, policy_c, policy_r, ref_c, ref_r, stats, drift, eps):
             would_be = importance.weight_stats(drift, eps)
             metrics["drift/ess"] = would_be["ess"]
             metrics["drift/clip_frac"] = would_be["clip_frac"]
-    return {k: v.detach().float() for k, v in metrics.items()}
+    return {k: v.detach() if v.dtype == torch.float64 else v.detach().float() for k, v in metrics.items()}
 
 
 def _lookup(method: str) -> Method:
@@ -416,7 +427,8 @@ def validate_options(options: Mapping[str, object]) -> dict[str, object]:
 
 def _float32_inputs(**tensors) -> dict[str, Tensor | None]:
     """Check each given input is a (B,) tensor of policy_chosen_logps' shape; cast to float32 (bf16
-    included; gradients flow through the cast). None stays None."""
+    included; gradients flow through the cast), or float64 when any input is float64 (numerical checks).
+    None stays None."""
     shape = None
     out = {}
     for name, t in tensors.items():
@@ -435,5 +447,6 @@ def _float32_inputs(**tensors) -> dict[str, Tensor | None]:
             raise ValueError(
                 f"{name} has shape {tuple(t.shape)}, expected {tuple(shape)} like policy_chosen_logps"
             )
-        out[name] = t.float()
-    return out
+        out[name] = t
+    dtype = torch.float64 if any(t.dtype == torch.float64 for t in out.values() if t is not None) else torch.float32
+    return {name: None if t is None else t.to(dtype) for name, t in out.items()}

@@ -10,10 +10,14 @@ from isdaa.data import load_rows
 class Task:
     """Subclasses set `tokenizer`, `model`, `train_examples`, `eval_examples` in `build`, and define
     `collate(examples) -> batch`, `units(examples) -> int` (loss denominator) and
-    `loss(model, batch) -> (sum of per-unit losses, {name: 0-dim tensor mean}, IS weights or None)`."""
+    `loss(model, batch) -> (sum of per-unit losses, {name: 0-dim tensor mean}, {prefix: (B,) log-weights} or
+    None)`. `normalize_over_step`: the prefix of log-weights whose weights the loss applied UNnormalized and
+    the loop divides by their mean over the whole optimizer step (every micro-batch and process; the
+    gradient is rescaled after accumulation), or None."""
 
     kind = "task"
     eval_examples: list | None = None
+    normalize_over_step: str | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -50,7 +54,7 @@ class Task:
     # -- evaluation: the loss's metrics averaged over the eval set (no gradients)
     @torch.no_grad()
     def evaluate(self, model, accelerator) -> dict:
-        from isdaa.train.loop import StepMetrics, to_floats
+        from isdaa.train.loop import StepMetrics, self_normalizer, to_floats
 
         model.eval()
         world = accelerator.num_processes
@@ -64,8 +68,13 @@ class Task:
         for chunk in chunks:
             batch = self.to_device(self.collate(chunk), accelerator.device)
             with accelerator.autocast():
-                loss_sum, metrics, weights = self.loss(model, batch)
-            loss = loss + loss_sum.float() / total
-            step_metrics.add(metrics, self.units(chunk) / total, weights)
-        values = {**step_metrics.finalize(), "loss": loss}
-        return {f"eval/{k}": v for k, v in to_floats(values, accelerator, step_metrics.all_weights).items()}
+                loss_sum, metrics, log_weights = self.loss(model, batch)
+            loss = loss + loss_sum.double() / total
+            step_metrics.add(metrics, self.units(chunk) / total, log_weights)
+        step_metrics.finalize()
+        if self.normalize_over_step:  # normalized over the whole eval set, as over a training step
+            factor = self_normalizer(step_metrics, self.normalize_over_step, accelerator)
+            loss = loss * factor
+            step_metrics.scale_weights(self.normalize_over_step, factor)
+        values = {**step_metrics.values, "loss": loss}
+        return {f"eval/{k}": v for k, v in to_floats(values, accelerator, step_metrics.weight_sums).items()}

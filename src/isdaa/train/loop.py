@@ -127,60 +127,107 @@ def resolve_mixed_precision(value: str) -> str:
 
 class StepMetrics:
     """Accumulates one optimizer step's metric tensors over micro-batches, on the device (no sync):
-    means weighted by the micro-batch's share of units, maxima for `*_max` keys; IS weights are
-    concatenated so that ESS is the ESS of the whole batch."""
+    means weighted by the micro-batch's share of units, maxima for `*_max` keys. The log-weights behind
+    batch-level metrics (`<prefix>/ess`, `<prefix>/top_share`; the loss's `log_weights`) are reduced to
+    their sums (`importance.log_weight_sums`), so those metrics are the whole batch's, not a mean over
+    micro-batches; `to_floats` combines the sums of every process."""
 
     def __init__(self):
         self.values: dict[str, torch.Tensor] = {}
-        self.weights: list[torch.Tensor] = []
-        self.micro = 0
+        self.log_weights: dict[str, list[torch.Tensor]] = {}
+        self.weight_sums: dict[str, torch.Tensor] = {}
 
-    def add(self, metrics: dict, share: float, weights=None):
-        self.micro += 1
+    def add(self, metrics: dict, share: float, log_weights: dict | None = None):
         for k, v in metrics.items():
-            v = v.detach().float()
+            v = _at_least_f32(v.detach())
             if k.endswith("_max"):
                 self.values[k] = torch.maximum(self.values[k], v) if k in self.values else v
             else:
                 self.values[k] = self.values[k] + v * share if k in self.values else v * share
-        if weights is not None:
-            self.weights.append(weights.detach().float())
+        for prefix, lw in (log_weights or {}).items():
+            self.log_weights.setdefault(prefix, []).append(lw.detach())
 
     def finalize(self) -> dict:
-        self.all_weights = torch.cat(self.weights) if self.weights else None
-        if self.micro > 1 and self.all_weights is not None:
-            w = self.all_weights
-            self.values.update(_pooled(self.values, w.sum(), (w * w).sum(), w.numel(), w.max()))
+        from isdaa.importance import log_weight_sums
+
+        self.weight_sums = {p: log_weight_sums(torch.cat(lws)) for p, lws in self.log_weights.items()}
+        self.values.update(_pooled(self.values, self.weight_sums))
         return self.values
 
+    def scale_weights(self, prefix: str, factor: float) -> None:
+        """The `prefix` weights were all multiplied by `factor` (self-normalization over the step): rescale
+        the metrics that carry their scale (mean, max); ESS and top share are scale-free."""
+        from isdaa.importance import SCALED_METRICS
 
-def _pooled(values: dict, sum_w, sum_w2, n, max_w) -> dict:
+        for name in SCALED_METRICS:
+            if f"{prefix}/{name}" in self.values:
+                self.values[f"{prefix}/{name}"] = self.values[f"{prefix}/{name}"] * factor
+
+
+def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
+    """float32, or float64 for a float64 run (numerical checks keep their precision in the metrics)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
+def _pooled(values: dict, weight_sums: dict) -> dict:
     """The batch-level weight metrics (`importance.pooled_weight_metrics`) the loss logged, recomputed
-    from the whole batch's sums: no metric is named here."""
+    from the whole batch's log-weight sums: no metric is named here."""
     from isdaa.importance import pooled_weight_metrics
 
-    return {k: v for k, v in pooled_weight_metrics(sum_w, sum_w2, n, max_w).items() if k in values}
+    out = {}
+    for prefix, sums in weight_sums.items():
+        for name, v in pooled_weight_metrics(sums).items():
+            if f"{prefix}/{name}" in values:
+                key = f"{prefix}/{name}"
+                out[key] = v.to(values[key].device, values[key].dtype)
+    return out
 
 
-def to_floats(values: dict, accelerator, weights=None) -> dict:
+def global_weight_sums(weight_sums: dict, accelerator) -> dict:
+    """Each prefix's `log_weight_sums` combined over processes (one gather; local when not distributed)."""
+    if accelerator.num_processes == 1 or not weight_sums:
+        return weight_sums
+    from isdaa.importance import combine_log_weight_sums
+
+    keys = sorted(weight_sums)
+    local = torch.stack([weight_sums[k].to(accelerator.device) for k in keys])  # (K, 4)
+    every = accelerator.gather(local[None]).reshape(-1, len(keys), 4)           # (P, K, 4)
+    return {k: combine_log_weight_sums(every[:, i]) for i, k in enumerate(keys)}
+
+
+def to_floats(values: dict, accelerator, weight_sums: dict | None = None) -> dict:
     """One host sync for all metrics. Distributed: means averaged over processes, `*_max` maxed, and
-    the pooled weight metrics (ESS, top share) recomputed from the weight sums of the global batch."""
+    the pooled weight metrics (ESS, top share) recomputed from the log-weight sums of the global batch."""
     if not values:
         return {}
     keys = sorted(values)
-    stacked = torch.stack([values[k].reshape(()).float() for k in keys])
+    stacked = torch.stack([values[k].reshape(()).double() for k in keys])
     if accelerator.num_processes > 1:
         is_max = torch.tensor([k.endswith("_max") for k in keys], device=stacked.device)
         means = accelerator.reduce(stacked.clone(), reduction="mean")
         maxes = accelerator.gather(stacked[None]).max(0).values
         stacked = torch.where(is_max, maxes, means)
-        if weights is not None:
-            w = weights.float()
-            sums = accelerator.reduce(torch.stack([w.sum(), (w * w).sum(), w.new_tensor(w.numel())]), "sum")
-            max_w = accelerator.gather(w.max()[None]).max()
-            for k, v in _pooled(values, sums[0], sums[1], sums[2], max_w).items():
-                stacked[keys.index(k)] = v
+        for k, v in _pooled(values, global_weight_sums(weight_sums or {}, accelerator)).items():
+            stacked[keys.index(k)] = v
     return dict(zip(keys, stacked.tolist()))
+
+
+def self_normalizer(metrics_acc: StepMetrics, prefix: str, accelerator) -> float:
+    """n / sum w over the whole step (every micro-batch and process) of the `prefix` weights: the factor
+    that turns the gradient of sum_i w_i L_i / n into that of the self-normalized sum_i (w_i / mean w) L_i / n
+    (w detached: the normalizer is a constant of the step)."""
+    from isdaa.importance import log_mean_weight
+
+    sums = global_weight_sums(metrics_acc.weight_sums, accelerator)[prefix]
+    return math.exp(-float(log_mean_weight(sums)))
+
+
+def scale_gradients(model, factor: float) -> None:
+    """Multiply every accumulated gradient by `factor` (before clipping; linear, so under an fp16 grad
+    scaler too)."""
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if grads:
+        torch._foreach_mul_(grads, factor)
 
 
 # ---------------------------------------------------------------- the loop
@@ -230,6 +277,10 @@ class _Run:
         set_seed(cfg.seed)
 
         task.build(acc, online=batch_source is not None)
+        if task.normalize_over_step and getattr(acc.state, "deepspeed_plugin", None) is not None:
+            raise ValueError("loss.is_self_normalize normalizes the weights over the whole optimizer step by "
+                             "rescaling the accumulated gradients, which DeepSpeed's engine keeps to itself: "
+                             "use DDP or FSDP (configs/accelerate/), or turn is_self_normalize off")
         self.n_train = len(task.train_examples)
         self.steps_per_epoch = self.n_train // cfg.batch_size
         if batch_source is None and self.steps_per_epoch == 0:
@@ -307,12 +358,18 @@ class _Run:
             last = j == len(micro) - 1
             accel_compat.set_sync_gradients(acc, last)  # DDP gradient sync, DeepSpeed step boundary
             with (nullcontext() if last else acc.no_sync(model)), acc.autocast():
-                loss_sum, metrics, weights = task.loss(model, batch)
+                loss_sum, metrics, log_weights = task.loss(model, batch)
                 # accelerate divides by `accum`: the net scale is 1 / (units of the whole local batch)
                 acc.backward(loss_sum * (self.accum / local_units))
-            loss_total = loss_total + loss_sum.detach().float() / local_units
-            metrics_acc.add(metrics, task.units(mb) / local_units, weights)
+            loss_total = loss_total + _at_least_f32(loss_sum.detach()) / local_units
+            metrics_acc.add(metrics, task.units(mb) / local_units, log_weights)
             self.tokens_window += batch["n_tokens"]
+        metrics_acc.finalize()
+        if task.normalize_over_step:  # self-normalized weights: divided by their mean over the whole step
+            factor = self_normalizer(metrics_acc, task.normalize_over_step, acc)
+            scale_gradients(model, factor)
+            loss_total = loss_total * factor
+            metrics_acc.scale_weights(task.normalize_over_step, factor)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
         finite = self._all_finite(loss_total, grad_norm)
         if finite:
@@ -326,11 +383,10 @@ class _Run:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
-        metrics_acc.finalize()
         metrics_acc.values["loss"] = loss_total
         metrics_acc.values["nonfinite_steps"] = torch.tensor(float(self.nonfinite_steps), device=acc.device)
         if grad_norm is not None:  # the PRE-clip norm
-            metrics_acc.values["grad_norm"] = torch.as_tensor(grad_norm, device=acc.device).float()
+            metrics_acc.values["grad_norm"] = _at_least_f32(torch.as_tensor(grad_norm, device=acc.device))
         return metrics_acc
 
     def _all_finite(self, loss, grad_norm) -> bool:
@@ -359,7 +415,7 @@ class _Run:
         cfg, acc, step = self.cfg, self.accelerator, self.step
 
         def floats():
-            return to_floats(metrics_acc.values, acc, metrics_acc.all_weights)
+            return to_floats(metrics_acc.values, acc, metrics_acc.weight_sums)
 
         is_log_step = step % cfg.logging_steps == 0 or step == self.total_steps
         ctx = self._context(_metrics_fn=floats, _metrics=floats() if is_log_step else None)
@@ -444,7 +500,7 @@ class _Run:
         """Record the failing step's metrics and a "failed" summary.json, then raise NonFiniteError
         (the last checkpoint stays resumable; nothing non-finite was saved)."""
         acc = self.accelerator
-        self._write_record(to_floats(metrics_acc.values, acc, metrics_acc.all_weights), _NoBar())
+        self._write_record(to_floats(metrics_acc.values, acc, metrics_acc.weight_sums), _NoBar())
         summary = {"status": "failed", "stop_reason": message, "kind": self.cfg.kind, "step": self.step,
                    "total_steps": self.total_steps, "examples_seen": self.examples_seen,
                    "nonfinite_steps": self.nonfinite_steps, "final_metrics": self.last_record,

@@ -61,6 +61,10 @@ class PrefTask(Task):
         self.model = load_causal_lm(cfg.model, self.tokenizer, no_dropout=cfg.disable_dropout)
         self.ref_model = None
         self.options = dataclasses.asdict(cfg.loss)
+        if METHODS[cfg.method].importance_weighted and self.options["is_self_normalize"]:
+            # self-normalized over the whole optimizer step, not per micro-batch: the loss applies the raw
+            # clipped weights and the loop divides the accumulated gradient by their mean over the step
+            self.normalize_over_step, self.options["is_self_normalize"] = "is", False
         self.ref_cache_hits = 0
         # online (batch_source): the dataset is not iterated; pairs come from the source every step
         self.train_examples = [] if online else self.tokenize(self.load("train"), self.data_stats)
@@ -218,7 +222,7 @@ class PrefTask(Task):
             behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
             chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
         )
-        return out.loss * n, out.metrics, out.weights
+        return out.loss * n, out.metrics, out.log_weights
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
