@@ -128,7 +128,8 @@ def test_behavior_columns_enter_the_importance_weight(tiny_dir, tmp_path):
     ref = pref_rows()
     cache = next((tmp_path / "cache").glob("*.pt"))  # the reference log-probs the plain run computed
     logps = torch.load(cache, weights_only=True)
-    rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j, "chosen_logps": c - 1.0, "rejected_logps": j - 1.0}
+    rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j, "chosen_logps": c - 1.0, "rejected_logps": j - 1.0,
+             "behavior_model": "another-sampler"}  # declared: not expected to be the initial policy's
             for r, c, j in zip(ref, logps["ref_chosen_logps"].tolist(), logps["ref_rejected_logps"].tolist())]
     beh = make_cfg(tiny_dir, tmp_path, "beh", rows=rows, max_steps=1, method="is-dpo")
     summary = train(beh)
@@ -293,7 +294,8 @@ def test_reference_free_methods_run_no_reference_pass(tiny_dir, tmp_path, monkey
         raise AssertionError("reference forward for a reference-free method")
 
     monkeypatch.setattr(PrefTask, "_ref_logps", no_reference)
-    behavior = [{**r, "chosen_logps": -5.0, "rejected_logps": -6.0} for r in pref_rows(16)]
+    behavior = [{**r, "chosen_logps": -5.0, "rejected_logps": -6.0, "behavior_model": "another-sampler"}
+                for r in pref_rows(16)]
     cache = tmp_path / "cache"
     cfg = make_cfg(tiny_dir, tmp_path, "plain", rows=pref_rows(16), method=method, max_steps=2, ref_logps=ref_logps)
     assert train(cfg)["status"] == "finished"

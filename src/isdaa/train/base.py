@@ -18,6 +18,7 @@ class Task:
     kind = "task"
     eval_examples: list | None = None
     normalize_over_step: str | None = None
+    at_initial_policy = False  # set by the loop: this step's forward runs the initial policy (step 1 of a fresh run)
 
     def __init__(self, cfg):
         self.cfg = cfg

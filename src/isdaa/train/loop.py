@@ -349,6 +349,7 @@ class _Run:
         Returns the step's metric tensors (no host sync)."""
         task, acc, model = self.task, self.accelerator, self.model
         model.train()
+        task.at_initial_policy = self.step == 0
         micro = [local[i: i + self.cfg.micro_batch_size] for i in range(0, len(local), self.cfg.micro_batch_size)]
         local_units = sum(task.units(m) for m in micro)
         metrics_acc = StepMetrics()

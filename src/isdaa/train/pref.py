@@ -52,6 +52,7 @@ class PrefTask(Task):
     kind = "pref"
 
     _warned_behavior = False
+    _warned_degenerate = False
 
     def build(self, accelerator, online=False):
         cfg = self.cfg
@@ -111,6 +112,8 @@ class PrefTask(Task):
                     model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
                     self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
             self.ref_cache_hits += hit
+            if policy_is_ref and cfg.check_logps == "error":  # the initial policy on every row: check pi_b
+                self._check_behavior_against(examples, chosen, rejected, accelerator, model)
             for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
                 e.setdefault("ref_chosen_logps", c)
                 e.setdefault("ref_rejected_logps", r)
@@ -125,10 +128,10 @@ class PrefTask(Task):
         cfg = self.cfg
         bs, pad = cfg.eval_batch_size or 2 * cfg.micro_batch_size, self.tokenizer.pad_token_id
 
-        def mismatch(model, rows, cols, who):
+        def mismatch(model, rows, cols, who, hint=""):
             with self._adapter_off(model) if model is self.model else nullcontext():
                 err = reference.check_stored(model, rows, cols, who, accelerator, bs, pad, cfg.check_logps_rows,
-                                             cfg.seed, cfg.data, cfg.response_only_head)
+                                             cfg.seed, cfg.data, cfg.response_only_head, hint)
             if err and cfg.check_logps == "error":
                 raise ValueError(err)
             if err:
@@ -145,14 +148,34 @@ class PrefTask(Task):
                     e.pop("ref_chosen_logps", None), e.pop("ref_rejected_logps", None)
             if not METHODS[cfg.method].uses_behavior_logps:
                 continue
-            rows = [e for e in examples if "chosen_logps" in e and reference.sampled_by(e, cfg.model.name_or_path)]
+            rows = [e for e in examples if "chosen_logps" in e and self._behavior_is_initial(e)]
             if rows and mismatch(self.model, rows, reference.BEHAVIOR_COLUMNS,
-                                 f"initial policy ({cfg.model.name_or_path})"):
+                                 f"initial policy ({cfg.model.name_or_path})", reference.BEHAVIOR_HINT):
                 with self._adapter_off(self.model):
                     chosen, rejected = reference.compute(self.model, rows, accelerator, bs, pad,
                                                          cfg.response_only_head)
                 for e, c, r in zip(rows, chosen.tolist(), rejected.tolist()):
                     e["chosen_logps"], e["rejected_logps"] = c, r
+
+    def _behavior_is_initial(self, example) -> bool:
+        return reference.behavior_is_initial(example, self.cfg.model.name_or_path)
+
+    def _check_behavior_against(self, examples, chosen, rejected, accelerator, model):
+        """Every row's behavior columns against the initial policy's log-probs the reference pass just
+        computed (free: no second pass), for an IS method and rows whose pi_b is the initial policy."""
+        if not METHODS[self.cfg.method].uses_behavior_logps:
+            return
+        idx = [i for i, e in enumerate(examples) if "chosen_logps" in e and self._behavior_is_initial(e)]
+        if not idx:
+            return
+        rows = [examples[i] for i in idx]
+        who = f"initial policy ({self.cfg.model.name_or_path})"
+        tol = reference.tolerance(accelerator, model)
+        bad = reference.mismatches(rows, chosen[idx], rejected[idx], reference.BEHAVIOR_COLUMNS, who, tol)
+        if bad:
+            raise ValueError(reference.mismatch_message(bad, rows, reference.BEHAVIOR_COLUMNS, who, tol,
+                                                        self.cfg.data, reference.BEHAVIOR_HINT))
+
     def _needs_reference(self, has_behavior_logps: bool) -> bool:
         return METHODS[self.cfg.method].requires_reference(has_behavior_logps)
 
@@ -201,7 +224,10 @@ class PrefTask(Task):
     def collate(self, examples):
         if len(examples) == 1 and "input_ids" in examples[0]:
             return examples[0]
-        return collate_pref(examples, self.tokenizer.pad_token_id)
+        batch = collate_pref(examples, self.tokenizer.pad_token_id)
+        batch["rows"] = [e.get("row", "?") for e in examples]  # host lists, for errors naming dataset rows
+        batch["behavior_is_initial"] = [self._behavior_is_initial(e) for e in examples]
+        return batch
 
     def units(self, examples):
         return sum(e.get("n_pairs", 1) for e in examples)
@@ -222,7 +248,35 @@ class PrefTask(Task):
             behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
             chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
         )
+        if (self.at_initial_policy and model.training and behavior_chosen_logps is not None and self.cfg.disable_dropout
+                and METHODS[self.cfg.method].uses_behavior_logps and self.cfg.check_logps != "off"):
+            self._check_first_step(batch, logps[:n].detach(), logps[n:].detach(), out.metrics)
         return out.loss * n, out.metrics, out.log_weights
+
+    def _check_first_step(self, batch, policy_c, policy_r, metrics):
+        """At the first step pi_theta is the initial policy: pairs whose pi_b is the initial policy must have
+        IS weight 1 (each stored behavior log-prob within tolerance of the policy's own), which catches wrong
+        behavior columns on the rows the start-of-training sample did not hold, before any update; pairs
+        declared sampled by another policy get one warning if their weights are already degenerate."""
+        rows, initial = batch.get("rows"), batch.get("behavior_is_initial")
+        if rows is None:  # a collated batch from a batch_source: no dataset rows to name
+            return
+        expected = [dict(row=r, chosen_logps=c, rejected_logps=j) for r, c, j, i in
+                    zip(rows, batch["chosen_logps"].tolist(), batch["rejected_logps"].tolist(), initial) if i]
+        keep = torch.tensor(initial, dtype=torch.bool, device=policy_c.device)
+        who = f"initial policy ({self.cfg.model.name_or_path})"
+        tol = reference.tolerance(self.accelerator, self.model)
+        bad = reference.mismatches(expected, policy_c[keep], policy_r[keep], reference.BEHAVIOR_COLUMNS, who, tol)
+        if bad:
+            raise ValueError("step 1 (pi_theta = the initial policy), IS weights far from 1: " + reference.mismatch_message(
+                bad, expected, reference.BEHAVIOR_COLUMNS, who, tol, self.cfg.data, reference.BEHAVIOR_HINT))
+        ess, mean = float(metrics["is/ess"]), float(metrics["is/weight_mean"])
+        if not all(initial) and not self._warned_degenerate and (ess < 0.1 or mean < 1e-2):
+            self._warned_degenerate = True
+            warnings.warn(f"step 1: the IS weights pi_theta / pi_b of pairs sampled by another policy "
+                          f"(`behavior_model`) are already degenerate (ESS {ess:.3g}, mean weight {mean:.3g}): the "
+                          "loss trains on a few pairs, if any; check that the behavior columns are that policy's "
+                          "summed log-probs on these token ids", stacklevel=2)
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}

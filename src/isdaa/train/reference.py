@@ -156,6 +156,15 @@ def sampled_by(example: dict, policy: str) -> bool:
     return a.resolve() == b.resolve() if a.is_dir() and b.is_dir() else name == policy
 
 
+def behavior_is_initial(example: dict, policy: str) -> bool:
+    """Is the row's pi_b expected to be the initial policy `policy`? Yes when the row declares it as its
+    sampler, and when it declares no sampler at all (no `behavior_model`, temperature 1): behavior columns
+    without a declaration are taken to be the initial policy's (the paper's pi_data = pi_ref = SFT model);
+    a row sampled by another policy says so in `behavior_model`."""
+    undeclared = example.get("behavior_model") is None and example.get("behavior_temperature", 1.0) == 1.0
+    return undeclared or sampled_by(example, policy)
+
+
 def _check_sample(examples: list[dict], n: int, seed: int) -> list[int]:
     """Up to n indices: truncated pairs first (the likely culprits), then a seeded random sample."""
     trunc = [i for i, e in enumerate(examples) if e.get("chosen_truncated") or e.get("rejected_truncated")]
@@ -166,23 +175,33 @@ def _check_sample(examples: list[dict], n: int, seed: int) -> list[int]:
     return sorted(picked + rng.sample(rest, min(len(rest), n - len(picked))))
 
 
-def check_stored(model, examples: list[dict], cols: tuple[str, str], who: str, accelerator, batch_size: int,
-                 pad_id: int, n_rows: int = 32, seed: int = 0, data=None, response_only_head: bool = True) -> str | None:
-    """Recompute `cols` (chosen, rejected summed log-probs) with `model` on the trainer's ids for a
-    sample of `n_rows` examples; None when they match (TOLERANCE), else the error message naming the
-    rows, the likely cause and the way out."""
-    idx = _check_sample(examples, n_rows, seed)
-    sample = [examples[i] for i in idx]
-    chosen, rejected = compute(model, sample, accelerator, batch_size, pad_id, response_only_head)
+def tolerance(accelerator, model) -> tuple[float, float]:
+    """(atol, rtol) for comparing summed log-probs computed under this run's precision (TOLERANCE)."""
     dtype = next(accelerator.unwrap_model(model).parameters()).dtype
-    atol, rtol = TOLERANCE["fp32" if accelerator.mixed_precision == "no" and dtype == torch.float32 else "low"]
+    full = accelerator.mixed_precision == "no" and dtype in (torch.float32, torch.float64)
+    return TOLERANCE["fp32" if full else "low"]
+
+
+def mismatches(examples: list[dict], chosen, rejected, cols: tuple[str, str], who: str, tol) -> list[str]:
+    """One line per stored value of `cols` that differs from the recomputed (chosen, rejected) by more
+    than atol + rtol * |stored|."""
+    atol, rtol = tol
     bad = []
-    for e, got in zip(sample, zip(chosen.tolist(), rejected.tolist())):
+    for e, got in zip(examples, zip(chosen.tolist(), rejected.tolist())):
         for col, g in zip(cols, got):
             if abs(e[col] - g) > atol + rtol * abs(e[col]):
                 bad.append(f"{e.get('row', '?')}: {col} stored {e[col]:.4f}, {who.split(' (')[0]} gives {g:.4f}")
-    if not bad:
-        return None
+    return bad
+
+
+BEHAVIOR_HINT = (" Behavior columns (chosen_logps / rejected_logps) of rows that declare no sampler are taken to "
+                 "be the initial policy's; if another policy sampled these pairs, name it in a `behavior_model` "
+                 "column (then they are used as given). Summed log-probs are expected, not per-token means, in "
+                 "nats (natural log).")
+
+
+def mismatch_message(bad: list[str], sample: list[dict], cols, who: str, tol, data=None, hint: str = "") -> str:
+    atol, rtol = tol
     n_trunc = sum(bool(e.get("chosen_truncated") or e.get("rejected_truncated")) for e in sample)
     lengths = f"data.max_length={data.max_length}, data.max_prompt_length={data.max_prompt_length}" if data else ""
     return (f"stored {cols[0]} / {cols[1]} do not match the {who} on the trainer's token ids: {len(bad)} value(s) "
@@ -191,5 +210,19 @@ def check_stored(model, examples: list[dict], cols: tuple[str, str], who: str, a
             f"\nLikely causes: the log-probs were computed on other token ids -- truncation ({n_trunc} of the "
             f"checked rows are cut by {lengths}; label with the same lengths: `isdaa label --max-length "
             "--max-prompt-length`), another chat template or special tokens (BOS, EOS after the end of turn) -- "
-            "with dropout active, or by another model. Set check_logps=recompute to recompute them with the "
-            f"{who.split(' (')[0]}, or check_logps=off to use them as given.")
+            "with dropout active, or by another model." + hint + " Set check_logps=recompute to recompute them "
+            f"with the {who.split(' (')[0]}, or check_logps=off to use them as given.")
+
+
+def check_stored(model, examples: list[dict], cols: tuple[str, str], who: str, accelerator, batch_size: int,
+                 pad_id: int, n_rows: int = 32, seed: int = 0, data=None, response_only_head: bool = True,
+                 hint: str = "") -> str | None:
+    """Recompute `cols` (chosen, rejected summed log-probs) with `model` on the trainer's ids for a
+    sample of `n_rows` examples; None when they match (TOLERANCE), else the error message naming the
+    rows, the likely cause and the way out (+ `hint`)."""
+    idx = _check_sample(examples, n_rows, seed)
+    sample = [examples[i] for i in idx]
+    chosen, rejected = compute(model, sample, accelerator, batch_size, pad_id, response_only_head)
+    tol = tolerance(accelerator, model)
+    bad = mismatches(sample, chosen, rejected, cols, who, tol)
+    return mismatch_message(bad, sample, cols, who, tol, data, hint) if bad else None
