@@ -165,7 +165,8 @@ def test_trainer_packed_equals_concatenated(tiny_dir, tmp_path, ref_logps, monke
         train(cfg)
         runs.append(read_jsonl(tmp_path / f"run-{pack}" / "metrics.jsonl"))
     packed, concatenated = runs
-    assert len(calls) == 8 * (2 if ref_logps == "on_the_fly" else 1)  # policy (+ reference) forward per step
+    models = 2 if ref_logps == "on_the_fly" else 1  # policy (+ reference): one forward per step each,
+    assert len(calls) == 8 * models + models      # plus each model's first-batch packed-vs-unpacked check
     assert len(packed) == len(concatenated) == 8
     assert abs(packed[-1]["loss"] - packed[0]["loss"]) > 1e-3  # the policy moved
     for a, b in zip(packed, concatenated):

@@ -232,18 +232,36 @@ MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}  # attention implementation
 
 def packed_pairs_supported(model) -> bool:
     """True when `model` takes the packed pair layout: a boolean `logits_to_keep` (`response_head_supported`),
-    `position_ids`, a 4D attention mask (sdpa: boolean, eager: additive) and no sliding-window or other
-    per-layer attention pattern that a full custom mask would override."""
+    `position_ids`, a 4D attention mask (sdpa: boolean, eager: additive) and no attention that reads the
+    position in the row instead of `position_ids` (`row_index_attention`). The trainer also compares packed
+    with unpacked log-probs on its first batch (train/pref.py), for families this static rule misjudges."""
     import inspect
 
     inner = _unwrap(model)
     cfg = getattr(inner, "config", None)
     if cfg is None or not response_head_supported(model):
         return False
-    plain = (getattr(cfg, "sliding_window", None) is None
-             and set(getattr(cfg, "layer_types", None) or ["full_attention"]) == {"full_attention"})
-    return (getattr(cfg, "_attn_implementation", None) in MASK_FORMATS and plain and getattr(cfg, "is_causal", True)
-            and "position_ids" in inspect.signature(type(inner).forward).parameters)
+    return (getattr(cfg, "_attn_implementation", None) in MASK_FORMATS and row_index_attention(cfg) is None
+            and getattr(cfg, "is_causal", True) and "position_ids" in inspect.signature(type(inner).forward).parameters)
+
+
+def row_index_attention(cfg) -> str | None:
+    """Why a model's attention depends on a token's index in the row (which packing changes: the rejected
+    response sits after the chosen one) rather than on `position_ids` or the mask alone, or None. A full
+    custom 4D mask replaces sliding-window / chunked / per-layer masks; GPT-Neo's local layers slice their
+    window by row index; ALiBi biases by row index."""
+    layers = getattr(cfg, "layer_types", None) or getattr(cfg, "attention_layers", None) or ["full_attention"]
+    attn_config = getattr(cfg, "attn_config", None)
+    reasons = {
+        "a sliding window": getattr(cfg, "sliding_window", None) is not None,
+        "per-layer attention types": set(layers) - {"full_attention", "global"},
+        "chunked attention": getattr(cfg, "attention_chunk_size", None) is not None,
+        "ALiBi position biases": bool(getattr(cfg, "alibi", False)) or getattr(cfg, "model_type", "") == "bloom"
+        or getattr(cfg, "position_embedding_type", None) == "alibi"
+        or bool(attn_config.get("alibi") if isinstance(attn_config, dict) else getattr(attn_config, "alibi", False)),
+    }
+    found = [why for why, hit in reasons.items() if hit]
+    return ", ".join(found) if found else None
 
 
 def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs: int, *, fused: bool = True):

@@ -54,6 +54,10 @@ class PrefTask(Task):
     _warned_behavior = False
     _warned_degenerate = False
 
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._pack_ok: dict[int, bool] = {}  # id(model) -> packed pairs checked and used
+
     def build(self, accelerator, online=False):
         cfg = self.cfg
         self.accelerator = accelerator
@@ -205,11 +209,55 @@ class PrefTask(Task):
     def _logps(self, model, batch):
         """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward."""
         head_only = self.cfg.response_only_head and response_head_supported(model)
-        if head_only and self.cfg.pack_pairs and packed_pairs_supported(model):
+        if head_only and self.cfg.pack_pairs and self._packs(model, batch):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                        batch["n_pairs"])
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                               response_only_head=head_only)
+
+    def _packs(self, model, batch) -> bool:
+        """Whether `model` gets packed pairs: `packed_pairs_supported` (refuses families known to misread them),
+        then, once per model, its packed log-probs compared with each sequence's own forward on the first
+        batch (all processes agree); a mismatch or an error turns packing off for it, with one warning."""
+        key = id(model)
+        if key not in self._pack_ok:
+            self._pack_ok[key] = packed_pairs_supported(model) and self._packed_matches(model, batch)
+        return self._pack_ok[key]
+
+    def _packed_matches(self, model, batch) -> bool:
+        ids, attn, resp, n = batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch["n_pairs"]
+        was_training = model.training
+        model.eval()  # no dropout: the two forwards must see the same function
+        weights = next(model.parameters()).dtype
+        # full precision where the weights are (autocast off): a misread layout moves log-probs by less than
+        # bf16's round-off on long responses (GPT-Neo's local window: 0.05 nats)
+        precise = torch.autocast(ids.device.type, enabled=False) if weights in (torch.float32, torch.float64) \
+            else nullcontext()
+        problem = None
+        try:
+            with torch.no_grad(), precise:
+                plain = response_logps(model, ids, attn, resp)
+                try:
+                    packed = pair_response_logps(model, ids, attn, resp, n)
+                except Exception as err:  # noqa: BLE001 -- any failure of the packed layout falls back
+                    problem = f"the packed forward failed ({type(err).__name__}: {err})"
+        finally:
+            model.train(was_training)
+        if problem is None:
+            atol, rtol = reference.tolerance(self.accelerator, model)
+            gap = (packed.float() - plain.float()).abs()
+            if bool((gap > atol + rtol * plain.float().abs()).any()):
+                problem = f"packed log-probs differ from each sequence's own forward by up to {float(gap.max()):.3g} nats"
+        ok = torch.tensor([0.0 if problem else 1.0], device=ids.device)
+        if self.accelerator.num_processes > 1:  # every process packs, or none
+            ok = self.accelerator.gather(ok).min().reshape(1)
+        if problem or not bool(ok.item()):
+            name = type(self.accelerator.unwrap_model(model)).__name__
+            warnings.warn(f"pack_pairs: {problem or 'another process found packed log-probs wrong'} for {name} on "
+                          "the first batch; pairs go through as separate rows for this model (same values as "
+                          "pack_pairs: false)", stacklevel=2)
+            return False
+        return True
 
     # -- the loop's interface
     def examples_from_source(self, rows):
