@@ -31,7 +31,11 @@ from isdaa.train import train
 PAIRS = [{"prompt": f"w{i} w{i + 1}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i + 2}"} for i in range(4)]
 
 
-def run(model_dir, out, slope, action="stop", save_steps=None):
+class Crash(Exception):
+    pass
+
+
+def run(model_dir, out, slope, action="stop", save_steps=None, crash_at=None, resume=False):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))  # torchrun's
     per = len(PAIRS) // world
     mine = range(rank * per, (rank + 1) * per)
@@ -57,7 +61,17 @@ def run(model_dir, out, slope, action="stop", save_steps=None):
         "stop_on_drift": {"signal": "drift/log_ratio_mean", "threshold": -1.0, "smoothing": 2, "patience": 2,
                           "action": action},
     }, kind="pref")
-    return train(cfg, batch_source=source)
+    callbacks = []
+    if crash_at is not None:  # dies inside step crash_at, before its record and checkpoint (like kill -9)
+        from isdaa.train.callbacks import TrainerCallback
+
+        class CrashAt(TrainerCallback):
+            def on_step_end(self, ctx):
+                if ctx.step == crash_at:
+                    raise Crash(f"killed at step {crash_at}")
+
+        callbacks.append(CrashAt())
+    return train(cfg, callbacks=callbacks, batch_source=source, resume=resume)
 
 
 if __name__ == "__main__":
@@ -95,6 +109,25 @@ def test_drifting_run_stops_at_the_hand_computed_step(tiny_dir, tmp_path, script
     rows = read_jsonl(tmp_path / "drift" / "metrics.jsonl")
     assert [r["drift/log_ratio_mean"] for r in rows] == pytest.approx([-0.25 * (t - 1) for t in range(1, 8)],
                                                                       abs=1e-4)
+    assert [r["drift_stop/smoothed"] for r in rows] == pytest.approx(_expected_smoothed(), abs=1e-4)
+
+
+def test_resume_fires_at_the_same_step_as_an_uninterrupted_run(tiny_dir, tmp_path, script):
+    """Killed inside step 7 with a checkpoint at step 6: the smoothed value at 6 (-1.125) is the first one
+    below -1 (patience 2). The resumed run replays the checks of steps 1-6 from metrics.jsonl, so step 7's
+    check (-1.375) is the second in a row and fires at 7, like the uninterrupted run. (Restarting the window
+    at the resume, step 7 alone would read -1.5 with a streak of 1 and fire at step 8.)"""
+    out = str(tmp_path / "killed")
+    with pytest.raises(Exception, match="killed at step 7"):
+        _run(script, str(tiny_dir), out, 0.25, save_steps=6, crash_at=7)
+    summary = _run(script, str(tiny_dir), out, 0.25, save_steps=6, resume=True)
+    assert summary["resumed_from_step"] == 6
+    assert summary["status"] == "stopped" and summary["step"] == 7
+    block = summary["stop_on_drift"]
+    assert block["fired"] and block["step"] == 7 and block["smoothed"] == pytest.approx(-1.375, abs=1e-4)
+    assert block["checks"] == 7  # 6 replayed + 1
+    rows = read_jsonl(tmp_path / "killed" / "metrics.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 8))
     assert [r["drift_stop/smoothed"] for r in rows] == pytest.approx(_expected_smoothed(), abs=1e-4)
 
 

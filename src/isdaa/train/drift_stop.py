@@ -11,8 +11,10 @@ collective). When the rule fires:
   tokenizer, trainer_state.json with the alarm) and training goes on.
 
 summary.json gets a `stop_on_drift` block (settings, whether and when it fired, the smoothed value).
-Resume: the smoothing window and patience restart at the resume step; a `best_by_drift/` already
-written is kept (the alarm counts as fired).
+Resume: the rule is replayed over the checks of the run's own metrics.jsonl up to the resume step (the loop
+has cut it there), so the smoothing window and patience continue as if the run had not stopped and a
+resumed run fires at the step an uninterrupted one does; an alarm found in the replay counts as fired
+(it is not raised again), and a `best_by_drift/` already written is kept.
 """
 
 from __future__ import annotations
@@ -76,7 +78,9 @@ class DriftStop(TrainerCallback):
         return ckpt.save_checkpoint(Path(ctx.output_dir) / BEST_DIR, model, ctx.tokenizer, acc, state)
 
     def _recover(self, ctx) -> None:
-        """A resumed run whose alarm already fired keeps its best_by_drift/ (process 0's view)."""
+        """Replay the checks of steps before this one (a resumed run) from metrics.jsonl (process 0's file,
+        broadcast), then keep a best_by_drift/ already written."""
+        self._replay(ctx)
         marker = Path(ctx.output_dir) / BEST_DIR / "trainer_state.json"
         if _from_main(ctx.accelerator, float(marker.exists())) > 0:
             import json
@@ -84,6 +88,25 @@ class DriftStop(TrainerCallback):
             self.alarm = json.loads(marker.read_text(encoding="utf-8")).get("stop_on_drift") \
                 if marker.exists() else {"step": None, "reason": "fired before the resume"}
             self.rule.fired = True
+
+    def _replay(self, ctx) -> None:
+        from isdaa.drift import series
+        from isdaa.io import read_jsonl
+
+        steps, values = [], []
+        path = Path(ctx.output_dir) / "metrics.jsonl"
+        if ctx.is_main_process and path.exists():
+            records = [r for r in read_jsonl(path, tolerate_partial_tail=True) if r.get("step", 0) < ctx.step]
+            steps, values = series(records, self.cfg.signal, str(path))
+        checks = [(s, v) for s, v in zip(steps, values) if s % self.every == 0]
+        checks = _list_from_main(ctx.accelerator, checks)
+        for step, value in checks:
+            self.checks += 1
+            if self.rule.update(value):
+                op = "<" if self.rule.direction == "below" else ">"
+                reason = (f"stop_on_drift: {self.cfg.signal} = {self.rule.smoothed:.4g} {op} {self.cfg.threshold:g}"
+                          f" at step {step} (before the resume)")
+                self.alarm = {"step": step, "smoothed": self.rule.smoothed, "reason": reason, "best_by_drift": None}
 
     def on_train_end(self, ctx):
         if ctx.summary is None:
@@ -104,6 +127,17 @@ def _from_main(accelerator, value: float) -> float:
 
     t = torch.tensor([float(value)], dtype=torch.float64, device=accelerator.device)
     return float(broadcast(t, from_process=0).item())
+
+
+def _list_from_main(accelerator, items: list) -> list:
+    """Process 0's list on every process (one object broadcast when distributed)."""
+    if accelerator is None or accelerator.num_processes == 1:
+        return items
+    from accelerate.utils import broadcast_object_list
+
+    box = [items]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
 
 
 def drift_callbacks(cfg) -> list:
