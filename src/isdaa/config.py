@@ -311,9 +311,19 @@ class PrefConfig(TrainConfig):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
         _one_of(self.method, tuple(METHODS), "method")
+        _check_method_options(self)
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
         _one_of(self.check_logps, ("error", "recompute", "off"), "check_logps")
         _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
+
+
+def _check_method_options(cfg: PrefConfig) -> None:
+    """The method's refused option combinations (`Method.check_options`)."""
+    entry, options = METHODS[cfg.method], dataclasses.asdict(cfg.loss)
+    try:
+        entry.check_options(options)
+    except ValueError as err:
+        raise ValueError(f"loss: {err}") from None
 
 
 def check_schedule(cfg: TrainConfig, n_train: int, online: bool = False) -> list[str]:

@@ -156,6 +156,29 @@ def weight_stats(log_ratio: Tensor, eps: float | None, log_w: Tensor | None = No
         }
 
 
+# --------------------------------------------------------------------------------------------------
+# WPO weights (Zhou et al. 2024)
+
+
+def wpo_log_weights(
+    policy_chosen_logps, policy_rejected_logps, policy_chosen_sq_lse, policy_rejected_sq_lse,
+    chosen_lengths, rejected_lengths, max_weight: float | None,
+) -> tuple[Tensor, Tensor]:
+    """WPO's detached pair log-weights, (B,) each: (unclamped, clamped at log max_weight).
+
+        log w = mean_t [log p(c_t) - log sum_v p(v)^2] + mean_t [log p(r_t) - log sum_v p(v)^2]
+
+    Zhou et al. 2024, Eq. 2 with its "aligned" per-token normalizer, as TRL's `use_weighting` computes
+    it: `sq_lse` is the sum over the response's tokens of logsumexp_v(2 log p_theta(v | context))
+    (`isdaa.logprobs.sq_logsumexp`), |y| its token count. TRL < 1.0 clamps w at 1 (`max_weight` 1.0);
+    TRL 1.x does not clamp (`max_weight` None)."""
+    with torch.no_grad():
+        mean_c = (policy_chosen_logps - policy_chosen_sq_lse) / safe_lengths(chosen_lengths)
+        mean_r = (policy_rejected_logps - policy_rejected_sq_lse) / safe_lengths(rejected_lengths)
+        raw = (mean_c + mean_r).detach()
+        return raw, raw if max_weight is None else raw.clamp(max=math.log(max_weight))
+
+
 def importance_stats(
     policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
     options, *, chosen_lengths=None, rejected_lengths=None,

@@ -1,4 +1,5 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, and the one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, WPO weighting, and the
+one registry.
 
 Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
 (docs/METHOD.md's notation), response lengths where a method needs them, and scalar
@@ -7,7 +8,8 @@ hyperparameters. No model, tokenizer or config object enters. Notation:
     u_c = logp_theta(chosen) - logp_ref(chosen)       u_r likewise       h = u_c - u_r
 
 Base losses return UNREDUCED per-pair losses `(B,)`. An importance-sampled method `is-<name>` is
-composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1).
+composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1); so is the loss
+option `wpo_weighting` of every base method (WPO's weights, Zhou et al. 2024).
 
 The registry owns everything a method is: `OPTIONS` holds each loss option once (name, default,
 check, help text; `config.LossOptions` and the CLI derive from it) and `METHODS` maps every config
@@ -188,9 +190,23 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            nullable=True),
     Option("rdpo_alpha", 0.01, "R-DPO: length-gap coefficient alpha (the release's default)", minimum=0),
     Option("simpo_gamma", 0.5, "SimPO: target reward margin gamma (TRL's default)", minimum=0),
+    Option("wpo_weighting", False, "WPO (TRL use_weighting): each pair weighted by the policy's detached, "
+           "length-normalized probability of both responses; base methods only (not is-*)", bool),
+    Option("wpo_max_weight", 1.0, "WPO: weights clamped at this maximum (TRL < 1.0: 1); null: no clamp (TRL 1.x)",
+           minimum=0, exclusive=True, nullable=True),
 )}
 OPTION_DEFAULTS: dict[str, object] = {name: o.default for name, o in OPTIONS.items()}
 IS_OPTIONS = tuple(name for name in OPTIONS if name.startswith("is_"))  # read by every is-* method
+WPO_OPTIONS = ("wpo_weighting", "wpo_max_weight")  # read by every base method
+
+# Why is-<name> refuses WPO (docs/METHOD.md): E_{pi_b}[w_IS f] = E_{pi_theta}[f] is already the on-policy
+# objective; WPO's weight is a length-normalized proxy of the same pi_theta(y_c) pi_theta(y_r) factor without
+# pi_b, so the product w_IS * w_WPO would weight on-policy pairs by pi_theta once more: the objective of a
+# sharpened policy, neither IS-DAA's nor WPO's.
+WPO_WITH_IS = ("wpo_weighting cannot be combined with an importance-weighted method (is-*): the IS weight "
+               "pi_theta/pi_b already turns the loss into its on-policy expectation, and WPO's weight (a proxy "
+               "of pi_theta(y) without pi_b) would count pi_theta twice. Use the base method with wpo_weighting, "
+               "or the is-* method alone")
 
 
 @dataclass(frozen=True)
@@ -225,13 +241,23 @@ class Method:
     @property
     def options(self) -> tuple[str, ...]:
         """The options this method reads (others are accepted and ignored)."""
-        return tuple(self.option_args) + (IS_OPTIONS if self.importance_weighted else ())
+        return tuple(self.option_args) + (IS_OPTIONS if self.importance_weighted else WPO_OPTIONS)
 
     def requires_lengths(self, options: Mapping[str, object] | None = None) -> bool:
         """Whether response lengths must be given, with these options."""
         options = options or {}
-        flags = self.length_options + (("is_length_normalize",) if self.importance_weighted else ())
+        flags = self.length_options + (("is_length_normalize",) if self.importance_weighted else ("wpo_weighting",))
         return self.needs_lengths or any(bool(options.get(o, OPTION_DEFAULTS[o])) for o in flags)
+
+    def requires_sq_logsumexp(self, options: Mapping[str, object] | None = None) -> bool:
+        """Whether the policy's per-response sums of logsumexp_v(2 log p(v)) must be given (WPO's weights):
+        the trainer then asks `isdaa.logprobs` for them (`with_sq_logsumexp`)."""
+        return not self.importance_weighted and bool((options or {}).get("wpo_weighting", False))
+
+    def check_options(self, options: Mapping[str, object]) -> None:
+        """Option combinations this method refuses (ValueError): WPO on an is-* method."""
+        if self.importance_weighted and options.get("wpo_weighting", False):
+            raise ValueError(f"method {self.name!r}: {WPO_WITH_IS}")
 
     def requires_reference(self, has_behavior_logps: bool) -> bool:
         """Whether reference log-probs must be computed: the loss reads them, or an IS method has no
@@ -310,38 +336,58 @@ def preference_loss(
     behavior_rejected_logps: Tensor | None = None,
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
+    policy_chosen_sq_lse: Tensor | None = None,
+    policy_rejected_sq_lse: Tensor | None = None,
     **options,
 ) -> PreferenceLossOutput:
     """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32.
 
     Options by name: the keys of OPTIONS (all accepted for every method; defaults there). Reference
     log-probs may be omitted for a reference-free method (its rewards/* metrics then use ref = 0).
-    Behavior log-probs default to the reference's (pi_b = pi_ref). Raises ValueError on an unknown
-    method/option, a missing required input, mismatched shapes, beta <= 0 or an option out of range
-    (TypeError on a non-tensor or non-bool flag).
+    Behavior log-probs default to the reference's (pi_b = pi_ref). `policy_*_sq_lse` (B,): per response,
+    the sum over its tokens of logsumexp_v(2 log p_theta(v)), needed by `wpo_weighting`
+    (`isdaa.logprobs`' `with_sq_logsumexp`). Raises ValueError on an unknown method/option, a refused combination
+    (`Method.check_options`), a missing required input, mismatched shapes, beta <= 0 or an option out of
+    range (TypeError on a non-tensor or non-bool flag).
     """
     entry, opts = _lookup(method), validate_options(options)
+    entry.check_options(opts)
     beta = _check_beta(beta)
     x = _inputs(entry, opts, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
                 ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
                 behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+                policy_chosen_sq_lse=policy_chosen_sq_lse, policy_rejected_sq_lse=policy_rejected_sq_lse)
     base = entry.base_losses(beta, opts, x)  # (B,)
     behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
-    lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
-    if entry.importance_weighted:
-        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, **lengths)
-        weights = log_w.exp()
-    else:
-        weights = torch.ones_like(base)
-        stats = importance.weight_stats(torch.zeros_like(base), None)  # w = 1: mean 1, ess 1, top 1/B
+    log_w, stats = _log_weights(entry, opts, x)
+    weights = log_w.exp() if log_w is not None else torch.ones_like(base)
     losses = weights * base
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
     drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
     metrics = _metrics(beta, *policy, *ref, stats, drift, opts["is_clip"])
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
+
+
+def _log_weights(entry: Method, opts, x) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(detached log-weights (B,) or None for w = 1, `importance.weight_stats` of the weights APPLIED):
+    IS weights, WPO's, or none."""
+    policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
+    lengths = (x["chosen_lengths"], x["rejected_lengths"])
+    if entry.importance_weighted:
+        behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
+        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, chosen_lengths=lengths[0],
+                                                     rejected_lengths=lengths[1])
+        return log_w, stats
+    if opts["wpo_weighting"]:
+        raw, log_w = importance.wpo_log_weights(*policy, x["policy_chosen_sq_lse"], x["policy_rejected_sq_lse"],
+                                                *lengths, opts["wpo_max_weight"])
+        cap = opts["wpo_max_weight"]
+        return log_w, importance.weight_stats(raw, None if cap is None else 0.5 * math.log(cap), log_w)
+    zeros = torch.zeros_like(x["policy_chosen_logps"]).detach()
+    return None, importance.weight_stats(zeros, None)  # w = 1: mean 1, ess 1, top 1/B
 
 
 def _check_beta(beta) -> float:
@@ -358,6 +404,9 @@ def _inputs(entry: Method, opts, **x) -> dict[str, Tensor | None]:
             f"method {entry.name!r} with these options needs chosen_lengths and rejected_lengths "
             f"(response token counts, EOS included)"
         )
+    if entry.requires_sq_logsumexp(opts) and (x["policy_chosen_sq_lse"] is None or x["policy_rejected_sq_lse"] is None):
+        raise ValueError("wpo_weighting needs policy_chosen_sq_lse and policy_rejected_sq_lse (per response, the sum "
+                         "over its tokens of logsumexp_v(2 log p(v)): isdaa.logprobs' with_sq_logsumexp)")
     for prefix in ("ref", "behavior"):
         if (x[f"{prefix}_chosen_logps"] is None) != (x[f"{prefix}_rejected_logps"] is None):
             raise ValueError(f"give both {prefix}_chosen_logps and {prefix}_rejected_logps, or neither")

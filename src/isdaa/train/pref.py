@@ -175,14 +175,16 @@ class PrefTask(Task):
         n = batch["n_pairs"]
         return logps[:n], logps[n:]
 
-    def _logps(self, model, batch):
-        """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward."""
+    def _logps(self, model, batch, with_sq_logsumexp=False):
+        """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward
+        (`with_sq_logsumexp`: and their (2B,) sums of logsumexp_v(2 log p(v)), for WPO)."""
         head_only = self.cfg.response_only_head and response_head_supported(model)
+        sq = {"with_sq_logsumexp": True} if with_sq_logsumexp else {}
         if head_only and self.cfg.pack_pairs and packed_pairs_supported(model):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                       batch["n_pairs"])
+                                       batch["n_pairs"], **sq)
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                              response_only_head=head_only)
+                              response_only_head=head_only, **sq)
 
     # -- the loop's interface
     def examples_from_source(self, rows):
@@ -204,7 +206,7 @@ class PrefTask(Task):
 
     def loss(self, model, batch):
         n = batch["n_pairs"]
-        logps = self._logps(model, batch)                                     # (2B,) float32
+        logps, extra = self._policy_logps(model, batch)                       # (2B,) float32
         # the data columns chosen_logps / rejected_logps hold pi_b's log-probs (the release's names)
         behavior_chosen_logps, behavior_rejected_logps = batch.get("chosen_logps"), batch.get("rejected_logps")
         if "ref_chosen_logps" in batch:
@@ -216,9 +218,19 @@ class PrefTask(Task):
         out = preference_loss(
             self.cfg.method, self.cfg.beta, logps[:n], logps[n:], ref_c, ref_r,
             behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
+            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **extra, **self.options,
         )
         return out.loss * n, out.metrics, out.weights
+
+    def _policy_logps(self, model, batch):
+        """(2B,) policy log-probs, and the loss's extra inputs the method asks for: WPO's sq_lse sums
+        (`Method.requires_sq_logsumexp`)."""
+        n, entry, extra = batch["n_pairs"], METHODS[self.cfg.method], {}
+        logps = self._logps(model, batch, with_sq_logsumexp=entry.requires_sq_logsumexp(self.options))
+        if isinstance(logps, tuple):
+            logps, sq = logps
+            extra.update(policy_chosen_sq_lse=sq[:n], policy_rejected_sq_lse=sq[n:])
+        return logps, extra
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
