@@ -124,6 +124,22 @@ def test_simpo_value_gradient_and_no_reference():
         preference_loss("is-simpo", 2.0, pc, pr, **lengths)
 
 
+def test_dpo_norm_value_and_gradient():
+    """Length-normalized DPO (TRL's sigmoid_norm), PAIR with |c| = 2, |r| = 5, beta = 0.5:
+    u_c/|c| - u_r/|r| = 0.5/2 + 0.5/5 = 0.35; logit 0.5 * 0.35 = 0.175; loss = log(1 + e^-0.175) = 0.6094704307.
+    d loss / d logp_theta(c) = -beta/|c| sigmoid(-0.175) = -0.25 * 0.4563613 = -0.1140903282;
+    d / d logp_theta(r) = +beta/|r| sigmoid(-0.175) = 0.0456361313. With every length 1 it is DPO."""
+    pc, pr = t(-1.0, grad=True), t(-2.0, grad=True)
+    out = losses.dpo_norm(pc, pr, t(-1.5), t(-1.5), beta=0.5, **LENGTHS_2_5)
+    assert out.item() == pytest.approx(0.6094704306630468, rel=1e-6)
+    gc, gr = torch.autograd.grad(out.sum(), (pc, pr))
+    assert gc.item() == pytest.approx(-0.1140903281907303, rel=1e-5)
+    assert gr.item() == pytest.approx(0.04563613127629212, rel=1e-5)
+    ones = {"chosen_lengths": t(1.0), "rejected_lengths": t(1.0)}
+    assert losses.dpo_norm(*PAIR.values(), beta=0.5, **ones).item() == pytest.approx(0.4740769841801067, rel=1e-6)
+    assert METHODS["dpo-norm"].needs_lengths and METHODS["dpo-norm"].needs_reference
+
+
 def test_ipo_minimum_at_half_inverse_beta():
     """(h - 1/(2 beta))^2 is 0 with zero gradient at h = 1/(2 beta) = 2.5 (beta = 0.2); 0.01 at 2.5 +- 0.1."""
     beta = 0.2

@@ -133,7 +133,7 @@ def test_wpo_clamp_at_max_weight():
         assert out.metrics["is/clip_frac"].item() == clipped
 
 
-@pytest.mark.parametrize("method", ["dpo", "ipo", "simpo"])
+@pytest.mark.parametrize("method", ["dpo", "ipo", "dpo-norm", "simpo"])
 def test_wpo_equals_trls_formula_on_raw_logits(method):
     """TRL 1.x's use_weighting recomputed from per-token logits (B=3 pairs, V=7, responses of 1-5 tokens, float64):
     aligned = (log p(y_t) - (logsumexp(2 z_t) - 2 logsumexp(z_t))) on response tokens, mean over the response,

@@ -1,5 +1,5 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, WPO weighting, and the
-one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO, length-normalized DPO), their IS-DAA variants,
+WPO weighting, and the one registry.
 
 Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
 (docs/METHOD.md's notation), response lengths where a method needs them, and scalar
@@ -133,6 +133,16 @@ def simpo(policy_chosen_logps, policy_rejected_logps, beta, *, gamma, chosen_len
     reward_c = beta * policy_chosen_logps / safe_lengths(chosen_lengths)
     reward_r = beta * policy_rejected_logps / safe_lengths(rejected_lengths)
     return -F.logsigmoid(reward_c - reward_r - gamma)
+
+
+def dpo_norm(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+    *, chosen_lengths, rejected_lengths,
+):
+    """Length-normalized DPO (TRL's `loss_type: sigmoid_norm`): -log sigmoid(beta (u_c/|c| - u_r/|r|)),
+    the log-ratios of paper Eq. 6 as per-token means (IPO's `length_normalize` rule on DPO's link)."""
+    u_c, u_r = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return -F.logsigmoid(beta * (u_c / safe_lengths(chosen_lengths) - u_r / safe_lengths(rejected_lengths)))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -293,6 +303,7 @@ _BASE = (
         "simpo", simpo, {"simpo_gamma": "gamma"},
         length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True, needs_reference=False,
     ),
+    Method("dpo-norm", dpo_norm, length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _BASE}
