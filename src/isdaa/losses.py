@@ -1,5 +1,5 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO, length-normalized DPO), their IS-DAA variants,
-WPO weighting, and the one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO, length-normalized DPO, DPO + SFT), their IS-DAA
+variants, WPO weighting, and the one registry.
 
 Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
 (docs/METHOD.md's notation), response lengths where a method needs them, and scalar
@@ -144,6 +144,27 @@ def dpo_norm(
     u_c, u_r = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
     return -F.logsigmoid(beta * (u_c / safe_lengths(chosen_lengths) - u_r / safe_lengths(rejected_lengths)))
 
+def dpo_sft(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+    *, weight, chosen_lengths,
+):
+    """DPO + the SFT term as TRL 1.x defines it (`loss_type: [sigmoid, sft]`, `loss_weights: [1, weight]`:
+    TRL's RPO). Its SFT term is the chosen tokens' NLL averaged over ALL chosen tokens of the batch:
+
+        L = mean_b -log sigmoid(beta h_b) + weight * sum_b NLL_b / sum_b |c_b|,   NLL_b = -logp_theta(c_b)
+
+    returned per pair as dpo_b + weight * NLL_b * B / sum_b' |c_b'| (their mean is L). The token mean
+    couples the pairs of a batch, so the registry marks the method `couples_batch` and the trainer refuses
+    to split its batch. `rpo` with `rpo_nll_mean` (a mean per sequence) equals it, with eta = weight / beta,
+    only when every chosen response of the batch has the same length.
+    """
+    nll = -policy_chosen_logps
+    per_pair_share = nll.numel() / safe_lengths(chosen_lengths).sum()     # B / (chosen tokens of the batch)
+    return dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) + (
+        weight * nll * per_pair_share
+    )
+
+
 
 # --------------------------------------------------------------------------------------------------
 # Registry: options, then methods
@@ -200,6 +221,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            nullable=True),
     Option("rdpo_alpha", 0.01, "R-DPO: length-gap coefficient alpha (the release's default)", minimum=0),
     Option("simpo_gamma", 0.5, "SimPO: target reward margin gamma (TRL's default)", minimum=0),
+    Option("dpo_sft_weight", 1.0, "dpo-sft: weight of the SFT term, the chosen NLL averaged over the batch's "
+           "chosen tokens (TRL loss_weights [1, weight])", minimum=0),
     Option("wpo_weighting", False, "WPO (TRL use_weighting): each pair weighted by the policy's detached, "
            "length-normalized probability of both responses; base methods only (not is-*)", bool),
     Option("wpo_max_weight", 1.0, "WPO: weights clamped at this maximum (TRL < 1.0: 1); null: no clamp (TRL 1.x)",
@@ -231,6 +254,8 @@ class Method:
     length_options   boolean options that, when true, make both lengths required
     needs_reference  loss_fn reads ref_chosen_logps / ref_rejected_logps (False: reference-free, the
                      trainer runs no reference pass unless an IS variant needs pi_b = pi_ref)
+    couples_batch    a pair's loss depends on the other pairs of its batch (dpo-sft's token mean): the
+                     trainer must put the whole optimizer step through one loss call (`whole_batch`)
     importance_weighted  w * loss with detached IS weights from behavior log-probs (pi_b)
     """
 
@@ -241,6 +266,7 @@ class Method:
     needs_lengths: bool = False
     length_options: tuple[str, ...] = ()
     needs_reference: bool = True
+    couples_batch: bool = False
     importance_weighted: bool = False
 
     @property
@@ -263,6 +289,11 @@ class Method:
         """Whether the policy's per-response sums of logsumexp_v(2 log p(v)) must be given (WPO's weights):
         the trainer then asks `isdaa.logprobs` for them (`with_sq_logsumexp`)."""
         return not self.importance_weighted and bool((options or {}).get("wpo_weighting", False))
+
+    def whole_batch(self, options: Mapping[str, object] | None = None) -> bool:
+        """Whether the loss must see the optimizer step's whole batch at once (its value depends on how a
+        batch is split): a batch-coupled loss."""
+        return self.couples_batch
 
     def check_options(self, options: Mapping[str, object]) -> None:
         """Option combinations this method refuses (ValueError): WPO on an is-* method."""
@@ -304,6 +335,10 @@ _BASE = (
         length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True, needs_reference=False,
     ),
     Method("dpo-norm", dpo_norm, length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True),
+    Method(
+        "dpo-sft", dpo_sft, {"dpo_sft_weight": "weight"},
+        length_args=("chosen_lengths",), needs_lengths=True, couples_batch=True,
+    ),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _BASE}

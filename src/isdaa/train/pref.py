@@ -69,6 +69,7 @@ class PrefTask(Task):
         for msg in check_schedule(cfg, len(self.train_examples), online):
             warnings.warn(msg, stacklevel=2)
         self._warn_no_behavior(self.train_examples)
+        _check_whole_batch(cfg, accelerator.num_processes)
 
     def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
@@ -234,6 +235,14 @@ class PrefTask(Task):
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
+
+
+def _check_whole_batch(cfg, num_processes: int) -> None:
+    """A loss over the whole optimizer step's batch (`Method.whole_batch`) runs on one process only (the
+    config already requires micro_batch_size = batch_size)."""
+    if num_processes > 1 and METHODS[cfg.method].whole_batch(dataclasses.asdict(cfg.loss)):
+        raise ValueError(f"method {cfg.method!r} with these loss options computes its loss over the whole optimizer "
+                         f"step's batch, which {num_processes} processes would split: run it on one process")
 
 
 def _report(accelerator, message: str) -> None:
