@@ -393,7 +393,8 @@ def test_registry_declares_needs():
         assert not plain.uses_behavior_logps and weighted.uses_behavior_logps
         base_options = plain.options[: len(plain.option_args)]
         assert plain.options == base_options + ("wpo_weighting", "wpo_max_weight")
-        assert weighted.options == base_options + ("is_clip", "is_self_normalize", "is_length_normalize")
+        assert weighted.options == base_options + ("is_clip", "is_self_normalize", "is_length_normalize",
+                                                   "is_control")
         assert weighted.requires_reference(has_behavior_logps=False)
         assert plain.requires_reference(True) == plain.requires_reference(False) == plain.needs_reference
         assert set(plain.options) <= set(OPTION_DEFAULTS)

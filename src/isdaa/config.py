@@ -319,16 +319,17 @@ class PrefConfig(TrainConfig):
 
 def _check_method_options(cfg: PrefConfig) -> None:
     """The method's refused option combinations (`Method.check_options`), and a loss that must see the whole
-    optimizer step's batch at once (`Method.whole_batch`: dpo-sft's token mean) with a split batch; the
-    process count is checked at launch (`PrefTask.build`)."""
+    optimizer step's batch at once (`Method.whole_batch`: dpo-sft's token mean, an IS control) with a split
+    batch; the process count is checked at launch (`PrefTask.build`)."""
     entry, options = METHODS[cfg.method], dataclasses.asdict(cfg.loss)
     try:
         entry.check_options(options)
     except ValueError as err:
         raise ValueError(f"loss: {err}") from None
     _check(not entry.whole_batch(options) or cfg.micro_batch_size == cfg.batch_size,
-           f"method {cfg.method!r} computes its loss over the whole optimizer step's batch: set micro_batch_size = "
-           f"batch_size (now {cfg.micro_batch_size} < {cfg.batch_size}) and run one process"
+           f"method {cfg.method!r}" + (f" with loss.is_control={cfg.loss.is_control!r}" if entry.importance_weighted
+                                       else "") + " computes its loss over the whole optimizer step's batch: set "
+           f"micro_batch_size = batch_size (now {cfg.micro_batch_size} < {cfg.batch_size}) and run one process"
            + ("" if entry.importance_weighted else "; rpo with loss.rpo_nll_mean: true (per-sequence token means) "
               "splits freely"))
 

@@ -9,7 +9,8 @@ hyperparameters. No model, tokenizer or config object enters. Notation:
 
 Base losses return UNREDUCED per-pair losses `(B,)`. An importance-sampled method `is-<name>` is
 composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1); so is the loss
-option `wpo_weighting` of every base method (WPO's weights, Zhou et al. 2024).
+option `wpo_weighting` of every base method (WPO's weights, Zhou et al. 2024), and `is_control` swaps an
+IS method's weights for a control (permuted, batch mean, ESS-matched random).
 
 The registry owns everything a method is: `OPTIONS` holds each loss option once (name, default,
 check, help text; `config.LossOptions` and the CLI derive from it) and `METHODS` maps every config
@@ -174,8 +175,9 @@ def dpo_sft(
 class Option:
     """One loss option, declared once: config key `loss.<name>`, keyword of `preference_loss`.
 
-    kind     float or bool; a float option with `nullable` also takes None ("off")
+    kind     float, bool or str; a float option with `nullable` also takes None ("off")
     minimum  float options: the value must be >= minimum (> with `exclusive`), and finite
+    choices  str options: the values allowed
     """
 
     name: str
@@ -185,12 +187,17 @@ class Option:
     minimum: float | None = None
     exclusive: bool = False
     nullable: bool = False
+    choices: tuple[str, ...] = ()
 
     def check(self, value) -> None:
         """Raise TypeError (not a bool for a flag) or ValueError (out of range) naming the option."""
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{self.name} must be True or False, got {value!r}")
+            return
+        if self.kind is str:
+            if value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
             return
         if value is None and self.nullable:
             return
@@ -205,7 +212,9 @@ class Option:
     @property
     def annotation(self) -> type:
         """The config field's type (`config.LossOptions`)."""
-        return bool if self.kind is bool else float | None if self.nullable else float
+        if self.kind in (bool, str):
+            return self.kind
+        return float | None if self.nullable else float
 
 
 OPTIONS: dict[str, Option] = {o.name: o for o in (
@@ -227,6 +236,9 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            "length-normalized probability of both responses; base methods only (not is-*)", bool),
     Option("wpo_max_weight", 1.0, "WPO: weights clamped at this maximum (TRL < 1.0: 1); null: no clamp (TRL 1.x)",
            minimum=0, exclusive=True, nullable=True),
+    Option("is_control", "none", "is-* controls, over the whole batch: none | permute (the weights shuffled "
+           "among the pairs) | mean (every pair the batch's mean weight) | matched_random (log-normal weights "
+           "with the batch's ESS, mean 1); needs the batch unsplit", str, choices=importance.CONTROLS),
 )}
 OPTION_DEFAULTS: dict[str, object] = {name: o.default for name, o in OPTIONS.items()}
 IS_OPTIONS = tuple(name for name in OPTIONS if name.startswith("is_"))  # read by every is-* method
@@ -292,13 +304,18 @@ class Method:
 
     def whole_batch(self, options: Mapping[str, object] | None = None) -> bool:
         """Whether the loss must see the optimizer step's whole batch at once (its value depends on how a
-        batch is split): a batch-coupled loss."""
-        return self.couples_batch
+        batch is split): a batch-coupled loss, or an IS control (over the batch's weights)."""
+        control = (options or {}).get("is_control", "none")
+        return self.couples_batch or (self.importance_weighted and control != "none")
 
     def check_options(self, options: Mapping[str, object]) -> None:
-        """Option combinations this method refuses (ValueError): WPO on an is-* method."""
+        """Option combinations this method refuses (ValueError): WPO on an is-* method, an IS control
+        on a method without IS weights."""
         if self.importance_weighted and options.get("wpo_weighting", False):
             raise ValueError(f"method {self.name!r}: {WPO_WITH_IS}")
+        if not self.importance_weighted and options.get("is_control", "none") != "none":
+            raise ValueError(f"is_control={options['is_control']!r} controls IS weights: it needs an is-* method, "
+                             f"not {self.name!r}")
 
     def requires_reference(self, has_behavior_logps: bool) -> bool:
         """Whether reference log-probs must be computed: the loss reads them, or an IS method has no
@@ -384,6 +401,7 @@ def preference_loss(
     rejected_lengths: Tensor | None = None,
     policy_chosen_sq_lse: Tensor | None = None,
     policy_rejected_sq_lse: Tensor | None = None,
+    generator: torch.Generator | None = None,
     **options,
 ) -> PreferenceLossOutput:
     """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32.
@@ -392,7 +410,8 @@ def preference_loss(
     log-probs may be omitted for a reference-free method (its rewards/* metrics then use ref = 0).
     Behavior log-probs default to the reference's (pi_b = pi_ref). `policy_*_sq_lse` (B,): per response,
     the sum over its tokens of logsumexp_v(2 log p_theta(v)), needed by `wpo_weighting`
-    (`isdaa.logprobs`' `with_sq_logsumexp`). Raises ValueError on an unknown method/option, a refused combination
+    (`isdaa.logprobs`' `with_sq_logsumexp`). `generator`: the random source of `is_control` permute /
+    matched_random. Raises ValueError on an unknown method/option, a refused combination
     (`Method.check_options`), a missing required input, mismatched shapes, beta <= 0 or an option out of
     range (TypeError on a non-tensor or non-bool flag).
     """
@@ -407,7 +426,7 @@ def preference_loss(
     base = entry.base_losses(beta, opts, x)  # (B,)
     behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
-    log_w, stats = _log_weights(entry, opts, x)
+    log_w, stats = _log_weights(entry, opts, x, generator)
     weights = log_w.exp() if log_w is not None else torch.ones_like(base)
     losses = weights * base
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
@@ -417,15 +436,18 @@ def preference_loss(
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
 
 
-def _log_weights(entry: Method, opts, x) -> tuple[Tensor | None, dict[str, Tensor]]:
+def _log_weights(entry: Method, opts, x, generator) -> tuple[Tensor | None, dict[str, Tensor]]:
     """(detached log-weights (B,) or None for w = 1, `importance.weight_stats` of the weights APPLIED):
-    IS weights, WPO's, or none."""
+    IS weights (an `is_control` in their place, clip_frac still the IS clip's), WPO's, or none."""
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
     lengths = (x["chosen_lengths"], x["rejected_lengths"])
     if entry.importance_weighted:
         behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
         log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, chosen_lengths=lengths[0],
                                                      rejected_lengths=lengths[1])
+        if opts["is_control"] != "none":
+            log_w = importance.control_log_weights(log_w, opts["is_control"], generator)
+            stats = {**importance.weight_stats(log_w, None), "clip_frac": stats["clip_frac"]}
         return log_w, stats
     if opts["wpo_weighting"]:
         raw, log_w = importance.wpo_log_weights(*policy, x["policy_chosen_sq_lse"], x["policy_rejected_sq_lse"],

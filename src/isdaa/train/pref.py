@@ -28,6 +28,7 @@ rejected] (`isdaa.logprobs.pair_response_logps`): the prompt goes through the mo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 
 from isdaa.config import check_schedule
 from isdaa.data import collate_pref, tokenize_pref
+from isdaa.importance import RANDOM_CONTROLS
 from isdaa.logprobs import (
     packed_pairs_supported,
     pair_response_logps,
@@ -225,13 +227,22 @@ class PrefTask(Task):
 
     def _policy_logps(self, model, batch):
         """(2B,) policy log-probs, and the loss's extra inputs the method asks for: WPO's sq_lse sums
-        (`Method.requires_sq_logsumexp`)."""
+        (`Method.requires_sq_logsumexp`), a random IS control's generator (`_control_generator`)."""
         n, entry, extra = batch["n_pairs"], METHODS[self.cfg.method], {}
+        if entry.importance_weighted and self.options["is_control"] in RANDOM_CONTROLS:
+            extra["generator"] = self._control_generator(batch)
         logps = self._logps(model, batch, with_sq_logsumexp=entry.requires_sq_logsumexp(self.options))
         if isinstance(logps, tuple):
             logps, sq = logps
             extra.update(policy_chosen_sq_lse=sq[:n], policy_rejected_sq_lse=sq[n:])
         return logps, extra
+
+    def _control_generator(self, batch) -> torch.Generator:
+        """The random source of an IS control, seeded by the run's seed and the batch's token ids: the step's
+        batch draws the same numbers after a resume, other batches other numbers (the task does not know the
+        step; the batch determines it)."""
+        digest = hashlib.sha256(f"{self.cfg.seed}|".encode() + batch["input_ids"].cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
 
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
