@@ -201,6 +201,8 @@ class TrainConfig:
     response_only_head: bool = True    # sft/pref: LM head on response-predicting positions only (same values,
                                        # less time and memory); false: full (B, T, V) logits. Models whose
                                        # forward takes no boolean logits_to_keep use full logits anyway.
+    log_update_norm: bool = False      # log update_norm = ||theta_after - theta_before|| per step (one copy of
+                                       # the trainable parameters; not with FSDP / DeepSpeed)
 
     def __post_init__(self):
         _check(bool(self.output_dir), "output_dir is required")
@@ -220,6 +222,7 @@ class TrainConfig:
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _check(isinstance(self.compile, bool), "compile must be true or false")
+        _check(isinstance(self.log_update_norm, bool), "log_update_norm must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
         self.report_to = _tracker_names(self.report_to)
 
