@@ -45,7 +45,7 @@ from isdaa.logprobs import (
     response_logps,
 )
 from isdaa.losses import METHODS, preference_loss
-from isdaa.train import reference
+from isdaa.train import ref_sync, reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
 
@@ -72,6 +72,9 @@ class PrefTask(Task):
             warnings.warn(msg, stacklevel=2)
         self._warn_no_behavior(self.train_examples)
         _check_whole_batch(cfg, accelerator.num_processes)
+        if cfg.ref_sync is not None:  # TR-DPO: stored ref_* columns hold the initial reference's log-probs
+            ref_sync.check_supported(accelerator)
+            self._drop_stored_reference(accelerator)
 
     def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
@@ -95,26 +98,62 @@ class PrefTask(Task):
         policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
         if cfg.check_logps != "off":
             self._check_stored_logps(accelerator, policy_is_ref)
+        if cfg.ref_sync is not None:
+            self._prepare_ref_sync(accelerator, policy_is_ref)
         if cfg.ref_logps == "on_the_fly":
             return
         for examples in (self.train_examples, self.eval_examples or []):
             if not examples or all("ref_chosen_logps" in e for e in examples) or not self._needs_reference(
                     all("chosen_logps" in e for e in examples)):
                 continue
-            ref_path = cfg.ref_model or cfg.model.name_or_path
-            key = reference.cache_key(ref_path, cfg.model, accelerator.mixed_precision, examples)
-            cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else reference.default_cache_dir()
-            model = self.model if policy_is_ref else self._reference()
-            with self._adapter_off(model) if policy_is_ref else nullcontext():
-                chosen, rejected, hit = reference.load_or_compute(
-                    model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
-                    self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
-            self.ref_cache_hits += hit
+            chosen, rejected = self._initial_reference_logps(accelerator, examples, policy_is_ref)
             for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
                 e.setdefault("ref_chosen_logps", c)
                 e.setdefault("ref_rejected_logps", r)
         if not policy_is_ref:
             self.ref_model = None  # precomputed: free it
+
+    def _initial_reference_logps(self, accelerator, examples, policy_is_ref):
+        """(chosen, rejected) (N,) log-probs of the initial reference (the policy before training, or
+        `ref_model` before any ref_sync), one pass cached under `reference.cache_key`."""
+        cfg = self.cfg
+        key = reference.cache_key(cfg.ref_model or cfg.model.name_or_path, cfg.model, accelerator.mixed_precision,
+                                  examples)
+        cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else reference.default_cache_dir()
+        model = self.model if policy_is_ref else self._reference()
+        with self._adapter_off(model) if policy_is_ref else nullcontext():
+            chosen, rejected, hit = reference.load_or_compute(
+                model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
+                self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
+        self.ref_cache_hits += hit
+        return chosen, rejected
+
+    # -- TR-DPO (train/ref_sync.py)
+    def _drop_stored_reference(self, accelerator):
+        """ref_sync: the rows' ref_* columns would stand for a reference that moves; drop them, once, saying so."""
+        dropped = 0
+        for examples in (self.train_examples, self.eval_examples or []):
+            for e in examples:
+                dropped += e.pop("ref_chosen_logps", None) is not None
+                e.pop("ref_rejected_logps", None)
+        if dropped:
+            _report(accelerator, f"ref_sync: ignoring the ref_chosen_logps / ref_rejected_logps of {dropped} pairs "
+                                 "(the reference moves; it is scored in memory at every step)")
+
+    def _prepare_ref_sync(self, accelerator, policy_is_ref):
+        """pi_b never moves: rows without behavior columns get the INITIAL reference's log-probs as pi_b (before
+        any update); then the reference in memory, restored to the synced one a resume starts from."""
+        for examples in (self.train_examples, self.eval_examples or []):
+            missing = [e for e in examples if "chosen_logps" not in e]
+            if missing:
+                chosen, rejected = self._initial_reference_logps(accelerator, missing, policy_is_ref)
+                for e, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
+                    e["chosen_logps"], e["rejected_logps"] = c, r
+        ref = self._reference()
+        ref_sync.check_compatible(ref, accelerator.unwrap_model(self.model))
+        synced = ref_sync.restore(ref, self.cfg.output_dir, self.cfg.ref_sync.steps, accelerator.is_main_process)
+        if synced:
+            _report(accelerator, f"ref_sync: the reference restored to its update at step {synced}")
 
     def _check_stored_logps(self, accelerator, policy_is_ref):
         """`reference.check_stored`: dataset ref_* columns against the reference model, behavior columns
@@ -212,7 +251,11 @@ class PrefTask(Task):
         logps, extra = self._policy_logps(model, batch)                       # (2B,) float32
         # the data columns chosen_logps / rejected_logps hold pi_b's log-probs (the release's names)
         behavior_chosen_logps, behavior_rejected_logps = batch.get("chosen_logps"), batch.get("rejected_logps")
-        if "ref_chosen_logps" in batch:
+        if self.cfg.ref_sync is not None and behavior_chosen_logps is None:
+            raise ValueError("ref_sync (TR-DPO): these pairs (from a batch_source) have no behavior log-probs, and "
+                             "pi_b cannot fall back to a reference that moves: give the rows chosen_logps / "
+                             "rejected_logps (pi_b's summed log-probs)")
+        if "ref_chosen_logps" in batch and self.cfg.ref_sync is None:  # ref_sync: stored values are stale
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         elif self._needs_reference(behavior_chosen_logps is not None):
             ref_c, ref_r = self._ref_logps(batch)
