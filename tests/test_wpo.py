@@ -114,15 +114,15 @@ def test_wpo_weight_value_and_gradient_by_hand():
     gc, gr = torch.autograd.grad(out.loss, (x["policy_chosen_logps"], x["policy_rejected_logps"]))
     assert gc.item() == pytest.approx(-0.09374057385436949, rel=1e-5)
     assert gr.item() == pytest.approx(0.09374057385436949, rel=1e-5)
-    assert out.metrics["is/weight_mean"].item() == pytest.approx(0.4965853037914095, rel=1e-6)
-    assert out.metrics["is/clip_frac"].item() == 0.0
+    assert out.metrics["wpo/weight_mean"].item() == pytest.approx(0.4965853037914095, rel=1e-6)
+    assert out.metrics["wpo/clip_frac"].item() == 0.0 and out.metrics["is/weight_mean"].item() == 1.0
     plain = preference_loss("dpo", 0.5, *x.values(), **sq, **lengths)  # the option off: weight 1
     assert plain.loss.item() == pytest.approx(0.4740769841801067, rel=1e-6)
 
 
 def test_wpo_clamp_at_max_weight():
     """mean_c = (-0.5 + 1.0) / 1 = 0.5, mean_r = (-1.0 + 1.4) / 2 = 0.2: log w = 0.7, w = e^0.7 = 2.0137527.
-    Default wpo_max_weight 1 (TRL < 1.0): w = 1, clipped (is/clip_frac 1); 2.0: w = 2; null (TRL 1.x): e^0.7."""
+    Default wpo_max_weight 1 (TRL < 1.0): w = 1, clipped (wpo/clip_frac 1); 2.0: w = 2; null (TRL 1.x): e^0.7."""
     x = {"policy_chosen_logps": torch.tensor([-0.5]), "policy_rejected_logps": torch.tensor([-1.0]),
          "ref_chosen_logps": torch.tensor([-1.0]), "ref_rejected_logps": torch.tensor([-1.0])}
     extra = {"policy_chosen_sq_lse": torch.tensor([-1.0]), "policy_rejected_sq_lse": torch.tensor([-1.4]),
@@ -130,7 +130,7 @@ def test_wpo_clamp_at_max_weight():
     for cap, want, clipped in ((1.0, 1.0, 1.0), (2.0, 2.0, 1.0), (None, 2.0137527074704766, 0.0)):
         out = preference_loss("dpo", 0.1, *x.values(), **extra, wpo_weighting=True, wpo_max_weight=cap)
         assert out.weights.item() == pytest.approx(want, rel=1e-6), cap
-        assert out.metrics["is/clip_frac"].item() == clipped
+        assert out.metrics["wpo/clip_frac"].item() == clipped
 
 
 @pytest.mark.parametrize("method", ["dpo", "ipo", "dpo-norm", "simpo"])
@@ -183,9 +183,9 @@ def test_wpo_is_an_option_of_every_base_method_and_refused_with_is():
 
 def test_wpo_training_is_micro_batch_invariant_and_logs_the_weights(tiny_dir, tmp_path):
     """dpo + wpo_weighting trains with the sq_lse sums from the trainer's own forward: batch 8 x 1 micro-batch and
-    8 micro-batches of 1 give the same curve (WPO's weight is per pair). Step 1's logged is/weight_mean is the mean
+    8 micro-batches of 1 give the same curve (WPO's weight is per pair). Step 1's logged wpo/weight_mean is the mean
     WPO weight of the whole data (batch = all 8 rows) computed here by the naive float64 loop on the initial
-    model, clamped at 1."""
+    model, clamped at 1; is/* stays that of w = 1 (no IS weights)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from isdaa.data import collate_pref, tokenize_pref
@@ -197,7 +197,7 @@ def test_wpo_training_is_micro_batch_invariant_and_logs_the_weights(tiny_dir, tm
         train(cfg)
     a, b = (metrics(cfg) for cfg in runs)
     for x, y in zip(a, b):
-        for k in ("loss", "grad_norm", "is/weight_mean", "is/ess", "rewards/margins"):
+        for k in ("loss", "grad_norm", "wpo/weight_mean", "wpo/weight_max", "is/ess", "rewards/margins"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-6), k
     tok = AutoTokenizer.from_pretrained(tiny_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_dir).double()
@@ -206,6 +206,9 @@ def test_wpo_training_is_micro_batch_invariant_and_logs_the_weights(tiny_dir, tm
     lengths = batch["response_mask"].sum(1).double()
     log_w = (logps - sq) / lengths
     w = torch.exp(log_w[:8] + log_w[8:]).clamp(max=1.0)
-    assert a[0]["is/weight_mean"] == pytest.approx(float(w.mean()), rel=1e-4)
-    assert a[0]["is/weight_mean"] < 0.99 and float(w.std()) > 0.01  # weights that differ from 1 and between pairs
+    assert a[0]["wpo/weight_mean"] == pytest.approx(float(w.mean()), rel=1e-4)
+    assert a[0]["wpo/weight_max"] == pytest.approx(float(w.max()), rel=1e-4)
+    assert a[0]["wpo/ess"] == pytest.approx(float(w.sum() ** 2 / (8 * (w ** 2).sum())), rel=1e-4)  # one micro-batch
+    assert a[0]["wpo/weight_mean"] < 0.99 and float(w.std()) > 0.01  # weights that differ from 1 and between pairs
+    assert all(r["is/ess"] == 1.0 and r["is/weight_mean"] == 1.0 for r in a + b)
     assert math.isfinite(a[-1]["loss"])

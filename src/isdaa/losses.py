@@ -375,7 +375,7 @@ def methods_help() -> str:
 @dataclass
 class PreferenceLossOutput:
     """loss: scalar mean of `losses`; losses: (B,) per-pair losses with weights applied; weights: (B,)
-    detached (ones for non-IS methods); metrics: name -> detached 0-dim float32 tensor (convert once per
+    detached, the weights applied: IS (or an is_control's), WPO's, or ones; metrics: name -> detached 0-dim float32 tensor (convert once per
     logging step with `metrics_float()`, so a GPU run does not sync the host per metric per step)."""
 
     loss: Tensor
@@ -426,36 +426,43 @@ def preference_loss(
     base = entry.base_losses(beta, opts, x)  # (B,)
     behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
-    log_w, stats = _log_weights(entry, opts, x, generator)
-    weights = log_w.exp() if log_w is not None else torch.ones_like(base)
+    log_w, stats = _is_log_weights(entry, opts, x, generator)  # IS (or its control), None without IS
+    wpo_log_w, wpo_metrics = _wpo_log_weights(entry, opts, x)   # WPO (never with IS: check_options)
+    applied = log_w if log_w is not None else wpo_log_w
+    weights = applied.exp() if applied is not None else torch.ones_like(base)
     losses = weights * base
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
     drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
-    metrics = _metrics(beta, *policy, *ref, stats, drift, opts["is_clip"])
+    metrics = {**_metrics(beta, *policy, *ref, stats, drift, opts["is_clip"]), **wpo_metrics}
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics)
 
 
-def _log_weights(entry: Method, opts, x, generator) -> tuple[Tensor | None, dict[str, Tensor]]:
-    """(detached log-weights (B,) or None for w = 1, `importance.weight_stats` of the weights APPLIED):
-    IS weights (an `is_control` in their place, clip_frac still the IS clip's), WPO's, or none."""
-    policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
-    lengths = (x["chosen_lengths"], x["rejected_lengths"])
-    if entry.importance_weighted:
-        behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
-        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, chosen_lengths=lengths[0],
-                                                     rejected_lengths=lengths[1])
-        if opts["is_control"] != "none":
-            log_w = importance.control_log_weights(log_w, opts["is_control"], generator)
-            stats = {**importance.weight_stats(log_w, None), "clip_frac": stats["clip_frac"]}
-        return log_w, stats
-    if opts["wpo_weighting"]:
-        raw, log_w = importance.wpo_log_weights(*policy, x["policy_chosen_sq_lse"], x["policy_rejected_sq_lse"],
-                                                *lengths, opts["wpo_max_weight"])
-        cap = opts["wpo_max_weight"]
-        return log_w, importance.weight_stats(raw, None if cap is None else 0.5 * math.log(cap), log_w)
-    zeros = torch.zeros_like(x["policy_chosen_logps"]).detach()
-    return None, importance.weight_stats(zeros, None)  # w = 1: mean 1, ess 1, top 1/B
+def _is_log_weights(entry: Method, opts, x, generator) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(detached IS log-weights (B,), or None for a method without them (w = 1); `importance.weight_stats` of
+    those weights): an `is_control` replaces the IS weights (its stats then, but the IS clip's clip_frac)."""
+    if not entry.importance_weighted:
+        return None, importance.weight_stats(torch.zeros_like(x["policy_chosen_logps"]).detach(), None)
+    log_w, stats = importance.weights_with_stats(
+        x["policy_chosen_logps"], x["policy_rejected_logps"], x["behavior_chosen_logps"],
+        x["behavior_rejected_logps"], opts, chosen_lengths=x["chosen_lengths"], rejected_lengths=x["rejected_lengths"])
+    if opts["is_control"] != "none":
+        log_w = importance.control_log_weights(log_w, opts["is_control"], generator)
+        stats = {**importance.weight_stats(log_w, None), "clip_frac": stats["clip_frac"]}
+    return log_w, stats
+
+
+def _wpo_log_weights(entry: Method, opts, x) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(WPO's detached log-weights (B,), its `wpo/*` metrics; clip_frac: pairs at wpo_max_weight), or (None, {})."""
+    if not entry.requires_sq_logsumexp(opts):
+        return None, {}
+    cap = opts["wpo_max_weight"]
+    raw, log_w = importance.wpo_log_weights(x["policy_chosen_logps"], x["policy_rejected_logps"],
+                                            x["policy_chosen_sq_lse"], x["policy_rejected_sq_lse"],
+                                            x["chosen_lengths"], x["rejected_lengths"], cap)
+    stats = importance.weight_stats(raw, None if cap is None else 0.5 * math.log(cap), log_w)
+    keys = ("weight_mean", "weight_max", "clip_frac", "ess", "top_share")
+    return log_w, {f"wpo/{k}": stats[k].detach().float() for k in keys}
 
 
 def _check_beta(beta) -> float:

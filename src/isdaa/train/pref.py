@@ -266,7 +266,8 @@ class PrefTask(Task):
             behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
             chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **extra, **self.options,
         )
-        return out.loss * n, out.metrics, out.weights
+        # the loop pools is/ess and is/top_share from these: the IS weights only (WPO's are logged as wpo/*)
+        return out.loss * n, out.metrics, out.weights if METHODS[self.cfg.method].importance_weighted else None
 
     def _policy_logps(self, model, batch):
         """(2B,) policy log-probs, and the loss's extra inputs the method asks for: WPO's sq_lse sums
