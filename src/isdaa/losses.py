@@ -462,7 +462,7 @@ def _wpo_log_weights(entry: Method, opts, x) -> tuple[Tensor | None, dict[str, T
                                             x["chosen_lengths"], x["rejected_lengths"], cap)
     stats = importance.weight_stats(raw, None if cap is None else 0.5 * math.log(cap), log_w)
     keys = ("weight_mean", "weight_max", "clip_frac", "ess", "top_share")
-    return log_w, {f"wpo/{k}": stats[k].detach().float() for k in keys}
+    return log_w, {f"wpo/{k}": stats[k].detach() for k in keys}
 
 
 def _check_beta(beta) -> float:
