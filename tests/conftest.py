@@ -61,3 +61,34 @@ def chat_family_tokenizer(name: str):
         tok.add_tokens(specials, special_tokens=True)  # split out before the whitespace pre-tokenizer
     tok.chat_template, tok.eos_token = template, eos
     return tok
+
+
+@pytest.fixture
+def torchrun():
+    """run(args, timeout=180): `torch.distributed.run --nproc_per_node 2 <args>` on the CPU (gloo), on a free port,
+    the children in their own process group (killed together on a timeout); asserts a zero exit."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    def run(args, timeout=180):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+               "--master_port", str(port), *map(str, args)]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            _, stderr = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+        assert proc.returncode == 0, stderr[-3000:]
+        return stderr
+
+    return run

@@ -23,8 +23,9 @@ def test_loss_options_are_the_registry_options():
 
     fields = {f.name: f.default for f in dataclasses.fields(LossOptions)}
     assert fields == {name: o.default for name, o in OPTIONS.items()}
-    for method in METHODS:
-        assert load_config(BASE, [f"method={method}"]).method == method
+    for method in METHODS:  # a loss over the whole batch (dpo-sft) needs it unsplit
+        unsplit = ["micro_batch_size=64"] if METHODS[method].whole_batch({}) else []
+        assert load_config(BASE, [f"method={method}", *unsplit]).method == method
 
 
 @pytest.mark.parametrize("option", ["is_clip", "rpo_eta", "chipo_rmax", "rdpo_alpha", "is_self_normalize"])

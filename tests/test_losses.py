@@ -124,6 +124,77 @@ def test_simpo_value_gradient_and_no_reference():
         preference_loss("is-simpo", 2.0, pc, pr, **lengths)
 
 
+def test_dpo_norm_value_and_gradient():
+    """Length-normalized DPO (TRL's sigmoid_norm), PAIR with |c| = 2, |r| = 5, beta = 0.5:
+    u_c/|c| - u_r/|r| = 0.5/2 + 0.5/5 = 0.35; logit 0.5 * 0.35 = 0.175; loss = log(1 + e^-0.175) = 0.6094704307.
+    d loss / d logp_theta(c) = -beta/|c| sigmoid(-0.175) = -0.25 * 0.4563613 = -0.1140903282;
+    d / d logp_theta(r) = +beta/|r| sigmoid(-0.175) = 0.0456361313. With every length 1 it is DPO."""
+    pc, pr = t(-1.0, grad=True), t(-2.0, grad=True)
+    out = losses.dpo_norm(pc, pr, t(-1.5), t(-1.5), beta=0.5, **LENGTHS_2_5)
+    assert out.item() == pytest.approx(0.6094704306630468, rel=1e-6)
+    gc, gr = torch.autograd.grad(out.sum(), (pc, pr))
+    assert gc.item() == pytest.approx(-0.1140903281907303, rel=1e-5)
+    assert gr.item() == pytest.approx(0.04563613127629212, rel=1e-5)
+    ones = {"chosen_lengths": t(1.0), "rejected_lengths": t(1.0)}
+    assert losses.dpo_norm(*PAIR.values(), beta=0.5, **ones).item() == pytest.approx(0.4740769841801067, rel=1e-6)
+    assert METHODS["dpo-norm"].needs_lengths and METHODS["dpo-norm"].needs_reference
+
+
+# Two pairs for the batch-level SFT term: PAIR (h = 1) and a pair with u_c = -0.5, u_r = 0.5 (h = -1).
+TWO_PAIRS = {
+    "policy_chosen_logps": t(-1.0, -3.0), "policy_rejected_logps": t(-2.0, -1.0),
+    "ref_chosen_logps": t(-1.5, -2.5), "ref_rejected_logps": t(-1.5, -1.5),
+}
+
+
+def test_dpo_sft_value_gradient_and_trl_batch_token_mean():
+    """DPO + SFT term as TRL 1.x (loss_type [sigmoid, sft], loss_weights [1, 0.2]), beta = 0.5, |c| = 2 and 4:
+    DPO parts -log sigmoid(0.5) = 0.4740769842 and -log sigmoid(-0.5) = 0.9740769842, mean 0.7240769842.
+    SFT term: chosen NLLs 1 and 3 over 2 + 4 = 6 chosen tokens -> 4/6; L = 0.7240769842 + 0.2 * 4/6 = 0.8574103175.
+    Per pair dpo_b + 0.2 * NLL_b * B / 6: 0.4740769842 + 0.2/3 and 0.9740769842 + 0.2 (their mean is L).
+    dL/dlogp(c_1) = (-0.5 sigmoid(-0.5) - 0.2 * 2/6) / 2 = -0.1277185005; dL/dlogp(c_2) = (-0.5 sigmoid(0.5)
+    - 0.2/3) / 2 = -0.1889481661; dL/dlogp(r_1) = 0.5 sigmoid(-0.5) / 2 = 0.0943851672.
+    rpo with rpo_nll_mean (per-sequence means 1/2 and 3/4) and eta = 0.2/beta = 0.4 gives 0.7240769842
+    + 0.2 * (0.5 + 0.75)/2 = 0.8490769842: NOT TRL's term when the chosen lengths differ; equal when they match."""
+    x = {k: v.clone().requires_grad_(k.startswith("policy")) for k, v in TWO_PAIRS.items()}
+    lengths = {"chosen_lengths": t(2.0, 4.0), "rejected_lengths": t(3.0, 3.0)}
+    out = preference_loss("dpo-sft", 0.5, *x.values(), dpo_sft_weight=0.2, **lengths)
+    assert out.loss.item() == pytest.approx(0.85741031751344, rel=1e-6)
+    assert out.losses.tolist() == pytest.approx([0.4740769841801067 + 0.2 / 3, 0.9740769841801067 + 0.2], rel=1e-6)
+    gc, gr = torch.autograd.grad(out.loss, (x["policy_chosen_logps"], x["policy_rejected_logps"]))
+    assert gc.tolist() == pytest.approx([-0.12771850053286968, -0.18894816613379697], rel=1e-5)
+    assert gr[0].item() == pytest.approx(0.09438516719953635, rel=1e-5)
+    rpo = preference_loss("rpo", 0.5, *x.values(), rpo_eta=0.4, rpo_nll_mean=True, **lengths)
+    assert rpo.loss.item() == pytest.approx(0.8490769841801067, rel=1e-6)
+    same = {"chosen_lengths": t(3.0, 3.0), "rejected_lengths": t(3.0, 3.0)}
+    a = preference_loss("dpo-sft", 0.5, *x.values(), dpo_sft_weight=0.2, **same)
+    b = preference_loss("rpo", 0.5, *x.values(), rpo_eta=0.4, rpo_nll_mean=True, **same)
+    torch.testing.assert_close(a.losses, b.losses)
+    assert METHODS["dpo-sft"].couples_batch and METHODS["dpo-sft"].whole_batch({})
+    assert not any(m.whole_batch({}) for name, m in METHODS.items() if "dpo-sft" not in name)
+
+
+def test_dpo_sft_equals_trls_formula_on_per_token_logps():
+    """TRL 1.x recomputed from per-token log-probs (B = 3, responses of 1-5 tokens): sigmoid loss on the summed
+    log-ratios, mean over pairs, + weight * (-mean of the chosen per-token log-probs over ALL chosen tokens of the
+    batch); isdaa's dpo-sft from the (B,) sums and lengths gives the same loss and gradient."""
+    gen = torch.Generator().manual_seed(4)
+    per_token = (-3 * torch.rand(6, 5, generator=gen, dtype=torch.float64)).requires_grad_(True)  # (2B, T)
+    mask = torch.arange(5)[None, :] < torch.tensor([1, 5, 3, 2, 4, 2])[:, None]
+    ref = -5 * torch.rand(6, generator=gen, dtype=torch.float64)
+    beta, weight = 0.3, 0.7
+    logps = (per_token * mask).sum(1)
+    logps_trl = (per_token * mask).sum(1)  # a graph of its own
+    delta = (logps_trl[:3] - ref[:3]) - (logps_trl[3:] - ref[3:])
+    trl = -torch.nn.functional.logsigmoid(beta * delta).mean() - weight * per_token[:3][mask[:3]].mean()
+    (g_trl,) = torch.autograd.grad(trl, per_token)
+    ours = preference_loss("dpo-sft", beta, logps[:3], logps[3:], ref[:3], ref[3:], dpo_sft_weight=weight,
+                           chosen_lengths=mask[:3].sum(1), rejected_lengths=mask[3:].sum(1)).loss
+    (g_ours,) = torch.autograd.grad(ours, per_token)
+    assert ours.item() == pytest.approx(trl.item(), rel=1e-6)
+    torch.testing.assert_close(g_ours, g_trl, rtol=1e-5, atol=1e-7)
+
+
 def test_ipo_minimum_at_half_inverse_beta():
     """(h - 1/(2 beta))^2 is 0 with zero gradient at h = 1/(2 beta) = 2.5 (beta = 0.2); 0.01 at 2.5 +- 0.1."""
     beta = 0.2
@@ -320,7 +391,10 @@ def test_registry_declares_needs():
     for name in BASE:
         plain, weighted = METHODS[name], METHODS[f"is-{name}"]
         assert not plain.uses_behavior_logps and weighted.uses_behavior_logps
-        assert weighted.options == plain.options + ("is_clip", "is_self_normalize", "is_length_normalize")
+        base_options = plain.options[: len(plain.option_args)]
+        assert plain.options == base_options + ("wpo_weighting", "wpo_max_weight")
+        assert weighted.options == base_options + ("is_clip", "is_self_normalize", "is_length_normalize",
+                                                   "is_control")
         assert weighted.requires_reference(has_behavior_logps=False)
         assert plain.requires_reference(True) == plain.requires_reference(False) == plain.needs_reference
         assert set(plain.options) <= set(OPTION_DEFAULTS)

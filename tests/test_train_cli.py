@@ -50,7 +50,8 @@ def invoke(*args):
 @pytest.mark.parametrize("method", list(METHODS))
 def test_every_method_trains_through_the_cli(setup, method):
     out = setup / f"m-{method}"
-    r = invoke("pref", "--config", str(setup / "pref.yaml"), f"method={method}", f"output_dir={out}")
+    unsplit = ["micro_batch_size=4"] if METHODS[method].whole_batch({}) else []  # dpo-sft: the batch unsplit
+    r = invoke("pref", "--config", str(setup / "pref.yaml"), f"method={method}", f"output_dir={out}", *unsplit)
     assert r.exit_code == 0, r.output
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == 2

@@ -201,6 +201,8 @@ class TrainConfig:
     response_only_head: bool = True    # sft/pref: LM head on response-predicting positions only (same values,
                                        # less time and memory); false: full (B, T, V) logits. Models whose
                                        # forward takes no boolean logits_to_keep use full logits anyway.
+    log_update_norm: bool = False      # log update_norm = ||theta_after - theta_before|| per step (one copy of
+                                       # the trainable parameters; not with FSDP / DeepSpeed)
 
     def __post_init__(self):
         _check(bool(self.output_dir), "output_dir is required")
@@ -220,6 +222,7 @@ class TrainConfig:
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _check(isinstance(self.compile, bool), "compile must be true or false")
+        _check(isinstance(self.log_update_norm, bool), "log_update_norm must be true or false")
         _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
         self.report_to = _tracker_names(self.report_to)
 
@@ -288,6 +291,19 @@ class DriftStopConfig:
 
 
 @dataclass
+class RefSyncConfig:
+    """TR-DPO (Gorbatovski et al. 2024): after every `steps`-th optimizer step the reference moves toward the
+    policy, ref <- alpha * policy + (1 - alpha) * ref (isdaa.train.ref_sync; TRL: sync_ref_model)."""
+
+    alpha: float = 0.6                 # the policy's share of the mix (TRL ref_model_mixup_alpha); 1: a hard copy
+    steps: int = 512                   # update every N optimizer steps (TRL ref_model_sync_steps)
+
+    def __post_init__(self):
+        _check(math.isfinite(self.alpha) and 0 < self.alpha <= 1, f"ref_sync.alpha must be in (0, 1], got {self.alpha}")
+        _check(self.steps >= 1, f"ref_sync.steps must be >= 1, got {self.steps}")
+
+
+@dataclass
 class PrefConfig(TrainConfig):
     """Preference training with any method of the registry (dpo ... is-rdpo)."""
 
@@ -303,6 +319,8 @@ class PrefConfig(TrainConfig):
                                        # trainer's ids, before training: error | recompute | off
     check_logps_rows: int = 32         # rows sampled for that check
     stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
+    ref_sync: RefSyncConfig | None = None  # TR-DPO: the reference soft-updated toward the policy every
+                                       # ref_sync.steps steps (needs ref_logps: on_the_fly; not with LoRA)
     pack_pairs: bool = True  # one row [prompt, chosen, rejected] per pair, the prompt once (same values), where
     #                          the model takes a 4D mask (sdpa, eager); on an H200 in bf16 1.19-1.24x faster at 200M
     #                          with 0.83x the GPU memory, 0.97x at 40M (benchmarks/README.md); false: one row each
@@ -311,9 +329,41 @@ class PrefConfig(TrainConfig):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
         _one_of(self.method, tuple(METHODS), "method")
+        _check_method_options(self)
         _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
         _one_of(self.check_logps, ("error", "recompute", "off"), "check_logps")
         _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
+        _check_ref_sync(self)
+
+
+def _check_method_options(cfg: PrefConfig) -> None:
+    """The method's refused option combinations (`Method.check_options`), and a loss that must see the whole
+    optimizer step's batch at once (`Method.whole_batch`: dpo-sft's token mean, an IS control) with a split
+    batch; the process count is checked at launch (`PrefTask.build`)."""
+    entry, options = METHODS[cfg.method], dataclasses.asdict(cfg.loss)
+    try:
+        entry.check_options(options)
+    except ValueError as err:
+        raise ValueError(f"loss: {err}") from None
+    _check(not entry.whole_batch(options) or cfg.micro_batch_size == cfg.batch_size,
+           f"method {cfg.method!r}" + (f" with loss.is_control={cfg.loss.is_control!r}" if entry.importance_weighted
+                                       else "") + " computes its loss over the whole optimizer step's batch: set "
+           f"micro_batch_size = batch_size (now {cfg.micro_batch_size} < {cfg.batch_size}) and run one process"
+           + ("" if entry.importance_weighted else "; rpo with loss.rpo_nll_mean: true (per-sequence token means) "
+              "splits freely"))
+
+
+def _check_ref_sync(cfg: PrefConfig) -> None:
+    """TR-DPO needs a reference model of its own in memory: its log-probs cannot be precomputed once, a LoRA
+    policy's reference (the adapter disabled) cannot move, and a reference-free method has none."""
+    if cfg.ref_sync is None:
+        return
+    _check(cfg.ref_logps == "on_the_fly", "ref_sync (TR-DPO) moves the reference every ref_sync.steps steps, so its "
+           "log-probs cannot be precomputed once: set ref_logps: on_the_fly (the reference model stays in memory)")
+    _check(cfg.model.lora is None, "ref_sync (TR-DPO) with LoRA: the reference is the policy with its adapter "
+           "disabled, so there is no separate reference to update (TRL refuses it too); train without LoRA")
+    _check(METHODS[cfg.method].needs_reference, f"ref_sync (TR-DPO) updates the reference, but method "
+           f"{cfg.method!r} is reference-free")
 
 
 def check_schedule(cfg: TrainConfig, n_train: int, online: bool = False) -> list[str]:

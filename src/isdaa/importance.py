@@ -181,6 +181,74 @@ def weight_stats(log_ratio: Tensor, eps: float | None, log_w: Tensor | None = No
         }
 
 
+# --------------------------------------------------------------------------------------------------
+# WPO weights (Zhou et al. 2024) and the controls of IS weights
+
+
+def wpo_log_weights(
+    policy_chosen_logps, policy_rejected_logps, policy_chosen_sq_lse, policy_rejected_sq_lse,
+    chosen_lengths, rejected_lengths, max_weight: float | None,
+) -> tuple[Tensor, Tensor]:
+    """WPO's detached pair log-weights, (B,) each: (unclamped, clamped at log max_weight).
+
+        log w = mean_t [log p(c_t) - log sum_v p(v)^2] + mean_t [log p(r_t) - log sum_v p(v)^2]
+
+    Zhou et al. 2024, Eq. 2 with its "aligned" per-token normalizer, as TRL's `use_weighting` computes
+    it: `sq_lse` is the sum over the response's tokens of logsumexp_v(2 log p_theta(v | context))
+    (`isdaa.logprobs.sq_logsumexp`), |y| its token count. TRL < 1.0 clamps w at 1 (`max_weight` 1.0);
+    TRL 1.x does not clamp (`max_weight` None)."""
+    with torch.no_grad():
+        mean_c = (policy_chosen_logps - policy_chosen_sq_lse) / safe_lengths(chosen_lengths)
+        mean_r = (policy_rejected_logps - policy_rejected_sq_lse) / safe_lengths(rejected_lengths)
+        raw = (mean_c + mean_r).detach()
+        return raw, raw if max_weight is None else raw.clamp(max=math.log(max_weight))
+
+
+CONTROLS = ("none", "permute", "mean", "matched_random")
+RANDOM_CONTROLS = ("permute", "matched_random")  # these draw from a generator
+
+
+def control_log_weights(log_w: Tensor, control: str, generator: torch.Generator | None = None) -> Tensor:
+    """The log-weights (B,) a control of the IS weights applies instead of `log_w` (a whole batch's):
+
+    permute         log_w[perm], perm uniform from `generator`: the batch's weights, none on its own pair
+    mean            every pair gets log mean(w): the batch's scale, no reweighting (ESS 1)
+    matched_random  w_i proportional to exp(sigma z_i), z_i ~ N(0, 1) iid from `generator` (log-normal),
+                    sigma solved so that the batch's ESS equals ESS(log_w) (`matched_sigma`), scaled to
+                    mean exactly 1: the batch's concentration, not its scale nor its pairs
+    """
+    if control == "none":
+        return log_w
+    if control == "mean":
+        return log_mean_exp(log_w).expand_as(log_w).clone()
+    if generator is None:
+        raise ValueError(f"is_control={control!r} draws random numbers: pass a torch.Generator")
+    n = log_w.numel()
+    if control == "permute":
+        return log_w[torch.randperm(n, generator=generator).to(log_w.device)]
+    if control == "matched_random":
+        z = torch.randn(n, generator=generator, dtype=torch.float64)
+        lw = matched_sigma(z, float(ess_from_log(log_w.detach().double().cpu()))) * z  # float64, CPU
+        return (lw - log_mean_exp(lw)).to(log_w.dtype).to(log_w.device)
+    raise ValueError(f"unknown is_control {control!r}; valid: {', '.join(CONTROLS)}")
+
+
+def matched_sigma(z: Tensor, target_ess: float, iters: int = 200) -> float:
+    """sigma >= 0 with ESS(exp(sigma z)) = target_ess, by bisection: ESS(exp(sigma z)) falls monotonically
+    from 1 (sigma = 0) towards (ties at max z) / B as sigma grows (its log-derivative is 2 (E_p[z] - E_q[z])
+    <= 0, p and q the tilts of z by sigma and 2 sigma). A target below that limit gets the largest sigma tried."""
+    z = z.double()
+    if target_ess >= 1.0 or float(z.max() - z.min()) == 0.0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    while float(ess_from_log(hi * z)) > target_ess and hi < 1e6:
+        lo, hi = hi, 2 * hi
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if float(ess_from_log(mid * z)) > target_ess else (lo, mid)
+    return 0.5 * (lo + hi)
+
+
 def importance_stats(
     policy_chosen_logps, policy_rejected_logps, behavior_chosen_logps, behavior_rejected_logps,
     options, *, chosen_lengths=None, rejected_lengths=None,

@@ -151,8 +151,21 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, rows: torch.Tenso
     return logits[rows, labels].to(dtype) - lse[rows]
 
 
+@torch.no_grad()
+def sq_logsumexp(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
+    """(N,) logsumexp_v(2 log p(v)) = log sum_v p(v)^2 of each row of (N, V) logits, no gradient: WPO's
+    per-token normalizer (Zhou et al. 2024, Eq. 2). = logsumexp(2 z) - 2 logsumexp(z); float32 (float64 for
+    float64 logits), rows in chunks of `chunk` (the float32 upcast of bf16 logits)."""
+    dtype = torch.promote_types(logits.dtype, torch.float32)
+    out = torch.empty(logits.shape[0], dtype=dtype, device=logits.device)
+    for s in range(0, logits.shape[0], chunk):
+        x = logits[s: s + chunk].detach().to(dtype)                       # (c, V)
+        out[s: s + chunk] = torch.logsumexp(2 * x, -1) - 2 * torch.logsumexp(x, -1)
+    return out
+
+
 def response_logps(model, input_ids, attention_mask, response_mask, *, response_only_head: bool = True,
-                   fused: bool = True, return_counts: bool = False):
+                   fused: bool = True, return_counts: bool = False, with_sq_logsumexp: bool = False):
     """(B,) summed response log-probs (float32; float64 for a float64 model) from one forward of `model`.
 
     input_ids / attention_mask / response_mask (B, T) as collated (response_mask true on the response
@@ -160,25 +173,35 @@ def response_logps(model, input_ids, attention_mask, response_mask, *, response_
     caller checks once), the head projects only the N positions t with response_mask[b, t + 1]:
     (N, V) logits -> per-token log-probs (`token_logps`) -> summed per row with index_add. Otherwise
     the full (B, T, V) logits go through `causal_lm_logps` (the reference path). Returns the (B,) int64
-    response token counts too when `return_counts`.
+    response token counts too when `return_counts`; with `with_sq_logsumexp`, `(logps, sq_lse)` where
+    sq_lse (B,) = sum over response tokens of `sq_logsumexp` (WPO), float32, no gradient.
     """
+    if with_sq_logsumexp and return_counts:
+        raise ValueError("response_logps: with_sq_logsumexp and return_counts cannot be combined")
     kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     target = response_mask[:, 1:].bool()                                   # (B, T-1): t predicts token t+1
     if not response_only_head:
         logits = model(**kw).logits                                        # (B, T, V)
-        return causal_lm_logps(logits, input_ids, response_mask, return_counts=return_counts)
+        out = causal_lm_logps(logits, input_ids, response_mask, return_counts=return_counts)
+        if with_sq_logsumexp:
+            sq = sq_logsumexp(logits.detach()[:, :-1][target])             # (N,) row-major
+            return out, sq.new_zeros(out.shape).index_add(0, target.nonzero()[:, 0], sq)
+        return out
     keep = torch.nn.functional.pad(target, (0, 1))                         # (B, T): the last position predicts nothing
     logits = model(**kw, logits_to_keep=keep).logits                       # (N, V)
     if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
         raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
                          "response_only_head: false for it")
     labels = input_ids[:, 1:][target]                                      # (N,) same row-major order
+    sq = sq_logsumexp(logits) if with_sq_logsumexp else None               # (N,) no gradient
     token_lp = token_logps(logits, labels, fused=fused)                    # (N,)
     del logits                                                             # (fused: only p stays, inside the graph)
     rows = target.nonzero()[:, 0]                                          # (N,) the row of each token
     out = token_lp.new_zeros(input_ids.shape[0]).index_add(0, rows, token_lp)  # (B,)
     if return_counts:
         return out, target.sum(-1)
+    if with_sq_logsumexp:
+        return out, sq.new_zeros(out.shape).index_add(0, rows, sq)
     return out
 
 
@@ -264,7 +287,8 @@ def row_index_attention(cfg) -> str | None:
     return ", ".join(found) if found else None
 
 
-def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs: int, *, fused: bool = True):
+def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs: int, *, fused: bool = True,
+                        with_sq_logsumexp: bool = False):
     """(2B,) summed response log-probs of a concatenated pair batch, each prompt through `model` once.
 
     input_ids / attention_mask / response_mask (2B, T) as `isdaa.data.collate_pref` makes them (right
@@ -272,7 +296,8 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     prompt (P_b), chosen (C_b), rejected (R_b) tokens; token t is scored by the logits at t - 1, except the
     rejected response's first token, scored (like the chosen one) by the prompt's last position. Falls back to
     `response_logps` (same values) when a batch breaks the layout (prompts of a pair differ, an empty
-    prompt or response, left padding). The caller checks `packed_pairs_supported(model)` once."""
+    prompt or response, left padding). The caller checks `packed_pairs_supported(model)` once.
+    `with_sq_logsumexp`: `(logps, sq_lse)` as `response_logps` gives them."""
     n, (rows, width), dev = n_pairs, input_ids.shape, input_ids.device
     resp = response_mask.bool()                                            # (2B, T)
     plen, rlen = resp.int().argmax(-1), resp.sum(-1)                       # (2B,) prompt / response tokens
@@ -281,7 +306,8 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
                  and int(rlen.min()) > 0 and bool(((input_ids[:n] == input_ids[n:]) | ~prompt[:n]).all())
                  and bool((attention_mask.bool() == (prompt | resp)).all()))
     if not layout_ok:
-        return response_logps(model, input_ids, attention_mask, response_mask, fused=fused)
+        return response_logps(model, input_ids, attention_mask, response_mask, fused=fused,
+                              with_sq_logsumexp=with_sq_logsumexp)
     p, c, r = plen[:n, None], rlen[:n, None], rlen[n:, None]               # (B, 1) each
     k = torch.arange(int((p + c + r).max()), device=dev)[None, :]          # (1, L) packed positions
     in_chosen_row, real = k < p + c, k < p + c + r                         # (B, L)
@@ -305,7 +331,12 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     scored = (k >= p) & real                                               # (B, L) every response token
     pred = torch.where(k == p + c, p - 1, k - 1).clamp(min=0)              # the position that scores it
     b, t = scored.nonzero(as_tuple=True)                                   # (M,) each
-    token_lp = token_logps(logits, ids[b, t], rows=index[b, pred[b, t]], fused=fused)  # (M,)
+    scoring_row = index[b, pred[b, t]]                                     # (M,) a shared prompt row scores 2 tokens
+    sq = sq_logsumexp(logits)[scoring_row] if with_sq_logsumexp else None  # (M,) no gradient
+    token_lp = token_logps(logits, ids[b, t], rows=scoring_row, fused=fused)  # (M,)
     del logits
     out_row = torch.where(in_chosen_row, 0, n)[b, t] + b                   # chosen -> b, rejected -> B + b
-    return token_lp.new_zeros(rows).index_add(0, out_row, token_lp)  # (2B,)
+    out = token_lp.new_zeros(rows).index_add(0, out_row, token_lp)  # (2B,)
+    if with_sq_logsumexp:
+        return out, sq.new_zeros(rows).index_add(0, out_row, sq)
+    return out

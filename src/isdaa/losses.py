@@ -1,4 +1,5 @@
-"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO), their IS-DAA variants, and the one registry.
+"""Preference losses (DPO, IPO, RPO, chi-PO, R-DPO, SimPO, length-normalized DPO, DPO + SFT), their IS-DAA
+variants, WPO weighting, and the one registry.
 
 Everything here is a pure function of per-pair `(B,)` tensors of SUMMED response log-probs
 (docs/METHOD.md's notation), response lengths where a method needs them, and scalar
@@ -7,7 +8,9 @@ hyperparameters. No model, tokenizer or config object enters. Notation:
     u_c = logp_theta(chosen) - logp_ref(chosen)       u_r likewise       h = u_c - u_r
 
 Base losses return UNREDUCED per-pair losses `(B,)`. An importance-sampled method `is-<name>` is
-composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1).
+composition: `w * <name>` with detached weights from `isdaa.importance` (Section 3.1); so is the loss
+option `wpo_weighting` of every base method (WPO's weights, Zhou et al. 2024), and `is_control` swaps an
+IS method's weights for a control (permuted, batch mean, ESS-matched random).
 
 The registry owns everything a method is: `OPTIONS` holds each loss option once (name, default,
 check, help text; `config.LossOptions` and the CLI derive from it) and `METHODS` maps every config
@@ -133,6 +136,37 @@ def simpo(policy_chosen_logps, policy_rejected_logps, beta, *, gamma, chosen_len
     return -F.logsigmoid(reward_c - reward_r - gamma)
 
 
+def dpo_norm(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+    *, chosen_lengths, rejected_lengths,
+):
+    """Length-normalized DPO (TRL's `loss_type: sigmoid_norm`): -log sigmoid(beta (u_c/|c| - u_r/|r|)),
+    the log-ratios of paper Eq. 6 as per-token means (IPO's `length_normalize` rule on DPO's link)."""
+    u_c, u_r = _margins(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps)
+    return -F.logsigmoid(beta * (u_c / safe_lengths(chosen_lengths) - u_r / safe_lengths(rejected_lengths)))
+
+def dpo_sft(
+    policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta,
+    *, weight, chosen_lengths,
+):
+    """DPO + the SFT term as TRL 1.x defines it (`loss_type: [sigmoid, sft]`, `loss_weights: [1, weight]`:
+    TRL's RPO). Its SFT term is the chosen tokens' NLL averaged over ALL chosen tokens of the batch:
+
+        L = mean_b -log sigmoid(beta h_b) + weight * sum_b NLL_b / sum_b |c_b|,   NLL_b = -logp_theta(c_b)
+
+    returned per pair as dpo_b + weight * NLL_b * B / sum_b' |c_b'| (their mean is L). The token mean
+    couples the pairs of a batch, so the registry marks the method `couples_batch` and the trainer refuses
+    to split its batch. `rpo` with `rpo_nll_mean` (a mean per sequence) equals it, with eta = weight / beta,
+    only when every chosen response of the batch has the same length.
+    """
+    nll = -policy_chosen_logps
+    per_pair_share = nll.numel() / safe_lengths(chosen_lengths).sum()     # B / (chosen tokens of the batch)
+    return dpo(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta) + (
+        weight * nll * per_pair_share
+    )
+
+
+
 # --------------------------------------------------------------------------------------------------
 # Registry: options, then methods
 
@@ -141,8 +175,9 @@ def simpo(policy_chosen_logps, policy_rejected_logps, beta, *, gamma, chosen_len
 class Option:
     """One loss option, declared once: config key `loss.<name>`, keyword of `preference_loss`.
 
-    kind     float or bool; a float option with `nullable` also takes None ("off")
+    kind     float, bool or str; a float option with `nullable` also takes None ("off")
     minimum  float options: the value must be >= minimum (> with `exclusive`), and finite
+    choices  str options: the values allowed
     """
 
     name: str
@@ -152,12 +187,17 @@ class Option:
     minimum: float | None = None
     exclusive: bool = False
     nullable: bool = False
+    choices: tuple[str, ...] = ()
 
     def check(self, value) -> None:
         """Raise TypeError (not a bool for a flag) or ValueError (out of range) naming the option."""
         if self.kind is bool:
             if not isinstance(value, bool):
                 raise TypeError(f"{self.name} must be True or False, got {value!r}")
+            return
+        if self.kind is str:
+            if value not in self.choices:
+                raise ValueError(f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}")
             return
         if value is None and self.nullable:
             return
@@ -172,7 +212,9 @@ class Option:
     @property
     def annotation(self) -> type:
         """The config field's type (`config.LossOptions`)."""
-        return bool if self.kind is bool else float | None if self.nullable else float
+        if self.kind in (bool, str):
+            return self.kind
+        return float | None if self.nullable else float
 
 
 OPTIONS: dict[str, Option] = {o.name: o for o in (
@@ -189,9 +231,28 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
            nullable=True),
     Option("rdpo_alpha", 0.01, "R-DPO: length-gap coefficient alpha (the release's default)", minimum=0),
     Option("simpo_gamma", 0.5, "SimPO: target reward margin gamma (TRL's default)", minimum=0),
+    Option("dpo_sft_weight", 1.0, "dpo-sft: weight of the SFT term, the chosen NLL averaged over the batch's "
+           "chosen tokens (TRL loss_weights [1, weight])", minimum=0),
+    Option("wpo_weighting", False, "WPO (TRL use_weighting): each pair weighted by the policy's detached, "
+           "length-normalized probability of both responses; base methods only (not is-*)", bool),
+    Option("wpo_max_weight", 1.0, "WPO: weights clamped at this maximum (TRL < 1.0: 1); null: no clamp (TRL 1.x)",
+           minimum=0, exclusive=True, nullable=True),
+    Option("is_control", "none", "is-* controls, over the whole batch: none | permute (the weights shuffled "
+           "among the pairs) | mean (every pair the batch's mean weight) | matched_random (log-normal weights "
+           "with the batch's ESS, mean 1); needs the batch unsplit", str, choices=importance.CONTROLS),
 )}
 OPTION_DEFAULTS: dict[str, object] = {name: o.default for name, o in OPTIONS.items()}
 IS_OPTIONS = tuple(name for name in OPTIONS if name.startswith("is_"))  # read by every is-* method
+WPO_OPTIONS = ("wpo_weighting", "wpo_max_weight")  # read by every base method
+
+# Why is-<name> refuses WPO (docs/METHOD.md): E_{pi_b}[w_IS f] = E_{pi_theta}[f] is already the on-policy
+# objective; WPO's weight is a length-normalized proxy of the same pi_theta(y_c) pi_theta(y_r) factor without
+# pi_b, so the product w_IS * w_WPO would weight on-policy pairs by pi_theta once more: the objective of a
+# sharpened policy, neither IS-DAA's nor WPO's.
+WPO_WITH_IS = ("wpo_weighting cannot be combined with an importance-weighted method (is-*): the IS weight "
+               "pi_theta/pi_b already turns the loss into its on-policy expectation, and WPO's weight (a proxy "
+               "of pi_theta(y) without pi_b) would count pi_theta twice. Use the base method with wpo_weighting, "
+               "or the is-* method alone")
 
 
 @dataclass(frozen=True)
@@ -206,6 +267,8 @@ class Method:
     length_options   boolean options that, when true, make both lengths required
     needs_reference  loss_fn reads ref_chosen_logps / ref_rejected_logps (False: reference-free, the
                      trainer runs no reference pass unless an IS variant needs pi_b = pi_ref)
+    couples_batch    a pair's loss depends on the other pairs of its batch (dpo-sft's token mean): the
+                     trainer must put the whole optimizer step through one loss call (`whole_batch`)
     importance_weighted  w * loss with detached IS weights from behavior log-probs (pi_b)
     """
 
@@ -216,6 +279,7 @@ class Method:
     needs_lengths: bool = False
     length_options: tuple[str, ...] = ()
     needs_reference: bool = True
+    couples_batch: bool = False
     importance_weighted: bool = False
 
     @property
@@ -226,13 +290,33 @@ class Method:
     @property
     def options(self) -> tuple[str, ...]:
         """The options this method reads (others are accepted and ignored)."""
-        return tuple(self.option_args) + (IS_OPTIONS if self.importance_weighted else ())
+        return tuple(self.option_args) + (IS_OPTIONS if self.importance_weighted else WPO_OPTIONS)
 
     def requires_lengths(self, options: Mapping[str, object] | None = None) -> bool:
         """Whether response lengths must be given, with these options."""
         options = options or {}
-        flags = self.length_options + (("is_length_normalize",) if self.importance_weighted else ())
+        flags = self.length_options + (("is_length_normalize",) if self.importance_weighted else ("wpo_weighting",))
         return self.needs_lengths or any(bool(options.get(o, OPTION_DEFAULTS[o])) for o in flags)
+
+    def requires_sq_logsumexp(self, options: Mapping[str, object] | None = None) -> bool:
+        """Whether the policy's per-response sums of logsumexp_v(2 log p(v)) must be given (WPO's weights):
+        the trainer then asks `isdaa.logprobs` for them (`with_sq_logsumexp`)."""
+        return not self.importance_weighted and bool((options or {}).get("wpo_weighting", False))
+
+    def whole_batch(self, options: Mapping[str, object] | None = None) -> bool:
+        """Whether the loss must see the optimizer step's whole batch at once (its value depends on how a
+        batch is split): a batch-coupled loss, or an IS control (over the batch's weights)."""
+        control = (options or {}).get("is_control", "none")
+        return self.couples_batch or (self.importance_weighted and control != "none")
+
+    def check_options(self, options: Mapping[str, object]) -> None:
+        """Option combinations this method refuses (ValueError): WPO on an is-* method, an IS control
+        on a method without IS weights."""
+        if self.importance_weighted and options.get("wpo_weighting", False):
+            raise ValueError(f"method {self.name!r}: {WPO_WITH_IS}")
+        if not self.importance_weighted and options.get("is_control", "none") != "none":
+            raise ValueError(f"is_control={options['is_control']!r} controls IS weights: it needs an is-* method, "
+                             f"not {self.name!r}")
 
     def requires_reference(self, has_behavior_logps: bool) -> bool:
         """Whether reference log-probs must be computed: the loss reads them, or an IS method has no
@@ -268,6 +352,11 @@ _BASE = (
         "simpo", simpo, {"simpo_gamma": "gamma"},
         length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True, needs_reference=False,
     ),
+    Method("dpo-norm", dpo_norm, length_args=("chosen_lengths", "rejected_lengths"), needs_lengths=True),
+    Method(
+        "dpo-sft", dpo_sft, {"dpo_sft_weight": "weight"},
+        length_args=("chosen_lengths",), needs_lengths=True, couples_batch=True,
+    ),
 )
 
 METHODS: dict[str, Method] = {m.name: m for m in _BASE}
@@ -287,12 +376,12 @@ def methods_help() -> str:
 @dataclass
 class PreferenceLossOutput:
     """loss: scalar mean of `losses`; losses: (B,) per-pair losses with weights applied; weights: (B,)
-    detached (ones for non-IS methods); metrics: name -> detached 0-dim float32 tensor (convert once per
-    logging step with `metrics_float()`, so a GPU run does not sync the host per metric per step);
-    log_weights: prefix -> (B,) detached log-weights behind that prefix's batch-level metrics
-    (`is`: the loss's weights, `drift`: the clipped weights every pair would get), so that a trainer
-    splitting a batch recomputes `<prefix>/ess` and `<prefix>/top_share` over the whole batch
-    (`importance.log_weight_sums`)."""
+    detached, the weights applied: IS (or an is_control's), WPO's, or ones; metrics: name -> detached 0-dim
+    float32 tensor (convert once per logging step with `metrics_float()`, so a GPU run does not sync the host
+    per metric per step); log_weights: prefix -> (B,) detached log-weights behind that prefix's batch-level
+    metrics (`is`: the IS weights, zeros without IS; `wpo`: WPO's; `drift`: the clipped weights every pair
+    would get), so that a trainer splitting a batch recomputes `<prefix>/ess` and `<prefix>/top_share` over
+    the whole batch (`importance.log_weight_sums`)."""
 
     loss: Tensor
     losses: Tensor
@@ -316,6 +405,9 @@ def preference_loss(
     behavior_rejected_logps: Tensor | None = None,
     chosen_lengths: Tensor | None = None,
     rejected_lengths: Tensor | None = None,
+    policy_chosen_sq_lse: Tensor | None = None,
+    policy_rejected_sq_lse: Tensor | None = None,
+    generator: torch.Generator | None = None,
     **options,
 ) -> PreferenceLossOutput:
     """The loss of `method` (a key of METHODS) on a batch of (B,) summed log-probs, in float32 (float64
@@ -323,36 +415,67 @@ def preference_loss(
 
     Options by name: the keys of OPTIONS (all accepted for every method; defaults there). Reference
     log-probs may be omitted for a reference-free method (its rewards/* metrics then use ref = 0).
-    Behavior log-probs default to the reference's (pi_b = pi_ref). Raises ValueError on an unknown
-    method/option, a missing required input, mismatched shapes, beta <= 0 or an option out of range
-    (TypeError on a non-tensor or non-bool flag).
+    Behavior log-probs default to the reference's (pi_b = pi_ref). `policy_*_sq_lse` (B,): per response,
+    the sum over its tokens of logsumexp_v(2 log p_theta(v)), needed by `wpo_weighting`
+    (`isdaa.logprobs`' `with_sq_logsumexp`). `generator`: the random source of `is_control` permute /
+    matched_random. Raises ValueError on an unknown method/option, a refused combination
+    (`Method.check_options`), a missing required input, mismatched shapes, beta <= 0 or an option out of
+    range (TypeError on a non-tensor or non-bool flag).
     """
     entry, opts = _lookup(method), validate_options(options)
+    entry.check_options(opts)
     beta = _check_beta(beta)
     x = _inputs(entry, opts, policy_chosen_logps=policy_chosen_logps, policy_rejected_logps=policy_rejected_logps,
                 ref_chosen_logps=ref_chosen_logps, ref_rejected_logps=ref_rejected_logps,
                 behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths)
+                chosen_lengths=chosen_lengths, rejected_lengths=rejected_lengths,
+                policy_chosen_sq_lse=policy_chosen_sq_lse, policy_rejected_sq_lse=policy_rejected_sq_lse)
     base = entry.base_losses(beta, opts, x)  # (B,)
     behavior = (x["behavior_chosen_logps"], x["behavior_rejected_logps"])
     policy = (x["policy_chosen_logps"], x["policy_rejected_logps"])
-    lengths = {"chosen_lengths": x["chosen_lengths"], "rejected_lengths": x["rejected_lengths"]}
-    if entry.importance_weighted:
-        log_w, stats = importance.weights_with_stats(*policy, *behavior, opts, **lengths)
-    else:
-        log_w = torch.zeros_like(base).detach()
-        stats = importance.weight_stats(log_w, None)  # w = 1: mean 1, ess 1, top 1/B
-    weights = log_w.exp()
+    log_w, stats = _is_log_weights(entry, opts, x, generator)  # IS (or its control), None without IS
+    wpo_log_w, wpo_metrics = _wpo_log_weights(entry, opts, x)   # WPO (never with IS: check_options)
+    applied = log_w if log_w is not None else wpo_log_w
+    weights = applied.exp() if applied is not None else torch.ones_like(base)
     losses = weights * base
     # unclipped joint log(pi_theta / pi_b), logged for every method that has a pi_b (Figure 6)
     drift = importance.log_ratios(*policy, *behavior) if behavior[0] is not None else None
     ref = (x["ref_chosen_logps"], x["ref_rejected_logps"]) if entry.needs_reference else (0.0, 0.0)
-    metrics = _metrics(beta, *policy, *ref, stats, drift, opts["is_clip"])
-    log_weights = {"is": log_w}
+    metrics = {**_metrics(beta, *policy, *ref, stats, drift, opts["is_clip"]), **wpo_metrics}
+    log_weights = {"is": log_w if log_w is not None else torch.zeros_like(base).detach()}
+    if wpo_log_w is not None:
+        log_weights["wpo"] = wpo_log_w
     if drift is not None:
         log_weights["drift"] = importance.clip_log_weights(drift, opts["is_clip"])
     return PreferenceLossOutput(loss=losses.mean(), losses=losses, weights=weights, metrics=metrics,
                                 log_weights=log_weights)
+
+
+def _is_log_weights(entry: Method, opts, x, generator) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(detached IS log-weights (B,), or None for a method without them (w = 1); `importance.weight_stats` of
+    those weights): an `is_control` replaces the IS weights (its stats then, but the IS clip's clip_frac)."""
+    if not entry.importance_weighted:
+        return None, importance.weight_stats(torch.zeros_like(x["policy_chosen_logps"]).detach(), None)
+    log_w, stats = importance.weights_with_stats(
+        x["policy_chosen_logps"], x["policy_rejected_logps"], x["behavior_chosen_logps"],
+        x["behavior_rejected_logps"], opts, chosen_lengths=x["chosen_lengths"], rejected_lengths=x["rejected_lengths"])
+    if opts["is_control"] != "none":
+        log_w = importance.control_log_weights(log_w, opts["is_control"], generator)
+        stats = {**importance.weight_stats(log_w, None), "clip_frac": stats["clip_frac"]}
+    return log_w, stats
+
+
+def _wpo_log_weights(entry: Method, opts, x) -> tuple[Tensor | None, dict[str, Tensor]]:
+    """(WPO's detached log-weights (B,), its `wpo/*` metrics; clip_frac: pairs at wpo_max_weight), or (None, {})."""
+    if not entry.requires_sq_logsumexp(opts):
+        return None, {}
+    cap = opts["wpo_max_weight"]
+    raw, log_w = importance.wpo_log_weights(x["policy_chosen_logps"], x["policy_rejected_logps"],
+                                            x["policy_chosen_sq_lse"], x["policy_rejected_sq_lse"],
+                                            x["chosen_lengths"], x["rejected_lengths"], cap)
+    stats = importance.weight_stats(raw, None if cap is None else 0.5 * math.log(cap), log_w)
+    keys = ("weight_mean", "weight_max", "clip_frac", "ess", "top_share")
+    return log_w, {f"wpo/{k}": stats[k].detach() for k in keys}
 
 
 def _check_beta(beta) -> float:
@@ -369,6 +492,9 @@ def _inputs(entry: Method, opts, **x) -> dict[str, Tensor | None]:
             f"method {entry.name!r} with these options needs chosen_lengths and rejected_lengths "
             f"(response token counts, EOS included)"
         )
+    if entry.requires_sq_logsumexp(opts) and (x["policy_chosen_sq_lse"] is None or x["policy_rejected_sq_lse"] is None):
+        raise ValueError("wpo_weighting needs policy_chosen_sq_lse and policy_rejected_sq_lse (per response, the sum "
+                         "over its tokens of logsumexp_v(2 log p(v)): isdaa.logprobs' with_sq_logsumexp)")
     for prefix in ("ref", "behavior"):
         if (x[f"{prefix}_chosen_logps"] is None) != (x[f"{prefix}_rejected_logps"] is None):
             raise ValueError(f"give both {prefix}_chosen_logps and {prefix}_rejected_logps, or neither")

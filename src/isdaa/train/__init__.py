@@ -30,8 +30,16 @@ def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite:
         raise ValueError("batch_source is for preference training only")
     if batch_source is not None and not cfg.max_steps:
         raise ValueError("training from a batch_source needs max_steps")
-    callbacks = [*callbacks, *default_callbacks(cfg)]
-    return run(cfg, task_cls(cfg), callbacks=callbacks, batch_source=batch_source, resume=resume, overwrite=overwrite)
+    task = task_cls(cfg)
+    callbacks = [*_task_callbacks(task), *callbacks, *default_callbacks(cfg)]
+    return run(cfg, task, callbacks=callbacks, batch_source=batch_source, resume=resume, overwrite=overwrite)
+
+
+def _task_callbacks(task) -> list:
+    """Callbacks the task's own config asks for, run before the others: ref_sync (TR-DPO's reference update)."""
+    from isdaa.train.ref_sync import callbacks
+
+    return callbacks(task)
 
 
 def default_callbacks(cfg) -> list:

@@ -292,6 +292,7 @@ class _Run:
         self.model, self.optimizer = acc.prepare(task.model, optimizer)
         task.model = self.model
         task.after_prepare(acc)  # e.g. reference log-probs, computed with the initial policy
+        self.update_norm = _update_norm(cfg, self.model, acc)  # log_update_norm: ||theta_after - theta_before||
         self.unwrapped = acc.unwrap_model(self.model)
         if cfg.compile:  # after the reference pass and log-prob check: they run once, uncompiled
             models.compile_blocks(self.unwrapped)
@@ -373,6 +374,7 @@ class _Run:
             metrics_acc.scale_weights(task.normalize_over_step, factor)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
         finite = self._all_finite(loss_total, grad_norm)
+        before = self.update_norm.snapshot() if self.update_norm else None
         if finite:
             self.optimizer.step()
             self.nonfinite_streak = 0
@@ -388,6 +390,8 @@ class _Run:
         metrics_acc.values["nonfinite_steps"] = torch.tensor(float(self.nonfinite_steps), device=acc.device)
         if grad_norm is not None:  # the PRE-clip norm
             metrics_acc.values["grad_norm"] = _at_least_f32(torch.as_tensor(grad_norm, device=acc.device))
+        if before is not None:
+            metrics_acc.values["update_norm"] = self.update_norm.norm(before).to(acc.device)
         return metrics_acc
 
     def _all_finite(self, loss, grad_norm) -> bool:
@@ -592,6 +596,14 @@ def _progress(cfg, total, initial, accelerator):
 
     return tqdm(total=total, initial=initial, disable=not (cfg.progress and accelerator.is_main_process),
                 desc=f"{cfg.kind}", dynamic_ncols=True)
+
+
+def _update_norm(cfg, model, accelerator):
+    if not cfg.log_update_norm:
+        return None
+    from isdaa.train.update_norm import UpdateNorm
+
+    return UpdateNorm(model, accelerator)
 
 
 def _trackers(cfg, out, accelerator):

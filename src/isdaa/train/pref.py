@@ -28,6 +28,7 @@ rejected] (`isdaa.logprobs.pair_response_logps`): the prompt goes through the mo
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import warnings
 from contextlib import nullcontext
 from pathlib import Path
@@ -36,6 +37,7 @@ import torch
 
 from isdaa.config import check_schedule
 from isdaa.data import collate_pref, tokenize_pref
+from isdaa.importance import RANDOM_CONTROLS
 from isdaa.logprobs import (
     packed_pairs_supported,
     pair_response_logps,
@@ -43,7 +45,7 @@ from isdaa.logprobs import (
     response_logps,
 )
 from isdaa.losses import METHODS, preference_loss
-from isdaa.train import reference
+from isdaa.train import ref_sync, reference
 from isdaa.train.base import Task
 from isdaa.train.models import load_causal_lm, load_tokenizer
 
@@ -78,6 +80,10 @@ class PrefTask(Task):
         for msg in check_schedule(cfg, len(self.train_examples), online):
             warnings.warn(msg, stacklevel=2)
         self._warn_no_behavior(self.train_examples)
+        _check_whole_batch(cfg, accelerator.num_processes)
+        if cfg.ref_sync is not None:  # TR-DPO: stored ref_* columns hold the initial reference's log-probs
+            ref_sync.check_supported(accelerator)
+            self._drop_stored_reference(accelerator)
 
     def tokenize(self, rows, stats=None, drop_identical=True):
         d = self.cfg.data
@@ -101,28 +107,66 @@ class PrefTask(Task):
         policy_is_ref = cfg.ref_model in (None, cfg.model.name_or_path)
         if cfg.check_logps != "off":
             self._check_stored_logps(accelerator, policy_is_ref)
+        if cfg.ref_sync is not None:
+            self._prepare_ref_sync(accelerator, policy_is_ref)
         if cfg.ref_logps == "on_the_fly":
             return
         for examples in (self.train_examples, self.eval_examples or []):
             if not examples or all("ref_chosen_logps" in e for e in examples) or not self._needs_reference(
                     all("chosen_logps" in e for e in examples)):
                 continue
-            ref_path = cfg.ref_model or cfg.model.name_or_path
-            key = reference.cache_key(ref_path, cfg.model, accelerator.mixed_precision, examples)
-            cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else reference.default_cache_dir()
-            model = self.model if policy_is_ref else self._reference()
-            with self._adapter_off(model) if policy_is_ref else nullcontext():
-                chosen, rejected, hit = reference.load_or_compute(
-                    model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
-                    self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
-            self.ref_cache_hits += hit
+            chosen, rejected = self._initial_reference_logps(accelerator, examples, policy_is_ref)
             if policy_is_ref and cfg.check_logps == "error":  # the initial policy on every row: check pi_b
-                self._check_behavior_against(examples, chosen, rejected, accelerator, model)
+                self._check_behavior_against(examples, chosen, rejected, accelerator, self.model)
             for e, c, r in zip(examples, chosen.tolist(), rejected.tolist()):
                 e.setdefault("ref_chosen_logps", c)
                 e.setdefault("ref_rejected_logps", r)
         if not policy_is_ref:
             self.ref_model = None  # precomputed: free it
+
+    def _initial_reference_logps(self, accelerator, examples, policy_is_ref):
+        """(chosen, rejected) (N,) log-probs of the initial reference (the policy before training, or
+        `ref_model` before any ref_sync), one pass cached under `reference.cache_key`."""
+        cfg = self.cfg
+        key = reference.cache_key(cfg.ref_model or cfg.model.name_or_path, cfg.model, accelerator.mixed_precision,
+                                  examples)
+        cache_dir = Path(cfg.ref_cache_dir) if cfg.ref_cache_dir else reference.default_cache_dir()
+        model = self.model if policy_is_ref else self._reference()
+        with self._adapter_off(model) if policy_is_ref else nullcontext():
+            chosen, rejected, hit = reference.load_or_compute(
+                model, examples, accelerator, cfg.eval_batch_size or 2 * cfg.micro_batch_size,
+                self.tokenizer.pad_token_id, key, cache_dir, response_only_head=cfg.response_only_head)
+        self.ref_cache_hits += hit
+        return chosen, rejected
+
+    # -- TR-DPO (train/ref_sync.py)
+    def _drop_stored_reference(self, accelerator):
+        """ref_sync: the rows' ref_* columns would stand for a reference that moves; drop them, once, saying so."""
+        dropped = 0
+        for examples in (self.train_examples, self.eval_examples or []):
+            for e in examples:
+                dropped += e.pop("ref_chosen_logps", None) is not None
+                e.pop("ref_rejected_logps", None)
+        if dropped:
+            _report(accelerator, f"ref_sync: ignoring the ref_chosen_logps / ref_rejected_logps of {dropped} pairs "
+                                 "(the reference moves; it is scored in memory at every step)")
+
+    def _prepare_ref_sync(self, accelerator, policy_is_ref):
+        """pi_b never moves: rows without behavior columns get the INITIAL reference's log-probs as pi_b (before
+        any update); then the reference in memory, restored to the synced one a resume starts from."""
+        for examples in (self.train_examples, self.eval_examples or []):
+            missing = [e for e in examples if "chosen_logps" not in e]
+            if missing:
+                chosen, rejected = self._initial_reference_logps(accelerator, missing, policy_is_ref)
+                for e, c, r in zip(missing, chosen.tolist(), rejected.tolist()):
+                    e["chosen_logps"], e["rejected_logps"] = c, r
+                    if not policy_is_ref:  # pi_b = the initial ref_model, not the initial policy
+                        e["behavior_model"] = self.cfg.ref_model
+        ref = self._reference()
+        ref_sync.check_compatible(ref, accelerator.unwrap_model(self.model))
+        synced = ref_sync.restore(ref, self.cfg.output_dir, self.cfg.ref_sync.steps, accelerator.is_main_process)
+        if synced:
+            _report(accelerator, f"ref_sync: the reference restored to its update at step {synced}")
 
     def _check_stored_logps(self, accelerator, policy_is_ref):
         """`reference.check_stored`: dataset ref_* columns against the reference model, behavior columns
@@ -206,14 +250,16 @@ class PrefTask(Task):
         n = batch["n_pairs"]
         return logps[:n], logps[n:]
 
-    def _logps(self, model, batch):
-        """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward."""
+    def _logps(self, model, batch, with_sq_logsumexp=False):
+        """(2B,) summed response log-probs of the concatenated batch, through `model`'s own forward
+        (`with_sq_logsumexp`: and their (2B,) sums of logsumexp_v(2 log p(v)), for WPO)."""
         head_only = self.cfg.response_only_head and response_head_supported(model)
+        sq = {"with_sq_logsumexp": True} if with_sq_logsumexp else {}
         if head_only and self.cfg.pack_pairs and self._packs(model, batch):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                       batch["n_pairs"])
+                                       batch["n_pairs"], **sq)
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                              response_only_head=head_only)
+                              response_only_head=head_only, **sq)
 
     def _packs(self, model, batch) -> bool:
         """Whether `model` gets packed pairs: `packed_pairs_supported` (refuses families known to misread them),
@@ -282,10 +328,14 @@ class PrefTask(Task):
 
     def loss(self, model, batch):
         n = batch["n_pairs"]
-        logps = self._logps(model, batch)                                     # (2B,) float32
+        logps, extra = self._policy_logps(model, batch)                       # (2B,) float32
         # the data columns chosen_logps / rejected_logps hold pi_b's log-probs (the release's names)
         behavior_chosen_logps, behavior_rejected_logps = batch.get("chosen_logps"), batch.get("rejected_logps")
-        if "ref_chosen_logps" in batch:
+        if self.cfg.ref_sync is not None and behavior_chosen_logps is None:
+            raise ValueError("ref_sync (TR-DPO): these pairs (from a batch_source) have no behavior log-probs, and "
+                             "pi_b cannot fall back to a reference that moves: give the rows chosen_logps / "
+                             "rejected_logps (pi_b's summed log-probs)")
+        if "ref_chosen_logps" in batch and self.cfg.ref_sync is None:  # ref_sync: stored values are stale
             ref_c, ref_r = batch["ref_chosen_logps"], batch["ref_rejected_logps"]
         elif self._needs_reference(behavior_chosen_logps is not None):
             ref_c, ref_r = self._ref_logps(batch)
@@ -294,7 +344,7 @@ class PrefTask(Task):
         out = preference_loss(
             self.cfg.method, self.cfg.beta, logps[:n], logps[n:], ref_c, ref_r,
             behavior_chosen_logps=behavior_chosen_logps, behavior_rejected_logps=behavior_rejected_logps,
-            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **self.options,
+            chosen_lengths=batch["chosen_lengths"], rejected_lengths=batch["rejected_lengths"], **extra, **self.options,
         )
         if (self.at_initial_policy and model.training and behavior_chosen_logps is not None and self.cfg.disable_dropout
                 and METHODS[self.cfg.method].uses_behavior_logps and self.cfg.check_logps != "off"):
@@ -326,8 +376,35 @@ class PrefTask(Task):
                           "loss trains on a few pairs, if any; check that the behavior columns are that policy's "
                           "summed log-probs on these token ids", stacklevel=2)
 
+    def _policy_logps(self, model, batch):
+        """(2B,) policy log-probs, and the loss's extra inputs the method asks for: WPO's sq_lse sums
+        (`Method.requires_sq_logsumexp`), a random IS control's generator (`_control_generator`)."""
+        n, entry, extra = batch["n_pairs"], METHODS[self.cfg.method], {}
+        if entry.importance_weighted and self.options["is_control"] in RANDOM_CONTROLS:
+            extra["generator"] = self._control_generator(batch)
+        logps = self._logps(model, batch, with_sq_logsumexp=entry.requires_sq_logsumexp(self.options))
+        if isinstance(logps, tuple):
+            logps, sq = logps
+            extra.update(policy_chosen_sq_lse=sq[:n], policy_rejected_sq_lse=sq[n:])
+        return logps, extra
+
+    def _control_generator(self, batch) -> torch.Generator:
+        """The random source of an IS control, seeded by the run's seed and the batch's token ids: the step's
+        batch draws the same numbers after a resume, other batches other numbers (the task does not know the
+        step; the batch determines it)."""
+        digest = hashlib.sha256(f"{self.cfg.seed}|".encode() + batch["input_ids"].cpu().numpy().tobytes()).digest()
+        return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
     def summary_extra(self):
         return {**super().summary_extra(), "ref_cache_hits": self.ref_cache_hits}
+
+
+def _check_whole_batch(cfg, num_processes: int) -> None:
+    """A loss over the whole optimizer step's batch (`Method.whole_batch`) runs on one process only (the
+    config already requires micro_batch_size = batch_size)."""
+    if num_processes > 1 and METHODS[cfg.method].whole_batch(dataclasses.asdict(cfg.loss)):
+        raise ValueError(f"method {cfg.method!r} with these loss options computes its loss over the whole optimizer "
+                         f"step's batch, which {num_processes} processes would split: run it on one process")
 
 
 def _report(accelerator, message: str) -> None:
