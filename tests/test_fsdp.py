@@ -8,12 +8,15 @@ The FSDP run exercises, collectively on both processes: the stored-log-prob chec
 (`Task.evaluate`), the live evaluator (every process samples in lockstep: a sharded policy's forwards are
 collective), the keep-best save from a callback, and full-state-dict saves (save_pretrained, safetensors).
 
-Tolerance: 1e-5 absolute on weights and (rel 1e-4, abs 1e-5) on metrics. Both runs are float32 and see
-the same global batch; only the order of float32 sums differs (one process sums 4 micro-batches' gradients
-in one buffer; FSDP sums 2 per process, then reduce-scatters and averages; the gathered parameters feed
-the same kernels at other addresses). Measured after 4 AdamW steps at lr 1e-2: 2.2e-6 on weights, < 5e-6
-on metrics (torch 2.13, accelerate 1.16, transformers 5.25). The resumed FSDP run equals the uninterrupted
-one exactly (measured 0.0).
+Tolerance: 1e-6 absolute on weights, (rel 1e-4, abs 1e-5) on metrics. Both runs are float32 and see the
+same global batch; only the order of float32 sums differs (one process sums 4 micro-batches' gradients in
+one buffer; FSDP sums 2 per process, then reduce-scatters and averages; the gathered parameters feed the
+same kernels at other addresses): relative differences of a few 1e-7 per gradient entry. The optimizer is
+SGD with momentum, whose update is linear in the gradient, so weights differ by lr x that round-off
+(measured 1.2e-7 after 4 steps at lr 0.5; AdamW's m / (sqrt(v) + eps) instead turns the round-off of a
+near-zero gradient entry into an O(lr) difference: 1.2e-4 at lr 1e-2 on a 64-wide model, so it is no
+equivalence test). Metrics measured < 2e-6 (torch 2.13, accelerate 1.16, transformers 5.25). The momentum
+buffer is the optimizer state resume restores: the resumed FSDP run equals the uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ VOLATILE = {"tokens_per_s", "elapsed_s", "eval/seconds"}
 # Not pooled over processes yet (issue 21 item 2, the lead's StepMetrics / to_floats change): the eval split's
 # drift/ess is a mean of per-process values (measured 0.894 with 2 processes vs 0.921 with one at step 2).
 NOT_POOLED = {"eval/drift/ess"}
-WEIGHT_ATOL, REL, ABS = 1e-5, 1e-4, 1e-5
+WEIGHT_ATOL, REL, ABS = 1e-6, 1e-4, 1e-5
 
 
 def launch_fsdp(config: Path, workdir: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -92,10 +95,10 @@ def runs(tiny_dir, tmp_path_factory):
     eval_file = write_jsonl(tmp / "eval.jsonl", pref_rows(16, seed=5))
     over = dict(method="is-dpo", max_steps=4, batch_size=8, micro_batch_size=2, eval_steps=2, save_steps=2,
                 resume_state_keep=2,  # step 2 stays resumable after step 4 is saved
-                optim={"lr": 1e-2, "warmup_steps": 0}, data={"eval": eval_file},
+                optim={"optimizer": "sgd", "sgd_momentum": 0.9, "lr": 0.5, "warmup_steps": 0}, data={"eval": eval_file},
                 eval={"reward": "golden_for_test:count_good", "prompts": eval_file, "every": 2, "n_prompts": 4, "n": 2,
                       "max_new_tokens": 6, "kl_samples": 2, "batch_size": 4},
-                stop_on_drift={"signal": "drift/log_ratio_mean", "threshold": -0.05, "smoothing": 1, "patience": 1,
+                stop_on_drift={"signal": "is/ess", "threshold": 0.94, "smoothing": 1, "patience": 1,
                                "action": "keep-best"})
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("ACCELERATE_USE_CPU", "true")  # on a GPU machine too
@@ -146,7 +149,7 @@ def test_fsdp_two_processes_equal_one_process(runs):
     assert read_jsonl(two / "eval_generations.jsonl") == read_jsonl(one / "eval_generations.jsonl")
     # keep-best fired at the same step and saved a full model; checkpoints are full, loadable models
     s1, s2 = (json.loads((d / "summary.json").read_text())["stop_on_drift"] for d in (one, two))
-    assert s2["fired"] and s2["step"] == s1["step"] == 3
+    assert s2["fired"] and s2["step"] == s1["step"] > 2  # after the resume test's restart point
     assert_same_weights(one / "best_by_drift", two / "best_by_drift")
     for step in (2, 4):
         name = f"checkpoints/step-{step:08d}"
