@@ -2,7 +2,9 @@
 # The GPU checks, in one script for a short lease on a GPU machine (run from the repository root):
 #   1. the engine's tests on a machine where accelerate picks the GPU (training, packed pairs, IS weight 1, compile);
 #   2. the harness in bf16 on the GPU at 40m and 200m against TRL, both reference modes;
-#   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off.
+#   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off;
+#   4. distributed: one short run per configs/accelerate/*.yaml (ddp, fsdp, DeepSpeed ZeRO-2/3) against one process
+#      (benchmarks/dist_check.py; its own section at the end, DIST_S time limit).
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR   (env: DEVICE=cuda SIZES=40m,200m PACK_SIZES=200m BATCH=32 ROUNDS=1,
 # TEST_S/HARNESS_S/PACK_S time limits). On an H200: ~100 s per harness size, ~15 s per process of the A/B.
 set -u
@@ -40,4 +42,24 @@ timeout "${PACK_S:-200}" $py benchmarks/bench_train.py --device "$device" --dtyp
   --alt-src /tmp/alt-pack --workdir /tmp/gpu-pack > "$out/pack.log" 2>&1
 echo "pack exit $?"; sed -n '/^Measured/,$p' "$out/pack.log"
 cp /tmp/gpu-pack/results.json "$out/pack.json" 2>/dev/null
+
+# ---- 4. distributed launches (dist helper's section) ---------------------------------------------------------
+# Each config in configs/accelerate/ (ddp, fsdp = FSDP2, deepspeed-zero2, deepspeed-zero3) launched with
+# min(GPUs, 4) processes against the same run in one process: loss / grad_norm / margins / ESS at every step,
+# final weights, the live eval's KL, accelerate_state/ in sharded checkpoints, and a half-way kill/resume of
+# the sharded configs; a PASS/FAIL table. DeepSpeed is not in the GPU image and the machine has no network:
+# wheels carried in .whl/ (benchmarks/README.md, "DeepSpeed for gpu_check.sh") are installed into /tmp/ds-site;
+# without them the DeepSpeed rows print SKIP with the reason. With one GPU every launch runs one process.
+echo "== distributed launches (ddp, fsdp, deepspeed-zero2/3) vs one process"
+if ! $py -c "import deepspeed" >/dev/null 2>&1; then
+  if ls .whl/deepspeed-*.whl >/dev/null 2>&1; then
+    $py -m pip install -q --no-index --no-deps --no-compile --target /tmp/ds-site .whl/*.whl \
+      && export PYTHONPATH=/tmp/ds-site${PYTHONPATH:+:$PYTHONPATH} && echo "deepspeed installed from .whl/" \
+      || echo "deepspeed wheels in .whl/ did not install: DeepSpeed rows will be skipped"
+  else
+    echo "deepspeed is not installed and no wheels were carried (.whl/): DeepSpeed rows will be skipped"
+  fi
+fi
+timeout "${DIST_S:-420}" $py benchmarks/dist_check.py --out "$out/dist" > "$out/dist.log" 2>&1
+echo "dist exit $?"; sed -n '/^Distributed check/,$p' "$out/dist.log"
 exit 0

@@ -23,16 +23,20 @@ import numpy as np
 
 from isdaa.evaluate.metrics import kl_estimates, win_rate
 from isdaa.evaluate.rewards import RewardFn, score
-from isdaa.evaluate.sampling import encode_prompts, sample_logps, sample_responses
+from isdaa.evaluate.sampling import collective_forwards, encode_prompts, sample_logps, sample_responses
 from isdaa.logprobs import score_responses
 from isdaa.train.callbacks import TrainerCallback
+from isdaa.train.models import loading_unprepared
 
 
 class LiveEvalCallback(TrainerCallback):
     """ref: the reference policy (in memory, same tokenizer as the trained model); prompts: evaluation
     prompts (the first `n_prompts` are used at every evaluation, so points are comparable);
     chosen/reward: optional, for the win rate; kl_budget: stop when sqrt(KL) > kl_budget.
-    Runs on the main process only; the model's training mode is restored afterwards."""
+    Runs on the main process only, unless the policy is sharded (FSDP2, ZeRO-3: its forwards are
+    collective): then every process runs the same evaluation in lockstep (same prompts and seeds, so
+    the same number of forwards; generation with `synced_gpus`), each holding the reference (and reward)
+    model, and the main process logs. The model's training mode is restored afterwards."""
 
     def __init__(self, ref, prompts: Sequence[str], every: int = 50, n_prompts: int = 64,
                  reward: RewardFn | None = None, chosen: Sequence[str] | None = None,
@@ -71,13 +75,17 @@ class LiveEvalCallback(TrainerCallback):
         """Called before each evaluation (subclasses load what they need)."""
 
     def on_step_end(self, ctx) -> None:
-        if not getattr(ctx, "is_main_process", True):
+        main = getattr(ctx, "is_main_process", True)
+        if not (main or collective_forwards(ctx.model)):
             return
         due = ctx.step % self.every == 0 or ctx.step == ctx.total_steps or (self.at_start and ctx.step == 1)
         if not due:
             return
-        self.prepare(ctx)
+        with loading_unprepared():  # the reference / reward model: full weights on every process
+            self.prepare(ctx)
         out = self.evaluate(ctx.model, ctx.tokenizer, seed=self.seed + ctx.step)
+        if not main:  # a sharded policy's lockstep partner: the main process logs and decides
+            return
         ctx.log(out)
         self.history.append({"step": ctx.step, **out})
         if self.generations:

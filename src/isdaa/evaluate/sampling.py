@@ -5,6 +5,11 @@ text: decoding then re-encoding can change the tokens and silently bias every es
 
 Backends: Hugging Face `generate` (default; left padding, KV cache) and an optional vLLM backend
 (imported only when asked for; needs a model path and a GPU). Both return the same `Sample` list.
+
+Sharded models (FSDP2 `fully_shard`, DeepSpeed ZeRO-3): every forward all-gathers parameters, a
+collective, so every process must run the same sequence of forwards. `sample_responses` then generates
+with `synced_gpus` (a process whose sequences are done keeps stepping until all are), and the caller
+runs the same calls (same number of batches) on every process (`collective_forwards`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,28 @@ def encode_prompts(tokenizer, prompts: Sequence) -> list[list[int]]:
     if not isinstance(first, str) and not (len(first) and isinstance(first[0], dict)):  # token ids
         return [list(map(int, p)) for p in prompts]
     return encode(tokenizer, prompts)
+
+
+def collective_forwards(model) -> bool:
+    """Whether a forward of `model` is collective across processes: its parameters are sharded (FSDP2's
+    `fully_shard`, DeepSpeed ZeRO-3) in a distributed run. An FSDP1-wrapped model is refused: its unwrapped
+    module holds flattened shards and cannot generate."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return False
+    from torch.distributed.fsdp import FullyShardedDataParallel
+
+    if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+        raise ValueError("sampling from an FSDP1 model is not supported (its parameters are flattened shards "
+                         "outside the wrapper's forward); use FSDP2: fsdp_version: 2 (configs/accelerate/fsdp.yaml)")
+    try:
+        from torch.distributed.fsdp import FSDPModule  # torch >= 2.6
+    except ImportError:
+        FSDPModule = ()  # noqa: N806 -- no FSDP2 in this torch
+    if FSDPModule and any(isinstance(m, FSDPModule) for m in model.modules()):
+        return True
+    return any(hasattr(p, "ds_id") for p in model.parameters())  # ZeRO-3 partitioned parameters
 
 
 def _eos_ids(model, tokenizer) -> set[int]:
@@ -116,6 +143,8 @@ def sample_responses(
     Prompts of different lengths are left-padded (fixed-length prompts need no padding).
     Each HF sample carries `logp`, its log-prob under the untempered model (pi_theta at T = 1), read
     from the raw logits during generation: the policy log-probs of KL samples need no second forward.
+    A sharded model (`collective_forwards`) generates with `synced_gpus`: every process must make this
+    call with the same number of batches (e.g. the same prompts, as the live evaluator does).
     The model's own generation_config is set aside during the call (no hidden repetition penalty etc.).
     `backend="vllm"` needs `model` to be a path (or a vllm.LLM); see `sample_responses_vllm`.
     `progress`: a tqdm bar over the HF backend's batches.
@@ -134,7 +163,8 @@ def sample_responses(
     device = next(model.parameters()).device
     from transformers import GenerationConfig, LogitsProcessorList
 
-    gen_kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": sorted(eos)}
+    gen_kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": sorted(eos),
+                  "synced_gpus": collective_forwards(model)}
     if temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:

@@ -185,9 +185,18 @@ def remove_stale_temporaries(output_dir) -> None:
 
 
 def load_resume_state(path: Path, model, optimizer, scheduler, accelerator) -> dict:
-    """Load model weights, optimizer, scheduler and RNG from a resumable checkpoint."""
+    """Load model weights, optimizer, scheduler and RNG from a resumable checkpoint. A checkpoint resumes
+    under the kind of launch that wrote it: sharded (FSDP / DeepSpeed: `accelerate_state/`) or not
+    (`optimizer.pt`, any number of processes); a mismatch is refused (ValueError) with the way out."""
     path = Path(path)
-    if (path / "accelerate_state").exists():
+    sharded = (path / "accelerate_state").exists()
+    if sharded != _sharded(accelerator):
+        wrote, now = ("a sharded (FSDP / DeepSpeed) launch", "is not sharded") if sharded else \
+            ("an unsharded launch (one process or DDP)", f"is sharded ({accelerator.distributed_type.value})")
+        raise ValueError(f"--resume: checkpoint {path} was written by {wrote} and this launch {now}: its "
+                         "optimizer state cannot be read here. Resume with the launch that wrote it, or start a "
+                         f"new run from its weights (model.name_or_path: {path}).")
+    if sharded:
         accelerator.load_state(str(path / "accelerate_state"))
     else:
         from safetensors.torch import load_file

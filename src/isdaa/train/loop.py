@@ -269,9 +269,11 @@ class _Run:
         self.local_batch = cfg.batch_size // world
         from isdaa.train import tracking
 
+        accel_compat.check_fsdp_launch(_use_cpu())
         self.accelerator = acc = Accelerator(cpu=_use_cpu(), gradient_accumulation_steps=self.accum,
                                              mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
                                              **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
+        accel_compat.fsdp_on_cpu(acc)  # an FSDP launch on CPU runs FSDP2, not DDP
         _configure_deepspeed(acc, cfg)
         self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
         set_seed(cfg.seed)

@@ -103,13 +103,40 @@ def disable_dropout(model) -> int:
     return changed
 
 
+@contextlib.contextmanager
+def loading_unprepared():
+    """Models loaded inside are whole on every process: for a model that accelerate never prepares (a frozen
+    reference, the live evaluator's reference and reward models). Under an FSDP launch with
+    `fsdp_cpu_ram_efficient_loading`, transformers 4.x loads weights on local rank 0 only (the other
+    processes get uninitialized tensors) expecting FSDP's `prepare` to broadcast rank 0's (5.25 loads them
+    everywhere; the guard is kept for the versions pyproject allows); under DeepSpeed ZeRO-3 with
+    `zero3_init_flag`, `from_pretrained` partitions the model (`zero.Init`) for an engine it never gets."""
+    import os
+
+    from isdaa.train.accel_compat import zero3_init_off
+
+    key = "FSDP_CPU_RAM_EFFICIENT_LOADING"
+    old = os.environ.get(key)
+    os.environ[key] = "false"
+    try:
+        with zero3_init_off():
+            yield
+    finally:
+        if old is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = old
+
+
 def load_causal_lm(mcfg, tokenizer, name_or_path: str | None = None, trainable: bool = True,
                    no_dropout: bool = False):
     """A causal LM; `no_dropout`: `disable_dropout` on the base model (before LoRA: the adapter keeps
-    lora.dropout, which has no effect before the first update since B = 0)."""
+    lora.dropout, which has no effect before the first update since B = 0). A frozen model (`trainable`
+    false: never prepared by accelerate) loads its weights on every process (`loading_unprepared`)."""
     from transformers import AutoModelForCausalLM
 
-    model = safe_from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
+    with contextlib.nullcontext() if trainable else loading_unprepared():
+        model = safe_from_pretrained(AutoModelForCausalLM, name_or_path or mcfg.name_or_path, **_kwargs(mcfg))
     if no_dropout:
         disable_dropout(model)
     model = _finish(model, mcfg, tokenizer, "CAUSAL_LM", trainable)
