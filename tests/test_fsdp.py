@@ -46,9 +46,7 @@ def count_good(prompts, responses):
     return [float(r.split().count("good")) for r in responses]
 '''
 VOLATILE = {"tokens_per_s", "elapsed_s", "eval/seconds"}
-# Not pooled over processes yet (issue 21 item 2, the lead's StepMetrics / to_floats change): the eval split's
-# drift/ess is a mean of per-process values (measured 0.894 with 2 processes vs 0.921 with one at step 2).
-NOT_POOLED = {"eval/drift/ess"}
+NOT_POOLED: set[str] = set()  # every metric, eval/drift/ess included, is pooled over processes (loop.to_floats)
 WEIGHT_ATOL, REL, ABS = 1e-6, 1e-4, 1e-5
 
 
