@@ -58,20 +58,26 @@ class Task:
         from isdaa.train.loop import StepMetrics, self_normalizer, to_floats
 
         model.eval()
-        world = accelerator.num_processes
-        # equal shards (FSDP / ZeRO-3 forwards are collective): the last len % world examples are dropped
-        usable = len(self.eval_examples) // world * world
-        examples = self.eval_examples[:usable][accelerator.process_index:: world]
+        world, rank = accelerator.num_processes, accelerator.process_index
         size = self.cfg.eval_batch_size or self.cfg.micro_batch_size
-        chunks = [examples[i: i + size] for i in range(0, len(examples), size)]
-        total = sum(self.units(c) for c in chunks)
+        # every example once: process r takes examples r, r + world, ... Shards differ by at most one example,
+        # and collective forwards (FSDP / ZeRO-3) need the same number of forwards on every process, so a shorter
+        # shard runs a copy of an example as a dummy chunk that adds nothing (share 0, no loss, no weights)
+        shard = self.eval_examples[rank::world]
+        n_chunks = -(-len(self.eval_examples[0::world]) // size)           # rank 0's shard is the longest
+        per_process = sum(self.units([e]) for e in self.eval_examples) / world  # global units / processes
         step_metrics, loss = StepMetrics(), torch.zeros((), device=accelerator.device)
-        for chunk in chunks:
-            batch = self.to_device(self.collate(chunk), accelerator.device)
+        for k in range(n_chunks):
+            chunk = shard[k * size: (k + 1) * size]
+            real = bool(chunk)
+            batch = self.to_device(self.collate(chunk or self.eval_examples[:1]), accelerator.device)
             with accelerator.autocast():
                 loss_sum, metrics, log_weights = self.loss(model, batch)
-            loss = loss + loss_sum.double() / total
-            step_metrics.add(metrics, self.units(chunk) / total, log_weights)
+            if real:
+                loss = loss + loss_sum.double() / per_process
+                step_metrics.add(metrics, self.units(chunk) / per_process, log_weights)
+            else:
+                step_metrics.add_placeholder(metrics, log_weights)
         step_metrics.finalize()
         if self.normalize_over_step:  # normalized over the whole eval set, as over a training step
             factor = self_normalizer(step_metrics, self.normalize_over_step, accelerator)

@@ -22,7 +22,11 @@ A `task` (sft.py, rm.py, pref.py) supplies the model, the pre-tokenized examples
   functions of the step number). Skips are counted (`nonfinite_steps` in metrics and summary.json);
   `max_nonfinite_steps` skips in a row stop the run with a `NonFiniteError` naming the step and the
   batch's dataset rows (summary.json status "failed"). Costs one host sync per step. Under fp16 the
-  grad scaler owns gradient overflow (it skips such steps itself), so only the loss is checked.
+  grad scaler owns gradient overflow (it skips such steps itself), so only the loss is checked. Under
+  DeepSpeed the engine steps inside backward: the first non-finite step stops the run (nothing to skip).
+- Several processes: the loss denominator is the GLOBAL batch's units shared out per process (one small
+  all-reduce per step), so unequal shares (SFT's token counts) give the one-process gradient; evaluation
+  covers every eval example once whatever the process count; tokens_per_s counts every process's tokens.
 """
 
 from __future__ import annotations
@@ -147,10 +151,21 @@ class StepMetrics:
         for prefix, lw in (log_weights or {}).items():
             self.log_weights.setdefault(prefix, []).append(lw.detach())
 
+    def add_placeholder(self, metrics: dict, log_weights: dict | None = None):
+        """A process with no data left (an uneven eval split) still holds every key, so that the reduction
+        over processes lines up: means 0 (share 0), maxima -inf, weight prefixes with no weights."""
+        for k, v in metrics.items():
+            if k not in self.values:
+                v = _at_least_f32(v.detach())
+                self.values[k] = torch.full_like(v, -math.inf) if k.endswith("_max") else torch.zeros_like(v)
+        for prefix in log_weights or {}:
+            self.log_weights.setdefault(prefix, [])
+
     def finalize(self) -> dict:
         from isdaa.importance import log_weight_sums
 
-        self.weight_sums = {p: log_weight_sums(torch.cat(lws)) for p, lws in self.log_weights.items()}
+        self.weight_sums = {p: log_weight_sums(torch.cat(lws)) if lws else _NO_WEIGHTS.clone()
+                            for p, lws in self.log_weights.items()}
         self.values.update(_pooled(self.values, self.weight_sums))
         return self.values
 
@@ -162,6 +177,10 @@ class StepMetrics:
         for name in SCALED_METRICS:
             if f"{prefix}/{name}" in self.values:
                 self.values[f"{prefix}/{name}"] = self.values[f"{prefix}/{name}"] * factor
+
+
+TOKENS_WINDOW = "tokens_window"  # not a metric: this process's tokens since the last record, reduced with them
+_NO_WEIGHTS = torch.tensor([-math.inf, -math.inf, -math.inf, 0.0], dtype=torch.float64)  # log_weight_sums of none
 
 
 def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
@@ -275,6 +294,9 @@ class _Run:
                                              **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
         accel_compat.fsdp_on_cpu(acc)  # an FSDP launch on CPU runs FSDP2, not DDP
         _configure_deepspeed(acc, cfg)
+        # DeepSpeed's engine runs the optimizer step inside the last micro-batch's backward (accelerate's wrapper):
+        # the non-finite guard below can no longer skip a step there, only stop the run at the first one
+        self.engine_steps_in_backward = getattr(acc.state, "deepspeed_plugin", None) is not None
         self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
         set_seed(cfg.seed)
 
@@ -354,7 +376,10 @@ class _Run:
         model.train()
         task.at_initial_policy = self.step == 0
         micro = [local[i: i + self.cfg.micro_batch_size] for i in range(0, len(local), self.cfg.micro_batch_size)]
-        local_units = sum(task.units(m) for m in micro)
+        # the loss denominator: units (pairs, or response tokens for SFT) of the GLOBAL batch, shared out per
+        # process (DDP averages the processes' gradients): each process backpropagates sum of its unit losses
+        # x world / global units, so unequal token counts across processes still give the global per-unit mean
+        local_units = self._units_per_process(sum(task.units(m) for m in micro))
         metrics_acc = StepMetrics()
         loss_total = torch.zeros((), device=acc.device)
         for j, mb in enumerate(micro):
@@ -383,6 +408,8 @@ class _Run:
         else:  # skip: no NaN/inf ever reaches the weights or the optimizer state
             self.nonfinite_steps += 1
             self.nonfinite_streak += 1
+            if self.engine_steps_in_backward:  # the step is already applied: nothing to skip, stop now
+                self.nonfinite_streak = max(self.nonfinite_streak, self.cfg.max_nonfinite_steps)
         with warnings.catch_warnings():  # torch warns when the scheduler steps without an optimizer step
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
@@ -395,6 +422,14 @@ class _Run:
         if before is not None:
             metrics_acc.values["update_norm"] = self.update_norm.norm(before).to(acc.device)
         return metrics_acc
+
+    def _units_per_process(self, local: int) -> float:
+        """Global units / processes (one small all-reduce per step with several processes)."""
+        acc = self.accelerator
+        if acc.num_processes == 1:
+            return local
+        total = acc.reduce(torch.tensor([float(local)], device=acc.device), reduction="sum")
+        return float(total.item()) / acc.num_processes
 
     def _all_finite(self, loss, grad_norm) -> bool:
         """Whether the step's loss and gradient norm are finite on every process (one host sync)."""
@@ -413,6 +448,10 @@ class _Run:
         if len(files) == 1 and all(": " in r for r in rows):  # one file: name it once
             rows = [f"{files.pop()}: " + ", ".join(r.rsplit(": ", 1)[1] for r in rows)]
         batch = f"whose batch holds the dataset rows {'; '.join(rows)}" if rows else "(pairs from the batch_source)"
+        if self.engine_steps_in_backward:
+            return (f"non-finite loss or gradient at step {self.step}, {batch}. Under DeepSpeed the engine applies "
+                    "the optimizer step inside backward, so the step could not be skipped: the run stops here (the "
+                    "last checkpoint holds finite weights). Lower optim.lr / beta or check the data's log-prob columns.")
         return (f"non-finite loss or gradient for {self.nonfinite_streak} steps in a row "
                 f"(max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped at step {self.step}, {batch}. "
                 "Lower optim.lr / beta, check the data's log-prob columns, or raise max_nonfinite_steps.")
@@ -422,7 +461,7 @@ class _Run:
         cfg, acc, step = self.cfg, self.accelerator, self.step
 
         def floats():
-            return to_floats(metrics_acc.values, acc, metrics_acc.weight_sums)
+            return self._floats(metrics_acc)
 
         is_log_step = step % cfg.logging_steps == 0 or step == self.total_steps
         ctx = self._context(_metrics_fn=floats, _metrics=floats() if is_log_step else None)
@@ -440,11 +479,20 @@ class _Run:
             self.save(resumable=cfg.save_resume_state)
         return stop_reason
 
+    def _floats(self, metrics_acc: StepMetrics) -> dict:
+        """The step's metrics as floats (collective); this process's token count rides along to be summed
+        over processes (tokens_per_s, `_write_record`)."""
+        window = torch.tensor(float(self.tokens_window), device=self.accelerator.device)
+        return to_floats({**metrics_acc.values, TOKENS_WINDOW: window}, self.accelerator, metrics_acc.weight_sums)
+
     def _write_record(self, values: dict, bar) -> None:
         now = time.perf_counter()
+        values = dict(values)
+        # every process's tokens since the last record (the mean over processes of each one's count, x processes)
+        tokens = values.pop(TOKENS_WINDOW, self.tokens_window) * self.accelerator.num_processes
         record = {"step": self.step, "examples": self.examples_seen, "epoch": round(self.epoch, 6),
                   "lr": self.scheduler.get_last_lr()[0], **values,
-                  "tokens_per_s": self.tokens_window / max(now - self.t_window, 1e-9),
+                  "tokens_per_s": tokens / max(now - self.t_window, 1e-9),
                   "elapsed_s": now - self.t_start}
         self.t_window, self.tokens_window = now, 0
         self.last_record = record
@@ -507,7 +555,7 @@ class _Run:
         """Record the failing step's metrics and a "failed" summary.json, then raise NonFiniteError
         (the last checkpoint stays resumable; nothing non-finite was saved)."""
         acc = self.accelerator
-        self._write_record(to_floats(metrics_acc.values, acc, metrics_acc.weight_sums), _NoBar())
+        self._write_record(self._floats(metrics_acc), _NoBar())
         summary = {"status": "failed", "stop_reason": message, "kind": self.cfg.kind, "step": self.step,
                    "total_steps": self.total_steps, "examples_seen": self.examples_seen,
                    "nonfinite_steps": self.nonfinite_steps, "final_metrics": self.last_record,
