@@ -77,3 +77,33 @@ def test_live_callback_in_a_real_training_run(tiny_dir, tmp_path):
     logged = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/kl_k1" in r]
     assert logged and all(r["step"] % 2 == 0 for r in logged)
     assert summary["status"] == "stopped" and "kl_budget" in json.dumps(summary)
+
+
+def test_live_kl_of_an_unchanged_policy_is_zero_under_bf16_mixed_precision(tiny_dir, tmp_path):
+    """mixed_precision bf16 (CPU autocast) at a learning rate that leaves the weights unchanged: the policy
+    equals its reference, so every sampled sequence's log-ratio is 0 and so is the live KL. The policy used
+    to be scored inside the training autocast (bf16) against a reference scored in fp32: k1 read -2.7e-4.
+    Now both are scored in the weights' precision, outside the training autocast: |k1| < 1e-6 (fp32 noise)."""
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from isdaa.config import load_config
+    from isdaa.evaluate.live import LiveEvalCallback
+    from isdaa.io import read_jsonl
+    from isdaa.train import train
+
+    rows = [{"prompt": f"w{i} w{i + 3}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i}"} for i in range(16)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cfg = load_config({"model": {"name_or_path": str(tiny_dir)},
+                       "data": {"train": str(tmp_path / "d.jsonl"), "max_length": 24, "max_prompt_length": 8},
+                       "optim": {"optimizer": "sgd", "lr": 1e-30, "warmup_steps": 0}, "output_dir": str(tmp_path / "run"),
+                       "batch_size": 8, "micro_batch_size": 8, "max_steps": 1, "logging_steps": 1,
+                       "progress": False, "num_threads": 1, "mixed_precision": "bf16", "seed": 0,
+                       "method": "dpo", "beta": 0.1, "ref_cache_dir": str(tmp_path / "cache")}, [], kind="pref")
+    ref = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    cb = LiveEvalCallback(ref, [r["prompt"] for r in rows], every=1, n_prompts=16, max_new_tokens=8,
+                          kl_samples_per_prompt=4)
+    train(cfg, callbacks=[cb])
+    (logged,) = [r for r in read_jsonl(tmp_path / "run" / "metrics.jsonl") if "eval/kl_k1" in r]
+    assert abs(logged["eval/kl_k1"]) < 1e-6 and abs(logged["eval/kl_k3"]) < 1e-6

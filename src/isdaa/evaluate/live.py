@@ -25,6 +25,7 @@ from isdaa.evaluate.metrics import kl_estimates, win_rate
 from isdaa.evaluate.rewards import RewardFn, score
 from isdaa.evaluate.sampling import collective_forwards, encode_prompts, sample_logps, sample_responses
 from isdaa.logprobs import score_responses
+from isdaa.train.accel_compat import native_forward
 from isdaa.train.callbacks import TrainerCallback
 from isdaa.train.models import loading_unprepared
 
@@ -101,7 +102,12 @@ class LiveEvalCallback(TrainerCallback):
         kl_s = sample_responses(model, tokenizer, pids, self.kl_samples_per_prompt, 1.0, 1.0,
                                 self.max_new_tokens, seed, self.batch_size, progress=self.progress)
         p_ids, r_ids = [pids[s.prompt_index] for s in kl_s], [s.response_ids for s in kl_s]
-        lp_pol = sample_logps(model, pids, kl_s, self.batch_size, pad)
+        # the policy scored like its reference: a forward in the weights' own precision, outside the autocast
+        # wrapper mixed precision puts on the training model (bf16 against fp32 read as a KL floor of ~3e-4 on
+        # an unchanged tiny policy); without that wrapper the log-probs recorded during sampling serve
+        with native_forward(model) as plain:
+            mode = "forward" if plain.__dict__.get("_original_forward") is not None else "auto"
+            lp_pol = sample_logps(plain, pids, kl_s, self.batch_size, pad, mode=mode)
         lp_ref = score_responses(self.ref, p_ids, r_ids, self.batch_size, pad_id=pad)
         kl = kl_estimates(lp_pol, lp_ref, [s.prompt_index for s in kl_s])
         shown, rewards = kl_s, None

@@ -1,5 +1,7 @@
 """The loop's only uses of accelerate's private API, in one place (one file to fix when accelerate moves them).
 
+- `native_forward`: a prepared model's forward without accelerate's autocast wrapper (`_original_forward`).
+
 - `set_sync_gradients`: the loop does its own micro-batching (no prepared dataloader), so it tells
   accelerate which micro-batch ends the optimizer step (DDP gradient sync, DeepSpeed step boundary);
   `Accelerator.accumulate` would need accelerate's dataloader to know the last step.
@@ -19,6 +21,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+
+
+@contextlib.contextmanager
+def native_forward(model):
+    """`model` (a prepared, unwrapped model) forwards WITHOUT the autocast wrapper accelerate's `prepare` put
+    on it under mixed precision (it keeps the original as `_original_forward`): for scoring that must match a
+    frozen model scored in the weights' own precision (the live evaluator's KL against its reference)."""
+    original = model.__dict__.get("_original_forward")
+    if original is None:
+        yield model
+        return
+    patched = model.__dict__.get("forward")
+    model.forward = original
+    try:
+        yield model
+    finally:
+        if patched is None:
+            del model.forward
+        else:
+            model.forward = patched
 
 
 def set_sync_gradients(accelerator, sync: bool) -> None:
