@@ -448,3 +448,16 @@ def test_drift_metrics_for_a_method_without_weights():
     assert m["drift/clip_frac"] == pytest.approx(0.25)
     assert m["drift/log_ratio_mean"] == pytest.approx(np.mean([-3.0, 0.5, 2.5, -0.2]), rel=1e-6)
     assert m["is/ess"] == 1.0 and float(out.weights.sum()) == 4.0  # DPO itself is not weighted
+
+
+def test_every_method_knows_its_base_and_order():
+    """is-<m> has base <m> and the same order as <m>; base methods are their own base; orders are distinct."""
+    from isdaa.losses import METHODS
+
+    bases = [m for m in METHODS.values() if not m.importance_weighted]
+    assert sorted(m.order for m in bases) == list(range(len(bases)))
+    for name, m in METHODS.items():
+        if m.importance_weighted:
+            assert name == f"is-{m.base}" and METHODS[m.base].order == m.order
+        else:
+            assert m.base == name

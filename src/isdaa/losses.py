@@ -283,6 +283,16 @@ class Method:
     importance_weighted: bool = False
 
     @property
+    def base(self) -> str:
+        """The base method's config name: `dpo` for both `dpo` and `is-dpo`."""
+        return self.name.removeprefix("is-") if self.importance_weighted else self.name
+
+    @property
+    def order(self) -> int:
+        """Position of the base method in the registry: the order (and colour) reports and figures use."""
+        return [m.name for m in _BASE].index(self.base)
+
+    @property
     def uses_behavior_logps(self) -> bool:
         """True when behavior log-probs (pi_b) enter the loss; without them pi_b = pi_ref."""
         return self.importance_weighted
