@@ -166,8 +166,6 @@ def translate(data: dict, cls) -> tuple[dict, list[str]]:
         if key in names or key == "kind":
             if key == "max_steps" and value is not None and str(value).strip() == "-1":
                 value = None  # TRL's "unset"
-            if key == "mixed_precision" and value is False:
-                value = "no"  # YAML 1.1 reads `no` as false
             if key == "optim" and isinstance(value, str):  # TRL's optimizer name
                 trl[key] = value
                 continue
