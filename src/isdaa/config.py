@@ -450,8 +450,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(source=None, overrides=(), kind: str = "pref"):
-    """Config of `kind` (sft | rm | pref) from a YAML path or dict, then `key=value` overrides."""
+    """Config of `kind` (sft | rm | pref) from a YAML path or dict, then `key=value` overrides (the
+    command line). Both go through one translation (`trl_compat.translate`); every problem is reported
+    at once, each naming where its key came from (the file or the command line)."""
     _one_of(kind, tuple(CONFIG_CLASSES), "kind")
+    origin = str(source) if isinstance(source, (str, Path)) else None
     if source is None:
         data = {}
     elif isinstance(source, dict):
@@ -468,17 +471,27 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
     from isdaa import trl_compat
 
     cls = CONFIG_CLASSES[kind]
-    data, problems = trl_compat.translate(data, cls)           # TRL key names -> isdaa's (trl_compat.py)
-    extra, more = trl_compat.translate(parse_overrides(overrides), cls)
-    data = _merge(data, extra)
+    sources = [(data, origin), (parse_overrides(overrides), trl_compat.COMMAND_LINE)]
+    data, problems, tree = trl_compat.translate(sources, cls)  # TRL key names -> isdaa's (trl_compat.py)
     declared = data.pop("kind", kind)
     _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")
-    problems += more + trl_compat.unknown_keys(cls, data)
+    problems += trl_compat.unknown_keys(cls, data, origin=tree.origin)
     if problems:  # every unknown / unsupported key at once
-        head = f"{source}: " if isinstance(source, (str, Path)) else ""
-        raise ValueError(head + ("; ".join(problems) if len(problems) == 1 else
-                                 f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems)))
-    return from_dict(cls, data)
+        raise ValueError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems))
+    try:
+        return from_dict(cls, data)
+    except ValueError as err:  # a bad value: name where it came from
+        raise ValueError(_attributed(str(err), tree)) from None
+
+
+def _attributed(message: str, tree) -> str:
+    """`message` headed by the origin of the config keys it names, when they all come from one place."""
+    import re
+
+    named = [k for k in tree.rank if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)]
+    origins = {tree.origin(k) for k in named}
+    return f"{origins.pop()}: {message}" if len(origins) == 1 and None not in origins else message
 
 
 def to_dict(cfg) -> dict:
