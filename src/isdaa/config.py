@@ -158,7 +158,7 @@ class LiveEvalConfig:
     T=1 samples, golden win rate against the chosen responses when `reward` is set, eval/* metrics."""
 
     reward: str | None = None          # reward-model folder or `module:function`; None: KL only
-    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval, else data.train
+    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval (the training data only when named here)
     split: str = "test"                # split of a hub `prompts` dataset
     every: int = 50                    # evaluate every N optimizer steps (and at the last step)
     n_prompts: int = 64                # the first N prompts, the same at every evaluation
@@ -254,6 +254,9 @@ class TrainConfig:
         _check(isinstance(self.compile, bool), "compile must be true or false")
         _check_choices(self)
         self.report_to = _tracker_names(self.report_to)
+        _check(self.eval is None or self.eval.prompts or self.data.eval,
+               "eval: no evaluation prompts: set eval.prompts (held-out prompts) or data.eval; to measure on the "
+               "training prompts, set eval.prompts to the training data (it is then said at the start)")
 
     @property
     def kind(self) -> str:
@@ -273,8 +276,8 @@ class RMConfig(TrainConfig):
     """Bradley-Terry reward model (Eq. 2) on a one-label sequence classifier."""
 
     def __post_init__(self):
-        super().__post_init__()
         _check(self.eval is None, "the eval block (live generation eval) is for sft and pref runs, not rm")
+        super().__post_init__()
 
 
 def _check_loss_options(self):

@@ -424,6 +424,10 @@ class _Run:
         cfg = self.cfg
         if self.step == 0 and 0 in self.save_at:
             self.save(resumable=False)
+        begin = self._context()
+        with models.eager():  # e.g. the live eval loads its prompts, reward and reference
+            for cb in self.callbacks:
+                cb.on_train_begin(begin)
         bar = _progress(cfg, self.total_steps, self.step, self.accelerator)
         self.t_start = self.t_window = time.perf_counter()
         stop_reason = None
