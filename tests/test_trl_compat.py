@@ -378,3 +378,17 @@ def test_trl_rpo_equals_isdaas_rpo_only_at_equal_chosen_lengths(tiny_dir, tmp_pa
         trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, rows, ["sigmoid", "sft"], [1.0, alpha], beta, "rpo",
                                             rpo_eta=alpha / beta, rpo_nll_mean=True)
         assert (ours == pytest.approx(trl_loss, rel=1e-4)) is equal, (rows[0], trl_loss, ours)
+
+
+def test_help_docs_are_whole_sentences():
+    """A field doc written over several comment lines reaches --help whole (compile, response_only_head,
+    disable_dropout, check_logps, pack_pairs were cut after their first line)."""
+    from isdaa.cli.train import config_keys
+
+    docs = {key: doc for key, _, _, doc in config_keys(PrefConfig)}
+    assert "README 'Performance' says when it pays off" in docs["compile"]
+    assert "false: one row each" in docs["pack_pairs"]
+    assert docs["check_logps"].endswith("error | recompute | off")
+    cut = [k for k, d in docs.items() if d.count("(") != d.count(")") or d.count("[") != d.count("]")
+           or d.rstrip().endswith((",", ":", ";", "(")) or d.split()[-1] in ("the", "on", "in", "of", "a", "to")]
+    assert cut == []

@@ -18,10 +18,12 @@ import click
 
 _KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")  # a `key=value` override, not the value of a flag
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+_MORE_LINE = re.compile(r"^\s+#\s*(.*)$")  # a comment-only line: the field doc above it goes on
 
 
 def _field_docs(cls) -> dict[str, str]:
-    """Each field's trailing `# comment` in the class source (the config's one-line docs)."""
+    """Each field's trailing `# comment` in the class source, with the comment-only lines under it (the
+    config's docs)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
@@ -30,10 +32,16 @@ def _field_docs(cls) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
+        names, last = {f.name for f in dataclasses.fields(klass)}, None
         for line in source.splitlines():
             m = _FIELD_LINE.match(line)
-            if m and m.group(1) in {f.name for f in dataclasses.fields(klass)} and m.group(2):
-                docs[m.group(1)] = m.group(2).strip()
+            if m and m.group(1) in names and m.group(2):
+                last = m.group(1)
+                docs[last] = m.group(2).strip()
+            elif last and (more := _MORE_LINE.match(line)):  # the comment goes on under the field
+                docs[last] += " " + more.group(1).strip()
+            else:
+                last = None
     return docs
 
 
