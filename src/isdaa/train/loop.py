@@ -262,6 +262,11 @@ class _Run:
             if metrics_file.exists():  # records past the restart point are replayed
                 rows = read_jsonl(metrics_file, tolerate_partial_tail=True)
                 atomic_write_jsonl(metrics_file, [r for r in rows if r.get("step", 0) <= self.step])
+                self.tracker.sent_through = max([r.get("step", 0) for r in rows], default=0)  # sent once
+            generations = self.out / "eval_generations.jsonl"  # the live eval's samples: replayed too
+            if generations.exists():
+                rows = read_jsonl(generations, tolerate_partial_tail=True)
+                atomic_write_jsonl(generations, [r for r in rows if r.get("step", 0) <= self.step])
             atomic_write_text(self.out / "config.yaml", to_yaml(cfg))
             (self.out / "summary.json").unlink(missing_ok=True)
         self.save_at = ckpt.checkpoint_steps(cfg, self.total_steps)
