@@ -183,7 +183,7 @@ def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
     assert "learning_rate" not in resolved  # written with isdaa's names only
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval/loss" in rows[1]
-    assert (tmp_path / "run" / "checkpoints" / "step-00000003").is_dir()
+    assert (tmp_path / "run" / "checkpoint-3").is_dir()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
 
 

@@ -216,9 +216,12 @@ class TrainConfig:
     save_steps: int | None = None      # checkpoint every N steps
     save_fractions: list = field(default_factory=list)  # e.g. [0.02, 0.05, 0.1] of total steps
     save_examples: list = field(default_factory=list)   # example counts (global) to checkpoint at
-    save_initial: bool = False         # checkpoints/step-00000000 = the initial policy
+    save_initial: bool = False         # checkpoint-0 = the initial policy
     save_resume_state: bool = True     # optimizer/scheduler/RNG in checkpoints (resumable)
-    resume_state_keep: int = 1         # only the latest N checkpoints keep their resume state
+    resume_state_keep: int | None = None  # only the latest N checkpoints keep their resume state (None: all, as TRL)
+    save_total_limit: int | None = None  # keep the latest N checkpoint-* folders, delete older ones (TRL's); None: all
+    resume_from_checkpoint: Any = None  # true: continue from the latest checkpoint in output_dir (= --resume); a
+                                        # checkpoint folder: continue from it (TRL's key)
     progress: bool = True              # tqdm bar (the lab's workers turn it off)
     report_to: list = field(default_factory=list)  # accelerate trackers (tensorboard, wandb, mlflow, ...), all, none
     push_to_hub: bool = False          # upload final/ (weights, tokenizer, model card) at the end of the run
@@ -248,7 +251,12 @@ class TrainConfig:
             _check(v is None or v > 0, f"{name} must be > 0")
         _check(all(0 < f <= 1 for f in self.save_fractions), "save_fractions must lie in (0, 1]")
         _check(all(int(e) > 0 for e in self.save_examples), "save_examples must be > 0")
-        _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _check(self.resume_state_keep is None or self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
+        if self.resume_from_checkpoint in (False, "false", "False", ""):
+            self.resume_from_checkpoint = None
+        _check(self.resume_from_checkpoint in (None, True) or isinstance(self.resume_from_checkpoint, str),
+               f"resume_from_checkpoint must be true or a checkpoint folder, got {self.resume_from_checkpoint!r}")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _check(isinstance(self.compile, bool), "compile must be true or false")
