@@ -83,14 +83,13 @@ def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
     CLI, then `isdaa merge`."""
     pytest.importorskip("peft")
     from peft import PeftModel
-    from test_train import pref_rows, write_jsonl
-    from test_trl_compat import TRL_LORA, _tiny_trl_yaml
+    from test_trl_compat import TRL_LORA, _tiny_trl_yaml, pairs_folder
     from transformers import AutoModelForCausalLM
 
     hub = FakeHub().install(monkeypatch)
     monkeypatch.setenv("ISDAA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(16))
+    data = pairs_folder(tmp_path / "pairs", 16)
     config = _tiny_trl_yaml(tmp_path / "lora.yaml", tiny_dir, data, tmp_path / "lora", source=TRL_LORA,
                             max_steps=3, learning_rate=5e-2, per_device_train_batch_size=2,
                             gradient_accumulation_steps=2, lora_r=4, lora_alpha=8, max_length=32)

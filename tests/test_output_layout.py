@@ -13,8 +13,7 @@ import torch
 import yaml
 from click.testing import CliRunner
 from safetensors.torch import load_file
-from test_train import pref_rows, write_jsonl
-from test_trl_compat import _tiny_trl_yaml
+from test_trl_compat import _tiny_trl_yaml, pairs_folder
 
 from isdaa.cli import main
 from isdaa.io import read_jsonl
@@ -30,10 +29,7 @@ def one_process(monkeypatch, tmp_path):
 
 def _data_folder(root):
     """A local dataset folder with train and test files: `load_dataset(folder)` gives both splits."""
-    root.mkdir()
-    write_jsonl(root / "train.jsonl", pref_rows(32))
-    write_jsonl(root / "test.jsonl", pref_rows(8, seed=5))
-    return root
+    return pairs_folder(root)
 
 
 def _train(config, *args):

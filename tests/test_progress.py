@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from test_train import make_cfg
+from test_train import make_cfg, pref_rows, write_jsonl
 
 from isdaa.train import train
 
@@ -12,7 +12,8 @@ def test_reference_and_sampling_bars_follow_progress(tiny_dir, tmp_path, capfd):
     from transformers.utils import logging as hf_logging
 
     hf_logging.enable_progress_bar()  # an earlier `progress: false` run in this process turned them off
-    live = {"every": 1, "n_prompts": 2, "max_new_tokens": 3}
+    live = {"every": 1, "n_prompts": 2, "max_new_tokens": 3, "prompts": str(tmp_path / "prompts.jsonl")}
+    write_jsonl(tmp_path / "prompts.jsonl", pref_rows(4, seed=9))
     train(make_cfg(tiny_dir, tmp_path, "bars", max_steps=1, progress=True, eval=live))
     err = capfd.readouterr().err
     assert "tokenizing:" in err and "0/64 [" in err               # a bar over the 64 training rows

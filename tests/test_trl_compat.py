@@ -167,10 +167,19 @@ def _tiny_trl_yaml(path: Path, tiny_dir, data, out, source=TRL_DPO, **changes) -
     return path
 
 
-def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
+def pairs_folder(root: Path, n: int = 32) -> Path:
+    """A local dataset folder with train.jsonl and test.jsonl: `load_dataset(folder)` gives both splits, as
+    TRL's eval_strategy wants them."""
     from test_train import pref_rows, write_jsonl
 
-    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(32))
+    root.mkdir()
+    write_jsonl(root / "train.jsonl", pref_rows(n))
+    write_jsonl(root / "test.jsonl", pref_rows(8, seed=5))
+    return root
+
+
+def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
+    data = pairs_folder(tmp_path / "pairs")
     config = _tiny_trl_yaml(tmp_path / "dpo.yaml", tiny_dir, data, tmp_path / "run", max_length=32,
                             max_prompt_length=16, learning_rate=1e-3, per_device_train_batch_size=4,
                             gradient_accumulation_steps=2, logging_steps=1, eval_steps=2, save_steps=3)
@@ -219,7 +228,7 @@ def test_disable_dropout_is_trls_switch():
 # ---------------------------------------------------------------- one translation path, origins
 
 
-BASE_TRL = "model_name_or_path: m\ndataset_name: d.jsonl\noutput_dir: o\n"
+BASE_TRL = "model_name_or_path: m\ndataset_name: org/d\noutput_dir: o\n"
 
 
 def test_command_line_keys_mean_what_the_same_keys_mean_in_yaml(tmp_path):
@@ -235,7 +244,7 @@ def test_command_line_keys_mean_what_the_same_keys_mean_in_yaml(tmp_path):
     args = ["--eval_strategy", "steps", "--eval_steps", "2", "--gradient_accumulation_steps", "4"]
     cli, yml = load_config(base, overrides_from_args(args)), load_config(full)
     assert to_dict(cli) == to_dict(yml)
-    assert (cli.data.eval, cli.eval_steps, cli.micro_batch_size, cli.batch_size) == ("d.jsonl", 2, 2, 8)
+    assert (cli.data.eval, cli.eval_steps, cli.micro_batch_size, cli.batch_size) == ("org/d", 2, 2, 8)
 
 
 def test_errors_name_where_the_key_came_from(tmp_path):
@@ -392,3 +401,23 @@ def test_help_docs_are_whole_sentences():
     cut = [k for k, d in docs.items() if d.count("(") != d.count(")") or d.count("[") != d.count("]")
            or d.rstrip().endswith((",", ":", ";", "(")) or d.split()[-1] in ("the", "on", "in", "of", "a", "to")]
     assert cut == []
+
+
+def test_evaluation_on_the_training_file_only_when_asked(tiny_dir, tmp_path):
+    """TRL's eval_strategy: steps on a local training file (one split) used to evaluate on the training
+    rows without a word: now refused with what to set; asked for (dataset_test_split: train), it runs and
+    says so."""
+    from test_train import pref_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(16))
+    base = {"model_name_or_path": str(tiny_dir), "dataset_name": data, "output_dir": str(tmp_path / "run"),
+            "eval_strategy": "steps"}
+    with pytest.raises(ValueError, match=r"data.eval is the training file .*pairs.jsonl: a local file has one split, "
+                                         r"so eval_split 'test' would read the training rows; .*dataset_test_split"):
+        load_config(base)
+    cfg = load_config({**base, "dataset_test_split": "train", "max_steps": 1, "per_device_train_batch_size": 4,
+                       "max_length": 32, "max_prompt_length": 16, "progress": False, "bf16": False})
+    from isdaa.train import train
+
+    with pytest.warns(UserWarning, match=r"data.eval is the training data .*pairs.jsonl, split train"):
+        train(cfg)

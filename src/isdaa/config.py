@@ -126,6 +126,13 @@ class DataConfig:
             _check(v is None or v > 0, f"data.{name} must be > 0")
         _check_choices(self, "data.")
         _check(self.num_proc is None or self.num_proc > 0, "data.num_proc must be > 0")
+        from isdaa.data.loading import one_split
+
+        _check(not (self.eval == self.train and self.eval_split != self.train_split and one_split(self.train)),
+               f"data.eval is the training file {self.train}: a local file has one split, so eval_split "
+               f"{self.eval_split!r} would read the training rows; to evaluate on them set data.eval_split: "
+               f"{self.train_split} (TRL: dataset_test_split; said at the start), or give an evaluation file "
+               "(data.eval, or a dataset folder with train and test files)")
 
 
 @dataclass
