@@ -134,9 +134,10 @@ SWITCHES = {
 }
 MEMBER_DEFAULTS = {"ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 512}  # harmless with sync_ref_model off
 
-# loss_type (a list in TRL 1.x) -> isdaa keys, for the combinations isdaa has exactly (weights all 1):
-# TRL's ipo divides each log-ratio by its response's token count (dpo_trainer.py, "ipo"), isdaa's
-# ipo_length_normalize (tests/test_trl_compat.py checks both against TRL's code on the same numbers)
+# loss_type (a list in TRL 1.x; a sum, so sorted here) -> isdaa keys, for the combinations isdaa has exactly:
+# a mapping (every loss_weight must be 1), or a function of {loss type: weight} returning one (e.g. a weight
+# that becomes a loss option). TRL's ipo divides each log-ratio by its response's token count
+# (dpo_trainer.py, "ipo"): isdaa's ipo_length_normalize (tests/test_trl_compat.py checks it against TRL's code).
 TRL_LOSSES = {("sigmoid",): {"method": "dpo"},
               ("ipo",): {"method": "ipo", "loss.ipo_length_normalize": True}}
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
@@ -360,8 +361,14 @@ def _loss_type(trl: dict, tree: _Tree, rank: int, where: str) -> None:
         tree.problems.append(f"{where}loss_weights has {len(weights)} values for {len(types)} loss_type entries")
         return
     mixture = dict(zip(types, weights))
-    target = TRL_LOSSES.get(tuple(types))
-    if target is not None and all(float(w) == 1.0 for w in weights):
+    target = TRL_LOSSES.get(tuple(sorted(types)))
+    if callable(target):
+        target = target(mixture)
+    elif target is not None and not all(float(w) == 1.0 for w in weights):
+        tree.problems.append(f"{where}TRL loss_weights {weights} for loss_type {types}: isdaa has no loss scale "
+                             "(a weight != 1 on a single loss changes the step size; set optim.lr)")
+        return
+    if target is not None:
         method = tree.get("method")
         for dotted, value in target.items():
             if dotted == "method" and method == f"is-{value}" and tree.rank.get("method", -1) >= rank:
@@ -377,10 +384,6 @@ def _loss_type(trl: dict, tree: _Tree, rank: int, where: str) -> None:
             f"alpha / beta = {alpha:g} / {beta:g} = {alpha / beta:g}, which averages each pair's per-token NLL "
             "(equal to TRL's when a micro-batch's chosen responses have equal lengths)"
             + ("" if float(mixture["sigmoid"]) == 1.0 else "; a sigmoid weight != 1 has no isdaa equivalent"))
-        return
-    if target is not None:
-        tree.problems.append(f"{where}TRL loss_weights {weights} for loss_type {types}: isdaa has no loss scale "
-                             "(a weight != 1 on a single loss changes the step size; set optim.lr)")
         return
     known = ", ".join(t[0] for t in TRL_LOSSES)
     tree.problems.append(f"{where}TRL loss_type {types if len(types) > 1 else types[0]!r} is not supported: isdaa "
