@@ -421,3 +421,27 @@ def test_evaluation_on_the_training_file_only_when_asked(tiny_dir, tmp_path):
 
     with pytest.warns(UserWarning, match=r"data.eval is the training data .*pairs.jsonl, split train"):
         train(cfg)
+
+
+def test_a_trl_max_length_below_isdaas_prompt_limit_keeps_half_for_the_prompt():
+    """TRL 1.x has no max_prompt_length: `max_length: 32` alone used to fail (isdaa's 512-token prompt
+    limit must stay below max_length)."""
+    assert (_cfg(max_length=32).data.max_prompt_length, _cfg(max_length=32).data.max_length) == (16, 32)
+    assert _cfg(max_length=2048).data.max_prompt_length == 512
+    assert _cfg(max_length=32, max_prompt_length=24).data.max_prompt_length == 24
+
+
+def test_default_differences_are_trls_defaults():
+    """The defaults listed at the start of a run as TRL's are TRL's own (its dataclasses)."""
+    from isdaa.train.notices import default_differences
+    from isdaa.trl_compat import DEFAULT_DIFFERENCES
+
+    listed = default_differences(_cfg())
+    assert any(line.startswith("optim.scheduler cosine (TRL: lr_scheduler_type linear)") for line in listed)
+    assert not any(line.startswith("optim.scheduler") for line in default_differences(_cfg(lr_scheduler_type="linear")))
+    trl = pytest.importorskip("trl")
+    args = trl.DPOConfig(output_dir="unused", use_cpu=True)
+    for trl_key, default in DEFAULT_DIFFERENCES.values():
+        if hasattr(args, trl_key):
+            value = getattr(args, trl_key)
+            assert str(getattr(value, "value", value)) == str(default), trl_key

@@ -145,7 +145,25 @@ OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": 
               "sgd": "sgd"}
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "auto": "auto", "bf16": "bf16", "fp16": "fp16",
           "fp32": "fp32"}
+# isdaa defaults that differ from TRL 1.x's (DPOConfig / TrainingArguments): isdaa key -> (TRL key, TRL's
+# default). Listed once at the start of a run for the keys a config left at isdaa's default
+# (train/notices.py); tests/test_trl_compat.py checks them against TRL's own dataclass.
+DEFAULT_DIFFERENCES = {
+    "optim.scheduler": ("lr_scheduler_type", "linear"),
+    "optim.warmup_steps": ("warmup_steps", 0),
+    "epochs": ("num_train_epochs", 3.0),
+    "micro_batch_size": ("per_device_train_batch_size", 8),
+    "batch_size": ("per_device_train_batch_size x gradient_accumulation_steps", 8),
+    "data.max_length": ("max_length", 1024),
+    "data.max_prompt_length": ("max_prompt_length", "none (prompts cut by max_length only)"),
+    "model.gradient_checkpointing": ("gradient_checkpointing", True),
+    "mixed_precision": ("bf16", True),
+    "ref_logps": ("precompute_ref_log_probs", False),
+    "save_steps": ("save_steps", 500),
+    "seed": ("seed", 42),
+}
 TRL_DEFAULT_MICRO_BATCH = 8  # TrainingArguments.per_device_train_batch_size
+DEFAULT_PROMPT_LIMIT = 512  # isdaa's data.max_prompt_length
 TRL_DEFAULT_LOGGING_STEPS = 10  # DPOConfig.logging_steps
 COMMAND_LINE = "command line"
 
@@ -334,6 +352,12 @@ def _convert(trl: dict, tree: _Tree) -> None:
     if "precompute_ref_log_probs" in trl:
         tree.set_trl("ref_logps", "precompute" if trl["precompute_ref_log_probs"][0] else "on_the_fly",
                      "precompute_ref_log_probs", rank_of("precompute_ref_log_probs"))
+    if "max_length" in trl and tree.get("data.max_prompt_length") is None:
+        # TRL 1.x has no prompt limit (max_length cuts prompt + response); isdaa's (512) must stay below
+        # max_length: a shorter max_length keeps half of it for the prompt
+        value, rank = trl["max_length"]
+        if isinstance(value, int) and not isinstance(value, bool) and value <= DEFAULT_PROMPT_LIMIT:
+            tree.set_trl("data.max_prompt_length", max(1, value // 2), "max_length", rank)
     for switch in SWITCHES:
         _switch(switch, trl, tree)
     _batch(trl, tree)

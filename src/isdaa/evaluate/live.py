@@ -70,7 +70,7 @@ class LiveEvalCallback(TrainerCallback):
                                    kl_samples_per_prompt=e.kl_samples, temperature=e.temperature, top_p=e.top_p,
                                    n_samples=e.n, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                                    seed=cfg.seed, at_start=e.at_start, log_generations=e.log_generations,
-                                   progress=cfg.progress)
+                                   progress=False)  # inside training: one bar at a time, its metrics in the log line
 
     def prepare(self, ctx) -> None:
         """Called before each evaluation (subclasses load what they need)."""

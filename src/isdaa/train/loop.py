@@ -38,7 +38,7 @@ import torch
 
 from isdaa.config import to_dict, to_yaml
 from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from isdaa.train import accel_compat, models
+from isdaa.train import accel_compat, console, models
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
 
@@ -237,6 +237,9 @@ class _Run:
                                              **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
         _configure_deepspeed(acc, cfg)
         self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
+        from isdaa.train import notices
+
+        notices.at_start(cfg, acc)  # TRL default differences, bf16 measured slow on this CPU
         set_seed(cfg.seed)
 
         task.build(acc, online=batch_source is not None)
@@ -412,7 +415,10 @@ class _Run:
         if self.accelerator.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", record)
             self.tracker.log(record, self.step)
-            bar.set_postfix(_postfix(record), refresh=False)
+            if self.cfg.progress:  # a dict per logging step above the bar, as TRL prints it
+                for line in console.log_lines(record, self.cfg):
+                    console.write(bar, line)
+            bar.set_postfix(console.postfix(record, self.cfg), refresh=False)
 
     def _context(self, **kw) -> TrainContext:
         return TrainContext(step=self.step, examples_seen=self.examples_seen, total_steps=self.total_steps,
@@ -525,6 +531,9 @@ class _Run:
                    "final_metrics": self.last_record, **self.task.summary_extra()}
         if acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
+            if self.cfg.progress and self.closing:  # transformers' closing dict
+                console.write(_NoBar(), str({k: console._fmt(v) for k, v in
+                                             {**self.closing, "epoch": self.epoch}.items()}))
         end_ctx = self._context(summary=summary, _metrics=self.last_record)
         with models.eager():
             for cb in self.callbacks:
@@ -574,18 +583,10 @@ def _agree_stop(reason, accelerator):
 
 
 class _NoBar:
+    disable = True
+
     def set_postfix(self, *args, **kwargs):
         pass
-
-
-POSTFIX = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin", "is/weight_mean": "w",
-           "is/clip_frac": "clip", "is/ess": "ess", "grad_norm": "gnorm", "accuracy": "acc"}
-
-
-def _postfix(record: dict) -> dict:
-    out = {short: f"{record[k]:.3g}" for k, short in POSTFIX.items() if k in record}
-    out["tok/s"] = f"{record['tokens_per_s']:.0f}"
-    return out
 
 
 def _progress(cfg, total, initial, accelerator):
