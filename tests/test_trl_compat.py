@@ -197,12 +197,28 @@ def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
 
 
 def test_docs_list_every_trl_key():
-    """docs/TRL.md names every TRL key the code accepts, converts, ignores or refuses."""
+    """docs/TRL.md names every TRL key the code accepts, converts, ignores or refuses, each alias on a table
+    row with the isdaa key it maps to, each converted key on a row with its target, each refused key in the
+    refused table, and every default listed as differing from TRL's."""
     from isdaa import trl_compat as T
 
     doc = (ROOT / "docs" / "TRL.md").read_text()
-    missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED) for k in table if f"`{k}" not in doc]
+    missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED, T.SWITCHES) for k in table
+               if f"`{k}" not in doc]
     assert missing == []
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+
+    def row_of(key):
+        return next((r for r in rows if f"`{key}`" in r.split("|")[1]), "")
+
+    wrong = [k for k, target in T.ALIASES.items() if target.rsplit(".", 1)[-1] not in row_of(k)]
+    wrong += [k for k, (target, _) in T.CONVERTED.items() if target.rsplit(".", 1)[-1] not in row_of(k)]
+    refused = doc.split("## Refused deliberately")[1]
+    wrong += [k for k in T.REFUSED if f"`{k}`" not in refused]
+    assert wrong == []
+    section = doc.split("## Outputs")[0]  # the defaults paragraph at the top
+    assert [k for k in T.DEFAULT_DIFFERENCES if k.split(".")[-1] not in doc] == []
+    assert "save_total_limit" in section and "resume_from_checkpoint" in section
 
 
 def test_translation_leaves_the_callers_mapping_alone():
