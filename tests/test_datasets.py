@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from test_data_loading import datasets_cache  # noqa: F401 -- autouse fixture: a per-test datasets cache
 
 from isdaa.data import DataError, load_rows, tokenize_pref
 
@@ -16,23 +17,18 @@ def pairs(n, tag="p"):
             for i in range(n)]
 
 
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
-
-
 @pytest.fixture(scope="module")
 def tok(tiny_dir):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_dir)
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
 
 
 def test_split_slices_of_a_local_file_are_honoured(tmp_path):

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_data_loading import datasets_cache  # noqa: F401 -- fixture: a per-test datasets cache
 from test_train import make_cfg
 
 from isdaa.data import DataError
@@ -26,13 +27,6 @@ def pairs(n, start=0):
 
 def lines(rows) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
-
-
-@pytest.fixture(autouse=True)
-def datasets_cache(tmp_path, monkeypatch):
-    import datasets
-
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
 def streamed(tiny_dir, tmp_path, name, train_spec, **over):
