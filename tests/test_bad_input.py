@@ -80,6 +80,9 @@ def test_chat_template_rejecting_a_role(tok, tmp_path):
     (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n[1, 2]\n', "line 2 is not a JSON object"),
     (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "\xff\xfe", "chosen": "b"}\n',
      "line 2 is not valid UTF-8"),
+    (b"null\n" + b'{"prompt": "a", "chosen": "b", "rejected": "c"}\n', "line 1 is not a JSON object"),  # pyarrow 26
+    (b'{"prompt": "a", "chosen": "b", "rejected": "c"}\nnull\n', "line 2 is not a JSON object"),  # would crash
+    (b'[{"prompt": "a", "chosen": "b", "rejected": "c"}]\n', "line 1 is not a JSON object"),  # not JSONL
     (b"", "no rows (empty dataset file)"),
     (b"\n  \n", "no rows (empty dataset file)"),
 ])
@@ -105,9 +108,12 @@ def test_bad_json_parquet_and_suffix(tok, tmp_path):
     (tmp_path / "x.parquet").write_bytes(b"not parquet at all")
     with pytest.raises(DataError, match="x.parquet: not a readable parquet file"):
         load_rows(str(tmp_path / "x.parquet"))
-    (tmp_path / "d.csv").write_text("prompt,chosen\n")
-    with pytest.raises(DataError, match="unsupported dataset file type '.csv'"):
+    (tmp_path / "d.csv").write_text("prompt,chosen\n")  # csv goes through datasets: a header alone has no row
+    with pytest.raises(DataError, match=r"d.csv: no rows \(empty dataset file\)"):
         load_rows(str(tmp_path / "d.csv"))
+    (tmp_path / "d.txt").write_text("prompt,chosen\n")
+    with pytest.raises(DataError, match="unsupported dataset file type '.txt'"):
+        load_rows(str(tmp_path / "d.txt"))
     # extra columns are fine (ignored); the row still tokenizes
     pq.write_table(pa.Table.from_pylist([{**GOOD, "source": "x", "score": 1}]), tmp_path / "ok.parquet")
     assert len(tokenize_pref(load_rows(str(tmp_path / "ok.parquet")), tok, 32, 16)) == 1

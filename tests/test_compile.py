@@ -28,7 +28,7 @@ def test_compiled_run_is_the_eager_computation(tiny_dir, tmp_path):
     assert comp[0]["grad_norm"] == pytest.approx(eager[0]["grad_norm"], rel=1e-5)
     for a, b in zip(eager, comp):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-4)
-    w_eager, w_comp = weights(f"{runs[False].output_dir}/final"), weights(f"{runs[True].output_dir}/final")
+    w_eager, w_comp = weights(runs[False].output_dir), weights(runs[True].output_dir)
     assert w_comp.keys() == w_eager.keys()
     assert max((w_comp[k] - w_eager[k]).abs().max().item() for k in w_eager) < 1e-4
 

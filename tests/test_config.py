@@ -97,3 +97,62 @@ def test_shipped_configs_load():
     assert {"dpo", "is-dpo", "is-ipo", "rpo", "chipo", "rdpo"} <= methods
     for path in sorted((root / "accelerate").glob("*.yaml")):
         assert yaml.safe_load(path.read_text())["distributed_type"] in ("MULTI_GPU", "FSDP", "DEEPSPEED")
+
+
+def _choice_fields(cls, prefix=""):
+    """(dotted key, choices) of every enumerated string option of `cls`, nested blocks included."""
+    import dataclasses
+    import typing
+
+    from isdaa.config import choices_of
+    from isdaa.trl_compat import _hint
+
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        if (sub := _hint(hints[f.name])) is not None:
+            out += _choice_fields(sub, prefix + f.name + ".")
+        elif (c := choices_of(f)) is not None:
+            out.append((prefix + f.name, c))
+    return out
+
+
+BASE_YAML = "model: {name_or_path: m}\ndata: {train: d.jsonl}\noutput_dir: o\n"
+YAML_BOOL_WORDS = {"yes", "no", "on", "off", "true", "false"}
+
+
+def test_yaml_booleans_read_back_as_the_documented_strings(tmp_path):
+    """`check_logps: off`, written in a YAML FILE as the README documents it, is the string "off" (YAML
+    1.1 reads it as False); so is every value of every enumerated option that YAML reads as a boolean,
+    from a file and from the command line."""
+    import yaml
+
+    from isdaa.cli.train import overrides_from_args
+
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE_YAML + "check_logps: off\n")
+    assert yaml.safe_load(path.read_text())["check_logps"] is False  # the trap
+    assert load_config(path).check_logps == "off"
+    assert load_config(path, overrides_from_args(["--check_logps", "error"])).check_logps == "error"
+    assert load_config(BASE, overrides_from_args(["--check_logps", "off"])).check_logps == "off"
+    cases = [(k, w) for cls in (PrefConfig, SFTConfig) for k, c in _choice_fields(cls) for w in c
+             if w.lower() in YAML_BOOL_WORDS]
+    assert {k for k, _ in cases} >= {"check_logps", "mixed_precision"}
+    for key, word in cases:
+        head, _, leaf = key.rpartition(".")
+        path.write_text(BASE_YAML + (f"{head}: {{{leaf}: {word}}}\n" if head else f"{key}: {word}\n"))
+        value = load_config(path)
+        for part in key.split("."):
+            value = getattr(value, part)
+        assert value == word, (key, word)
+
+
+def test_yaml_boolean_for_an_option_without_that_word_is_refused_clearly(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(BASE_YAML + "check_logps: yes\n")
+    with pytest.raises(ValueError, match=r"'check_logps' must be one of \['error', 'recompute', 'off'\], got True: "
+                                         r"YAML reads unquoted yes/no/on/off/true/false as a boolean; write the value "
+                                         r"in quotes"):
+        load_config(path)
+    path.write_text(BASE_YAML + "optim: {scheduler: off}\n")
+    with pytest.raises(ValueError, match=r"'optim.scheduler' must be one of"):
+        load_config(path)

@@ -148,8 +148,8 @@ def test_keep_best_saves_the_alarm_step_and_trains_on(tiny_dir, tmp_path, script
     state = json.loads((out / "best_by_drift" / "trainer_state.json").read_text())
     assert state["step"] == 7 and state["stop_on_drift"]["step"] == 7
     kept = load_file(out / "best_by_drift" / "model.safetensors")
-    at_7 = load_file(out / "checkpoints" / "step-00000007" / "model.safetensors")  # the schedule's own save
-    final = load_file(out / "final" / "model.safetensors")
+    at_7 = load_file(out / "checkpoint-7" / "model.safetensors")  # the schedule's own save
+    final = load_file(out / "model.safetensors")                  # the final model at the output root
     assert all((kept[k] == at_7[k]).all() for k in at_7)
     assert any((kept[k] != final[k]).any() for k in final)
 

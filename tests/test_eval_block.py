@@ -85,3 +85,53 @@ def test_eval_block_validates():
         load_config({**base, "eval": {"kl_budjet": 1}})
     with pytest.raises(ValueError, match="not rm"):
         load_config({**base, "eval": {}}, kind="rm")
+
+
+def test_unimportable_reward_fails_before_step_1(tiny_dir, tmp_path, monkeypatch):
+    """`eval.reward: myreward:fn` that cannot be imported, is no callable or takes the wrong arguments is
+    a clear error before anything trains (it was `No module named 'myreward'` at step 4, leaving an
+    unfinished run); a module in the working directory is found, as `python -m` would find it."""
+    import pytest
+
+    monkeypatch.chdir(tmp_path)
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", pref_rows(8, seed=3))
+
+    def cfg(reward, name):
+        return make_cfg(tiny_dir, tmp_path, name, rows=pref_rows(16), max_steps=4,
+                        eval={"reward": reward, "prompts": prompts, "every": 2, "n_prompts": 2, "n": 1,
+                              "max_new_tokens": 3})
+
+    (tmp_path / "notcallable_reward.py").write_text("fn = 3\n")
+    (tmp_path / "onearg_reward.py").write_text("def fn(prompts):\n    return [0.0] * len(prompts)\n")
+    (tmp_path / "broken_reward.py").write_text("raise RuntimeError('no GPU here')\n")
+    for reward, error, message in [
+            ("myreward_missing:fn", ImportError, r"eval.reward 'myreward_missing:fn': cannot import 'myreward_missing' "
+                                                 r"\(No module named 'myreward_missing'; searched the working directory"),
+            ("notcallable_reward:fn", ValueError, r"'notcallable_reward' has no callable 'fn' \(it is a int\)"),
+            ("onearg_reward:fn", ValueError, r"must take \(prompts, responses\)"),
+            ("broken_reward:fn", ImportError, r"importing 'broken_reward' failed: RuntimeError: no GPU here"),
+            (str(tmp_path), ValueError, r"not a reward-model folder")]:
+        name = reward.split(":")[0].replace("/", "_")[-20:]
+        with pytest.raises(error, match=message):
+            train(cfg(reward, name))
+        assert not (tmp_path / name / "metrics.jsonl").exists() and not (tmp_path / name / "config.yaml").exists()
+    (tmp_path / "cwd_reward.py").write_text(REWARD_MODULE)   # found through the working directory only
+    summary = train(cfg("cwd_reward:count_good", "cwd"))
+    assert summary["status"] == "finished"
+    assert "eval/win_rate" in read_jsonl(tmp_path / "cwd" / "metrics.jsonl")[-1]
+
+
+def test_live_eval_on_the_training_prompts_only_when_asked(tiny_dir, tmp_path):
+    import pytest
+
+    from isdaa.config import load_config
+
+    base = {"model": {"name_or_path": "m"}, "data": {"train": "d.jsonl"}, "output_dir": "o"}
+    with pytest.raises(ValueError, match=r"eval: no evaluation prompts: set eval.prompts"):
+        load_config({**base, "eval": {}})
+    assert load_config({**base, "eval": {"prompts": "d.jsonl"}}).eval.prompts == "d.jsonl"
+    cfg = make_cfg(tiny_dir, tmp_path, "ontrain", rows=pref_rows(16), max_steps=2,
+                   eval={"every": 2, "n_prompts": 2, "max_new_tokens": 3, "split": "train",
+                         "prompts": str(tmp_path / "ontrain.jsonl")})   # make_cfg's training file
+    with pytest.warns(UserWarning, match=r"the live eval's prompts are the training data's"):
+        train(cfg)

@@ -130,7 +130,7 @@ def assert_same_weights(a: Path, b: Path, atol: float = WEIGHT_ATOL) -> float:
 @pytest.mark.slow
 def test_fsdp_two_processes_equal_one_process(runs):
     tmp, one, two, _ = runs
-    assert_same_weights(one / "final", two / "final")
+    assert_same_weights(one, two)  # the final models, at the output roots
     rows_one, rows_two = read_jsonl(one / "metrics.jsonl"), read_jsonl(two / "metrics.jsonl")
     assert [r["step"] for r in rows_two] == [r["step"] for r in rows_one] == [1, 2, 3, 4]
     for x, y in zip(rows_one, rows_two):
@@ -150,13 +150,13 @@ def test_fsdp_two_processes_equal_one_process(runs):
     assert s2["fired"] and s2["step"] == s1["step"] > 2  # after the resume test's restart point
     assert_same_weights(one / "best_by_drift", two / "best_by_drift")
     for step in (2, 4):
-        name = f"checkpoints/step-{step:08d}"
+        name = f"checkpoint-{step}"
         assert_same_weights(one / name, two / name)
         assert (two / name / "accelerate_state").is_dir() and not (two / name / "optimizer.pt").exists()
     from transformers import AutoModelForCausalLM
 
-    loaded = AutoModelForCausalLM.from_pretrained(two / "final", use_safetensors=True)
-    final = load_file(two / "final" / "model.safetensors")
+    loaded = AutoModelForCausalLM.from_pretrained(two, use_safetensors=True)
+    final = load_file(two / "model.safetensors")
     assert all(torch.equal(p, final[k]) for k, p in loaded.state_dict().items())
 
 
@@ -167,7 +167,7 @@ def test_fsdp_resume_equals_uninterrupted_and_unsharded_resume_is_refused(runs):
     tmp, _, two, config = runs
     res = tmp / "resumed"
     shutil.copytree(two, res)
-    for name in ("final", "summary.json", "checkpoints/step-00000004", "best_by_drift"):
+    for name in ("model.safetensors", "summary.json", "checkpoint-4", "best_by_drift"):
         target = res / name
         shutil.rmtree(target) if target.is_dir() else target.unlink()
     saved = yaml.safe_load((res / "config.yaml").read_text())
@@ -183,7 +183,7 @@ def test_fsdp_resume_equals_uninterrupted_and_unsharded_resume_is_refused(runs):
         train(load_config(str(resumed_config), kind="pref"), resume=True)
 
     launch_fsdp(resumed_config, tmp, "--resume")
-    assert assert_same_weights(two / "final", res / "final", atol=0.0) == 0.0
+    assert assert_same_weights(two, res, atol=0.0) == 0.0
     assert assert_same_weights(two / "best_by_drift", res / "best_by_drift", atol=0.0) == 0.0
     assert [_numeric(r) for r in read_jsonl(res / "metrics.jsonl")] == \
         [_numeric(r) for r in read_jsonl(two / "metrics.jsonl")]

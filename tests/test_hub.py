@@ -30,10 +30,13 @@ class FakeHub:
             hub.created.append((repo_id, kw))
             return f"https://huggingface.co/{repo_id}"
 
-        def upload_folder(api, *, repo_id, folder_path, **kw):
+        def upload_folder(api, *, repo_id, folder_path, allow_patterns=None, **kw):
             from pathlib import Path
 
-            files = {p.name: p.read_bytes() for p in Path(folder_path).iterdir() if p.is_file()}
+            from huggingface_hub.utils import filter_repo_objects
+
+            names = [p.name for p in Path(folder_path).iterdir() if p.is_file()]
+            files = {n: (Path(folder_path) / n).read_bytes() for n in filter_repo_objects(names, allow_patterns=allow_patterns)}
             hub.uploads.append({"repo_id": repo_id, "folder": folder_path, "files": files, **kw})
             return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
 
@@ -49,8 +52,12 @@ def test_run_writes_card_and_pushes_final(tiny_dir, tmp_path, monkeypatch):
     summary = train(cfg)
     assert hub.created == [("me/tiny-is-dpo", {"private": True, "exist_ok": True, "repo_type": "model"})]
     (up,) = hub.uploads
-    assert up["repo_id"] == "me/tiny-is-dpo" and up["folder"] == str(tmp_path / "pushed" / "final")
-    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "isdaa_config.yaml"} <= set(up["files"])
+    assert up["repo_id"] == "me/tiny-is-dpo" and up["folder"] == str(tmp_path / "pushed")  # the output root
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "isdaa_config.yaml",
+            "trainer_state.json"} <= set(up["files"])
+    # the run's own files stay local: checkpoints, metrics, summary, config.yaml
+    assert not any(n.startswith("checkpoint-") or n in ("metrics.jsonl", "summary.json", "config.yaml",
+                                                        "isdaa_state.json") for n in up["files"])
     card = up["files"]["README.md"].decode()
     assert card.startswith("---\n") and "library_name: transformers" in card and "- is-dpo" in card
     assert "- Method: `is-dpo`, beta = 0.05" in card
@@ -68,7 +75,7 @@ def test_run_writes_card_and_pushes_final(tiny_dir, tmp_path, monkeypatch):
 def test_no_push_by_default_but_a_card(tiny_dir, tmp_path, monkeypatch):
     hub = FakeHub().install(monkeypatch)
     train(make_cfg(tiny_dir, tmp_path, "local", max_steps=1))
-    assert hub.uploads == [] and (tmp_path / "local" / "final" / "README.md").is_file()
+    assert hub.uploads == [] and (tmp_path / "local" / "README.md").is_file()
 
 
 def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
@@ -76,14 +83,13 @@ def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
     CLI, then `isdaa merge`."""
     pytest.importorskip("peft")
     from peft import PeftModel
-    from test_train import pref_rows, write_jsonl
-    from test_trl_compat import TRL_LORA, _tiny_trl_yaml
+    from test_trl_compat import TRL_LORA, _tiny_trl_yaml, pairs_folder
     from transformers import AutoModelForCausalLM
 
     hub = FakeHub().install(monkeypatch)
     monkeypatch.setenv("ISDAA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("WORLD_SIZE", raising=False)
-    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(16))
+    data = pairs_folder(tmp_path / "pairs", 16)
     config = _tiny_trl_yaml(tmp_path / "lora.yaml", tiny_dir, data, tmp_path / "lora", source=TRL_LORA,
                             max_steps=3, learning_rate=5e-2, per_device_train_batch_size=2,
                             gradient_accumulation_steps=2, lora_r=4, lora_alpha=8, max_length=32)
@@ -92,7 +98,7 @@ def test_lora_run_merges_and_loads(tiny_dir, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     resolved = yaml.safe_load((tmp_path / "lora" / "config.yaml").read_text())
     assert resolved["model"]["lora"] == {"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": None}
-    final = tmp_path / "lora" / "final"
+    final = tmp_path / "lora"  # the adapter at the output root
     assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
     assert "library_name: peft" in (final / "README.md").read_text()
     out = tmp_path / "merged"

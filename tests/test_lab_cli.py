@@ -55,7 +55,7 @@ def test_every_stage_ran(lab_run):
     assert result.exit_code == 0, result.output + repr(result.exception)
     for stage in ("task", "sft", "label"):
         assert (out / "stages" / f"{stage}.json").exists()
-    assert (out / "sft" / "final" / "config.json").exists() and (out / "sft" / "summary.json").exists()
+    assert (out / "sft" / "config.json").exists() and (out / "sft" / "summary.json").exists()
     rows = [json.loads(line) for line in (out / "data" / "golden_train" / "pairs.jsonl").read_text().splitlines()]
     assert len(rows) == 128
     assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps", "ref_chosen_logps",
@@ -65,7 +65,7 @@ def test_every_stage_ran(lab_run):
     for name in runs:
         run = out / "runs" / name
         assert (run / "lab_done.json").exists() and (run / "config.yaml").exists()
-        assert len(list((run / "checkpoints").glob("step-*"))) == 2  # fractions 0.5 and 1.0
+        assert len(list(run.glob("checkpoint-*"))) == 2  # fractions 0.5 and 1.0
         assert len(list((run / "eval").glob("step-*.json"))) == 2 and (run / "eval" / "reference.json").exists()
         assert (out / "configs" / f"{name}.yaml").exists()
     # the CLI's closing lines: the report's path and the 5-line summary

@@ -74,7 +74,7 @@ def test_sft_two_processes_equal_one_with_unequal_token_counts(tiny_dir, tmp_pat
     train(cfg)
     two = two_processes(torchrun, cfg, tmp_path, "sft")
     assert_same(cfg.output_dir, two)
-    wa, wb = load_file(f"{cfg.output_dir}/final/model.safetensors"), load_file(f"{two}/final/model.safetensors")
+    wa, wb = load_file(f"{cfg.output_dir}/model.safetensors"), load_file(f"{two}/model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-5, atol=1e-6)
 

@@ -29,8 +29,7 @@ def _records(out):
 
 
 def _checkpoints(out):
-    root = out / "checkpoints"
-    return sorted(p.name for p in root.glob("step-*")) if root.is_dir() else []
+    return sorted((p.name for p in out.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
 
 
 def _wait_for(cond, proc, timeout=60.0):
@@ -64,7 +63,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     steps_done = lambda: len(_checkpoints(out))
     kill_points = [
         ("after the first checkpoint", lambda: steps_done() >= 1, lambda: rng.uniform(0.0, 0.05)),
-        ("during a checkpoint write", lambda: any((out / "checkpoints").glob(".step-*.tmp")), lambda: 0.0),
+        ("during a checkpoint write", lambda: any(out.glob(".checkpoint-*.tmp")), lambda: 0.0),
         ("at a random later moment", None, lambda: rng.uniform(0.0, 0.1)),
     ]
     landed = []
@@ -88,11 +87,14 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_dir, tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["step"] == STEPS
     assert _records(out) == _records(tmp_path / "reference")          # every step once, same values
-    wr, wk = load_file(tmp_path / "reference" / "final" / "model.safetensors"), \
-        load_file(out / "final" / "model.safetensors")
+    wr, wk = load_file(tmp_path / "reference" / "model.safetensors"), load_file(out / "model.safetensors")
     assert wr.keys() == wk.keys() and all(torch.equal(wr[k], wk[k]) for k in wr)
-    assert _checkpoints(out) == [f"step-{s:08d}" for s in range(1, STEPS + 1)]
-    assert not list((out / "checkpoints").glob(".*.tmp")) and not list(out.glob(".*.tmp"))
+    assert _checkpoints(out) == [f"checkpoint-{s}" for s in range(1, STEPS + 1)]
+    assert not list(out.glob(".*.tmp"))
+    history = [json.loads((d / "trainer_state.json").read_text())["log_history"] for d in (tmp_path / "reference", out)]
+    strip = [[{k: v for k, v in e.items() if k not in VOLATILE and not k.startswith("train_")} for e in h]
+             for h in history]
+    assert strip[0] == strip[1] and [e["step"] for e in history[1]] == [*range(1, STEPS + 1), STEPS]
 
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")

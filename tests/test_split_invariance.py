@@ -102,7 +102,7 @@ def assert_same_run(a, b):
     for x, y in zip(ra, rb):
         for k in METRICS:
             assert x[k] == pytest.approx(y[k], rel=REL, abs=1e-12), (k, x["step"])
-    wa, wb = load_file(f"{a}/final/model.safetensors"), load_file(f"{b}/final/model.safetensors")
+    wa, wb = load_file(f"{a}/model.safetensors"), load_file(f"{b}/model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=REL, atol=1e-12)
 

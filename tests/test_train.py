@@ -86,7 +86,7 @@ def test_accumulation_equals_big_batch(tiny_dir, tmp_path):
     for x, y in zip(ra, rb):
         for k in ("loss", "grad_norm", "rewards/margins", "is/weight_mean", "is/weight_max", "is/ess", "is/top_share"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
-    wa, wb = weights(a.output_dir + "/final"), weights(b.output_dir + "/final")
+    wa, wb = weights(a.output_dir), weights(b.output_dir)  # the final model at the output root
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], rtol=1e-4, atol=1e-5)
 
@@ -104,7 +104,7 @@ def test_resume_reproduces_an_uninterrupted_run(tiny_dir, tmp_path, lora):
     assert resumed["status"] == "finished" and resumed["resumed_from_step"] == 5
     assert metrics(full) == metrics(part)
     name = "adapter_model" if lora else "model"  # LoRA checkpoints hold the adapter (peft layout)
-    wf, wp = (load_file(f"{c.output_dir}/final/{name}.safetensors") for c in (full, part))
+    wf, wp = (load_file(f"{c.output_dir}/{name}.safetensors") for c in (full, part))
     assert wf.keys() == wp.keys() and all(torch.equal(wf[k], wp[k]) for k in wf)
 
 
@@ -155,12 +155,15 @@ def test_checkpoint_schedule_callbacks_and_refusal(tiny_dir, tmp_path):
                    save_fractions=[0.25, 0.5], save_examples=[24])
     train(cfg, callbacks=[Recorder()])
     out = tmp_path / "sched"
-    steps = sorted(p.name for p in (out / "checkpoints").iterdir())
-    assert steps == ["step-00000000", "step-00000003", "step-00000004", "step-00000008"]
-    assert [p.name for p in (out / "checkpoints").glob("*/optimizer.pt")] == ["optimizer.pt"]  # latest only
-    state = json.loads((out / "checkpoints" / "step-00000004" / "trainer_state.json").read_text())
+    steps = sorted((p.name for p in out.glob("checkpoint-*")), key=lambda n: int(n.split("-")[1]))
+    assert steps == ["checkpoint-0", "checkpoint-3", "checkpoint-4", "checkpoint-8"]
+    # each scheduled checkpoint resumable, as TRL's (the initial policy holds no resume state)
+    assert sorted(p.parent.name for p in out.glob("*/optimizer.pt")) == ["checkpoint-3", "checkpoint-4", "checkpoint-8"]
+    state = json.loads((out / "checkpoint-4" / "isdaa_state.json").read_text())
     assert (state["step"], state["examples_seen"], state["total_steps"]) == (4, 32, 16)
-    assert (out / "final" / "model.safetensors").exists() and (out / "config.yaml").exists()
+    hf = json.loads((out / "checkpoint-4" / "trainer_state.json").read_text())
+    assert (hf["global_step"], hf["max_steps"], [e["step"] for e in hf["log_history"]]) == (4, 16, [2, 4])
+    assert (out / "model.safetensors").exists() and (out / "config.yaml").exists()
     rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [2, 4, 8, 12, 16]  # logging steps + the step a callback logged
     assert rows[0]["custom/value"] == 42.0
@@ -246,7 +249,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path, monkeypa
     for x, y in zip(metrics(single), two):
         for k in ("loss", "grad_norm", "is/ess", "is/top_share", "is/weight_max", "rewards/margins"):
             assert x[k] == pytest.approx(y[k], rel=1e-4, abs=1e-5), k
-    assert (tmp_path / "two" / "final" / "model.safetensors").exists()
+    assert (tmp_path / "two" / "model.safetensors").exists()
 
 
 def test_tokenizer_without_pad_reuses_eos(tiny_dir, tmp_path):
@@ -264,9 +267,9 @@ def test_tokenizer_without_pad_reuses_eos(tiny_dir, tmp_path):
     assert AutoTokenizer.from_pretrained(model_dir).pad_token is None
     cfg = make_cfg(model_dir, tmp_path, "nopad-run", max_steps=2)
     assert train(cfg)["status"] == "finished"
-    saved = json.loads((tmp_path / "nopad-run" / "final" / "config.json").read_text())
+    saved = json.loads((tmp_path / "nopad-run" / "config.json").read_text())
     assert saved["vocab_size"] == config["vocab_size"]
-    assert AutoTokenizer.from_pretrained(tmp_path / "nopad-run" / "final").pad_token == "<eos>"
+    assert AutoTokenizer.from_pretrained(tmp_path / "nopad-run").pad_token == "<eos>"
 
 
 def test_missing_tracker_is_a_clear_error(tiny_dir, tmp_path):

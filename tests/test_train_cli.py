@@ -96,8 +96,10 @@ def test_resume_through_the_cli(setup):
     # simulate a crash after step 2: drop the later state, keep the step-2 checkpoint
     import shutil
 
-    shutil.rmtree(out / "final")
-    shutil.rmtree(out / "checkpoints" / "step-00000004")
+    from isdaa.train.checkpoint import remove_final
+
+    remove_final(out)
+    shutil.rmtree(out / "checkpoint-4")
     (out / "summary.json").unlink()
     lines = (out / "metrics.jsonl").read_text().splitlines()
     (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")  # steps 3, 4 stay: resume must drop them

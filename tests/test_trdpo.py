@@ -29,9 +29,9 @@ def test_reference_is_the_recursive_mix_of_the_policy_checkpoints(tiny_dir, tmp_
     r_0 = theta_0, r_s = 0.6 theta_s + 0.4 r_{s-1}. The snapshots of steps 2 and 3 match it to float32 round-off;
     step 1's was pruned (no resumable checkpoint needs it)."""
     cfg = make_cfg(tiny_dir, tmp_path, max_steps=3, save_steps=1, save_initial=True, ref_sync={"alpha": 0.6, "steps": 1},
-                   **ON_THE_FLY)
+                   resume_state_keep=1, **ON_THE_FLY)  # only the latest checkpoint resumable: snapshot 1 is unneeded
     train(cfg)
-    theta = [{k: v.double() for k, v in weights(f"{cfg.output_dir}/checkpoints/step-{s:08d}").items()}
+    theta = [{k: v.double() for k, v in weights(f"{cfg.output_dir}/checkpoint-{s}").items()}
              for s in range(4)]
     ref = [theta[0]]
     for s in range(1, 4):
@@ -78,7 +78,7 @@ def test_resume_restores_the_synced_reference(tiny_dir, tmp_path):
     assert train(part, callbacks=[StopAtStep(3)])["step"] == 3
     assert train(part, resume=True)["resumed_from_step"] == 3
     assert metrics(full) == metrics(part)
-    wf, wp = weights(f"{full.output_dir}/final"), weights(f"{part.output_dir}/final")
+    wf, wp = weights(full.output_dir), weights(part.output_dir)
     assert all(torch.equal(wf[k], wp[k]) for k in wf)
     broken = make_cfg(tiny_dir, tmp_path, "broken", **kw)
     train(broken, callbacks=[StopAtStep(3)])

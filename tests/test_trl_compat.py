@@ -167,10 +167,19 @@ def _tiny_trl_yaml(path: Path, tiny_dir, data, out, source=TRL_DPO, **changes) -
     return path
 
 
-def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
+def pairs_folder(root: Path, n: int = 32) -> Path:
+    """A local dataset folder with train.jsonl and test.jsonl: `load_dataset(folder)` gives both splits, as
+    TRL's eval_strategy wants them."""
     from test_train import pref_rows, write_jsonl
 
-    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(32))
+    root.mkdir()
+    write_jsonl(root / "train.jsonl", pref_rows(n))
+    write_jsonl(root / "test.jsonl", pref_rows(8, seed=5))
+    return root
+
+
+def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
+    data = pairs_folder(tmp_path / "pairs")
     config = _tiny_trl_yaml(tmp_path / "dpo.yaml", tiny_dir, data, tmp_path / "run", max_length=32,
                             max_prompt_length=16, learning_rate=1e-3, per_device_train_batch_size=4,
                             gradient_accumulation_steps=2, logging_steps=1, eval_steps=2, save_steps=3)
@@ -183,17 +192,33 @@ def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
     assert "learning_rate" not in resolved  # written with isdaa's names only
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4] and "eval/loss" in rows[1]
-    assert (tmp_path / "run" / "checkpoints" / "step-00000003").is_dir()
+    assert (tmp_path / "run" / "checkpoint-3").is_dir()
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
 
 
 def test_docs_list_every_trl_key():
-    """docs/TRL.md names every TRL key the code accepts, converts, ignores or refuses."""
+    """docs/TRL.md names every TRL key the code accepts, converts, ignores or refuses, each alias on a table
+    row with the isdaa key it maps to, each converted key on a row with its target, each refused key in the
+    refused table, and every default listed as differing from TRL's."""
     from isdaa import trl_compat as T
 
     doc = (ROOT / "docs" / "TRL.md").read_text()
-    missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED) for k in table if f"`{k}" not in doc]
+    missing = [k for table in (T.ALIASES, T.CONVERTED, T.NO_OP, T.REFUSED, T.SWITCHES) for k in table
+               if f"`{k}" not in doc]
     assert missing == []
+    rows = [line for line in doc.splitlines() if line.startswith("| `")]
+
+    def row_of(key):
+        return next((r for r in rows if f"`{key}`" in r.split("|")[1]), "")
+
+    wrong = [k for k, target in T.ALIASES.items() if target.rsplit(".", 1)[-1] not in row_of(k)]
+    wrong += [k for k, (target, _) in T.CONVERTED.items() if target.rsplit(".", 1)[-1] not in row_of(k)]
+    refused = doc.split("## Refused deliberately")[1]
+    wrong += [k for k in T.REFUSED if f"`{k}`" not in refused]
+    assert wrong == []
+    section = doc.split("## Outputs")[0]  # the defaults paragraph at the top
+    assert [k for k in T.DEFAULT_DIFFERENCES if k.split(".")[-1] not in doc] == []
+    assert "save_total_limit" in section and "resume_from_checkpoint" in section
 
 
 def test_translation_leaves_the_callers_mapping_alone():
@@ -214,3 +239,225 @@ def test_disable_dropout_is_trls_switch():
     base = {"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", "loss_type": "sigmoid"}
     assert load_config(base, kind="pref").disable_dropout is True
     assert load_config({**base, "disable_dropout": False}, kind="pref").disable_dropout is False
+
+
+# ---------------------------------------------------------------- one translation path, origins
+
+
+BASE_TRL = "model_name_or_path: m\ndataset_name: org/d\noutput_dir: o\n"
+
+
+def test_command_line_keys_mean_what_the_same_keys_mean_in_yaml(tmp_path):
+    """`--eval_strategy steps --eval_steps 2` on the command line resolves exactly as the same keys in the
+    file (it was dropped: the command line was translated on its own, without the file's dataset_name);
+    so do batch keys split between the file and the command line."""
+    from isdaa.config import to_dict
+
+    base, full = tmp_path / "base.yaml", tmp_path / "full.yaml"
+    base.write_text(BASE_TRL + "per_device_train_batch_size: 2\n")
+    full.write_text(BASE_TRL + "per_device_train_batch_size: 2\neval_strategy: steps\neval_steps: 2\n"
+                    "gradient_accumulation_steps: 4\n")
+    args = ["--eval_strategy", "steps", "--eval_steps", "2", "--gradient_accumulation_steps", "4"]
+    cli, yml = load_config(base, overrides_from_args(args)), load_config(full)
+    assert to_dict(cli) == to_dict(yml)
+    assert (cli.data.eval, cli.eval_steps, cli.micro_batch_size, cli.batch_size) == ("org/d", 2, 2, 8)
+
+
+def test_errors_name_where_the_key_came_from(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text(BASE_TRL + "lerning_rate: 1.0e-6\n")
+    with pytest.raises(ValueError) as info:
+        load_config(path, ["bta=0.2"])
+    msg = str(info.value)
+    assert f"{path}: unknown config key 'lerning_rate'" in msg and "command line: unknown config key 'bta'" in msg
+    path.write_text(BASE_TRL)
+    with pytest.raises(ValueError, match=r"^command line: unknown config key 'bta'"):
+        load_config(path, ["bta=0.2"])      # typed on the command line: not blamed on the file
+    with pytest.raises(ValueError, match=r"^command line: beta must be > 0"):
+        load_config(path, ["beta=-1"])
+    path.write_text(BASE_TRL + "beta: -1\n")
+    with pytest.raises(ValueError, match=rf"^{path}: beta must be > 0"):
+        load_config(path)
+    path.write_text(BASE_TRL + "learning_rate: 2.0e-6\noptim: {lr: 1.0e-6}\n")
+    with pytest.raises(ValueError, match=rf"^{path}: 'learning_rate' \(TRL name for 'optim.lr'\) = 2e-06 conflicts"):
+        load_config(path)
+    assert load_config(path, ["learning_rate=3e-6"]).optim.lr == 3e-6   # the command line wins, either name
+
+
+# ---------------------------------------------------------------- TRL 1.x loss_type lists
+
+
+def _cfg(**trl):
+    return load_config({"model_name_or_path": "m", "dataset_name": "d", "output_dir": "o", **trl})
+
+
+def test_loss_type_lists_map_where_isdaa_has_the_loss_exactly():
+    """TRL's ipo is length-normalized (isdaa: ipo_length_normalize); `method: is-dpo` with loss_type
+    sigmoid is its IS variant; a one-element list with weight 1 is the loss itself."""
+    ipo = _cfg(loss_type=["ipo"])
+    assert (ipo.method, ipo.loss.ipo_length_normalize) == ("ipo", True)
+    assert _cfg(loss_type=["sigmoid"], loss_weights=[1.0]).method == "dpo"
+    assert _cfg(loss_type="sigmoid", method="is-dpo").method == "is-dpo"
+    with pytest.raises(ValueError, match=r"conflicts with method = 'rpo'"):
+        _cfg(loss_type="sigmoid", method="rpo")
+
+
+@pytest.mark.parametrize("trl, message", [
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "beta": 0.1},
+     r"\[sigmoid, sft\] \(RPO\) is not supported exactly: TRL's sft term is the mean NLL over every chosen token.*"
+     r"method: rpo with loss.rpo_nll_mean: true and loss.rpo_eta = alpha / beta = 0.5 / 0.1 = 5,"),
+    ({"loss_type": ["sigmoid"], "loss_weights": [2.0]}, r"isdaa has no loss scale"),
+    ({"loss_type": ["hinge"]}, r"TRL loss_type 'hinge' is not supported: isdaa maps sigmoid, ipo"),
+    ({"loss_type": ["sigmoid", "bco_pair", "sft"]}, r"loss_type \['sigmoid', 'bco_pair', 'sft'\] is not supported"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, r"loss_weights has 1 values for 2 loss_type"),
+    ({"loss_weights": [1.0, 2.0]}, r"TRL key 'loss_weights' is not supported"),
+])
+def test_loss_type_lists_refused_with_the_nearest(trl, message):
+    with pytest.raises(ValueError, match=message):
+        _cfg(**trl)
+
+
+def test_trl_defaults_of_missing_features_are_accepted():
+    """A config holding TRL's own defaults for the features isdaa lacks (as `DPOConfig().to_dict()` dumps
+    them) loads; any other value is refused. Checked against TRL's dataclass when it is installed."""
+    from isdaa.trl_compat import HARMLESS, MEMBER_DEFAULTS, REFUSED
+
+    defaults = {k: v[0] for k, v in HARMLESS.items()} | MEMBER_DEFAULTS
+    assert _cfg(**{k: v for k, v in defaults.items() if k not in ("lora_task_type",)}).method == "dpo"
+    with pytest.raises(ValueError, match="'use_weighting' is not supported: WPO"):
+        _cfg(use_weighting=True)
+    with pytest.warns(UserWarning, match=r"ref_model_sync_steps = 64 given without sync_ref_model: true; ignored"):
+        _cfg(ref_model_sync_steps=64)
+    trl = pytest.importorskip("trl")
+    fields = {f.name: f for c in (trl.DPOConfig, trl.ModelConfig) for f in dataclasses.fields(c)}
+    for key in REFUSED:
+        if key in fields and fields[key].default is not dataclasses.MISSING and key != "hub_token":
+            assert fields[key].default in HARMLESS.get(key, ()) + (MEMBER_DEFAULTS.get(key),), key
+
+
+def _trl_loss_and_ours(tiny_dir, tmp_path, rows, loss_type, loss_weights, beta, method, **options):
+    """TRL's DPOTrainer.compute_loss on `rows` (one batch; the policy a perturbed copy of the reference)
+    next to isdaa's preference_loss on isdaa's log-probs of the same models and rows."""
+    import copy
+
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from isdaa.data import collate_pref, tokenize_pref
+    from isdaa.logprobs import response_logps
+    from isdaa.losses import preference_loss
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    ref = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    policy = copy.deepcopy(ref)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), beta=beta,
+                     loss_type=loss_type, loss_weights=loss_weights, max_length=None, report_to=[], use_cpu=True,
+                     bf16=False, gradient_checkpointing=False, disable_dropout=True, precompute_ref_log_probs=False)
+    trainer = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=tok)
+    trainer.model.eval()
+    with torch.no_grad():
+        trl_loss = trainer.compute_loss(trainer.model, next(iter(trainer.get_train_dataloader()))).item()
+    batch = collate_pref(tokenize_pref(rows, tok, 256, 128), tok.pad_token_id)
+    n = batch["n_pairs"]
+    with torch.no_grad():
+        lp = response_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]).double()
+        lr = response_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"]).double()
+    ours = preference_loss(method, beta, lp[:n], lp[n:], lr[:n], lr[n:], chosen_lengths=batch["chosen_lengths"],
+                           rejected_lengths=batch["rejected_lengths"], **options).loss.item()
+    return trl_loss, ours
+
+
+# responses start with a space, as TRL's standard format expects (it tokenizes prompt + response as one text)
+EQUAL = [{"prompt": f"w{i} w{i + 1}", "chosen": f" good w{i} yes", "rejected": " bad no"} for i in range(4)]
+UNEQUAL = [{"prompt": f"w{i} w{i + 1}", "chosen": " good " + " ".join(f"w{j}" for j in range(1 + 3 * i)),
+            "rejected": " bad no w3"} for i in range(4)]
+
+
+@pytest.mark.slow
+def test_trl_ipo_is_isdaas_length_normalized_ipo_on_numbers(tiny_dir, tmp_path):
+    """TRL's own loss code (dpo_trainer.py) on the same models and rows: loss_type [ipo] = isdaa's ipo with
+    ipo_length_normalize (float32 round-off), not the summed form the mapping used to pick."""
+    pytest.importorskip("trl")
+    trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, UNEQUAL, ["ipo"], None, 0.1, "ipo",
+                                        ipo_length_normalize=True)
+    assert ours == pytest.approx(trl_loss, rel=1e-4)
+    _, summed = _trl_loss_and_ours(tiny_dir, tmp_path, UNEQUAL, ["ipo"], None, 0.1, "ipo")
+    assert abs(summed - trl_loss) > 1e-2 * abs(trl_loss)
+
+
+@pytest.mark.slow
+def test_trl_rpo_equals_isdaas_rpo_only_at_equal_chosen_lengths(tiny_dir, tmp_path):
+    """Why [sigmoid, sft] is refused: TRL's sft term (the micro-batch's token-mean NLL) equals isdaa's
+    rpo with rpo_nll_mean and eta = alpha / beta when the chosen responses have equal lengths, and not
+    otherwise (the token mean weighs long responses more)."""
+    pytest.importorskip("trl")
+    alpha, beta = 0.5, 0.1
+    for rows, equal in ((EQUAL, True), (UNEQUAL, False)):
+        trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, rows, ["sigmoid", "sft"], [1.0, alpha], beta, "rpo",
+                                            rpo_eta=alpha / beta, rpo_nll_mean=True)
+        assert (ours == pytest.approx(trl_loss, rel=1e-4)) is equal, (rows[0], trl_loss, ours)
+
+
+def test_help_docs_are_whole_sentences():
+    """A field doc written over several comment lines reaches --help whole (compile, response_only_head,
+    disable_dropout, check_logps, pack_pairs were cut after their first line)."""
+    from isdaa.cli.train import config_keys
+
+    docs = {key: doc for key, _, _, doc in config_keys(PrefConfig)}
+    assert "README 'Performance' says when it pays off" in docs["compile"]
+    assert "false: one row each" in docs["pack_pairs"]
+    assert docs["check_logps"].endswith("error | recompute | off")
+    cut = [k for k, d in docs.items() if d.count("(") != d.count(")") or d.count("[") != d.count("]")
+           or d.rstrip().endswith((",", ":", ";", "(")) or d.split()[-1] in ("the", "on", "in", "of", "a", "to")]
+    assert cut == []
+
+
+def test_evaluation_on_the_training_file_only_when_asked(tiny_dir, tmp_path):
+    """TRL's eval_strategy: steps on a local training file (one split) used to evaluate on the training
+    rows without a word: now refused with what to set; asked for (dataset_test_split: train), it runs and
+    says so."""
+    from test_train import pref_rows, write_jsonl
+
+    data = write_jsonl(tmp_path / "pairs.jsonl", pref_rows(16))
+    base = {"model_name_or_path": str(tiny_dir), "dataset_name": data, "output_dir": str(tmp_path / "run"),
+            "eval_strategy": "steps"}
+    with pytest.raises(ValueError, match=r"data.eval is the training file .*pairs.jsonl: a local file has one split, "
+                                         r"so eval_split 'test' would read the training rows; .*dataset_test_split"):
+        load_config(base)
+    cfg = load_config({**base, "dataset_test_split": "train", "max_steps": 1, "per_device_train_batch_size": 4,
+                       "max_length": 32, "max_prompt_length": 16, "progress": False, "bf16": False})
+    from isdaa.train import train
+
+    with pytest.warns(UserWarning, match=r"data.eval is the training data .*pairs.jsonl, split train"):
+        train(cfg)
+
+
+def test_a_trl_max_length_below_isdaas_prompt_limit_keeps_half_for_the_prompt():
+    """TRL 1.x has no max_prompt_length: `max_length: 32` alone used to fail (isdaa's 512-token prompt
+    limit must stay below max_length)."""
+    assert (_cfg(max_length=32).data.max_prompt_length, _cfg(max_length=32).data.max_length) == (16, 32)
+    assert _cfg(max_length=2048).data.max_prompt_length == 512
+    assert _cfg(max_length=32, max_prompt_length=24).data.max_prompt_length == 24
+
+
+def test_default_differences_are_trls_defaults():
+    """The defaults listed at the start of a run as TRL's are TRL's own (its dataclasses)."""
+    from isdaa.train.notices import default_differences
+    from isdaa.trl_compat import DEFAULT_DIFFERENCES
+
+    listed = default_differences(_cfg())
+    assert any(line.startswith("optim.scheduler cosine (TRL: lr_scheduler_type linear)") for line in listed)
+    assert not any(line.startswith("optim.scheduler") for line in default_differences(_cfg(lr_scheduler_type="linear")))
+    trl = pytest.importorskip("trl")
+    args = trl.DPOConfig(output_dir="unused", use_cpu=True)
+    for trl_key, default in DEFAULT_DIFFERENCES.values():
+        if hasattr(args, trl_key):
+            value = getattr(args, trl_key)
+            assert str(getattr(value, "value", value)) == str(default), trl_key

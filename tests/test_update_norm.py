@@ -16,7 +16,7 @@ def test_update_norm_is_the_distance_between_consecutive_checkpoints(tiny_dir, t
     cfg = make_cfg(tiny_dir, tmp_path, max_steps=3, save_steps=1, save_initial=True, log_update_norm=True)
     train(cfg)
     rows = metrics(cfg)
-    ckpt = [weights(f"{cfg.output_dir}/checkpoints/step-{s:08d}") for s in range(4)]
+    ckpt = [weights(f"{cfg.output_dir}/checkpoint-{s}") for s in range(4)]
     for s in range(1, 4):
         diff = sum(float(((ckpt[s][k].double() - ckpt[s - 1][k].double()) ** 2).sum()) for k in ckpt[s])
         assert rows[s - 1]["update_norm"] == pytest.approx(diff ** 0.5, rel=1e-4), s

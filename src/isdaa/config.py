@@ -39,6 +39,39 @@ def _one_of(value, options, what: str) -> None:
     _check(value in options, f"{what} must be one of {list(options)}, got {value!r}{_nearest(value, options)}")
 
 
+def one_of(*choices, default: str | None = None):
+    """A string field that takes one of `choices` (default: the first; or one function returning them),
+    checked at construction by `_check_choices`. YAML 1.1 reads unquoted yes/no/on/off/true/false as
+    booleans: `from_dict` reads such a boolean back as the one choice it spells (`check_logps: off`)."""
+    lazy = len(choices) == 1 and callable(choices[0])
+    return field(default=default if lazy else default or choices[0],
+                 metadata={"choices": choices[0] if lazy else choices})
+
+
+def choices_of(f: dataclasses.Field) -> tuple | None:
+    """The choices of a `one_of` field, else None."""
+    c = f.metadata.get("choices")
+    return tuple(c()) if callable(c) else c
+
+
+def _check_choices(obj, prefix: str = "") -> None:
+    for f in dataclasses.fields(obj):
+        if (c := choices_of(f)) is not None:
+            _one_of(getattr(obj, f.name), c, prefix + f.name)
+
+
+YAML_TRUE, YAML_FALSE = ("true", "yes", "on"), ("false", "no", "off")  # YAML 1.1's boolean words
+
+
+def _yaml_word(value: bool, choices: tuple, where: str) -> str:
+    """The choice a YAML 1.1 boolean spells (`off` -> False -> "off"); refused when none or several do."""
+    spelled = [c for c in choices if str(c).lower() in (YAML_TRUE if value else YAML_FALSE)]
+    if len(spelled) != 1:
+        raise ValueError(f"config key {where!r} must be one of {list(choices)}, got {value!r}: YAML reads unquoted "
+                         "yes/no/on/off/true/false as a boolean; write the value in quotes")
+    return spelled[0]
+
+
 @dataclass
 class LoraConfig:
     r: int = 16                       # adapter rank
@@ -55,7 +88,7 @@ class LoraConfig:
 class ModelConfig:
     name_or_path: str = ""             # hub name or local save_pretrained folder
     revision: str | None = None        # hub branch, tag or commit of the model
-    dtype: str = "fp32"                # weights dtype: fp32 | bf16 | fp16 | auto | fp64 (numerical checks)
+    dtype: str = one_of("fp32", "bf16", "fp16", "auto", "fp64")  # weights dtype (fp64: numerical checks)
     trust_remote_code: bool = False    # off unless explicitly set
     gradient_checkpointing: bool = False  # recompute activations in backward (less memory, ~20% slower)
     attn_implementation: str | None = None  # e.g. sdpa, flash_attention_2; None: transformers' default
@@ -64,7 +97,7 @@ class ModelConfig:
 
     def __post_init__(self):
         _check(bool(self.name_or_path), "model.name_or_path is required")
-        _one_of(self.dtype, ("fp32", "bf16", "fp16", "auto", "fp64"), "model.dtype")
+        _check_choices(self, "model.")
 
 
 @dataclass
@@ -78,7 +111,7 @@ class DataConfig:
     max_prompt_length: int = 512       # the prompt keeps its LAST max_prompt_length tokens
     max_train_examples: int | None = None  # keep the first N rows (None: all)
     max_eval_examples: int | None = None   # keep the first N eval rows (None: all)
-    sft_source: str = "auto"           # sft only: auto | completion | messages | chosen
+    sft_source: str = one_of("auto", "completion", "messages", "chosen")  # sft only: auto | completion | messages | chosen
     drop_unfinished: bool = True       # pref: drop pairs flagged `chosen_finished`/`rejected_finished` false
                                        # (samples cut at max_new_tokens); false keeps them, without EOS
     streaming: bool = False            # hub datasets: read rows lazily (with max_*_examples: only those rows)
@@ -91,31 +124,37 @@ class DataConfig:
         for name in ("max_train_examples", "max_eval_examples"):
             v = getattr(self, name)
             _check(v is None or v > 0, f"data.{name} must be > 0")
-        _one_of(self.sft_source, ("auto", "completion", "messages", "chosen"), "data.sft_source")
+        _check_choices(self, "data.")
         _check(self.num_proc is None or self.num_proc > 0, "data.num_proc must be > 0")
+        from isdaa.data.loading import one_split
+
+        _check(not (self.eval == self.train and self.eval_split != self.train_split and one_split(self.train)),
+               f"data.eval is the training file {self.train}: a local file has one split, so eval_split "
+               f"{self.eval_split!r} would read the training rows; to evaluate on them set data.eval_split: "
+               f"{self.train_split} (TRL: dataset_test_split; said at the start), or give an evaluation file "
+               "(data.eval, or a dataset folder with train and test files)")
 
 
 @dataclass
 class OptimConfig:
-    optimizer: str = "adamw"           # adamw (paper) | sgd (plain SGD with momentum `sgd_momentum`)
+    optimizer: str = one_of("adamw", "sgd")  # adamw (paper) | sgd (plain SGD with momentum `sgd_momentum`)
     lr: float = 1e-6                   # paper, Appendix C
     sgd_momentum: float = 0.0          # momentum of optimizer: sgd
     weight_decay: float = 0.0          # decoupled (AdamW); none on biases and norms
     adam_beta1: float = 0.9            # AdamW first-moment decay
     adam_beta2: float = 0.999          # AdamW second-moment decay
     adam_eps: float = 1e-8             # AdamW epsilon
-    scheduler: str = "cosine"          # cosine | linear | constant (all with linear warmup)
+    scheduler: str = one_of("cosine", "linear", "constant")  # cosine | linear | constant (all with linear warmup)
     warmup_steps: int = 100            # linear warmup steps
     warmup_ratio: float = 0.0          # used instead of warmup_steps when > 0
     max_grad_norm: float | None = 1.0  # None or 0: no clipping (the norm is still logged)
 
     def __post_init__(self):
-        _one_of(self.optimizer, ("adamw", "sgd"), "optim.optimizer")
+        _check_choices(self, "optim.")
         _check(math.isfinite(self.lr) and self.lr > 0, f"optim.lr must be > 0 and finite, got {self.lr}")
         _check(0 <= self.sgd_momentum < 1, "optim.sgd_momentum must be in [0, 1)")
         _check(self.weight_decay >= 0, "optim.weight_decay must be >= 0")
         _check(0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1, "optim.adam_beta1/2 must be in [0, 1)")
-        _one_of(self.scheduler, ("cosine", "linear", "constant"), "optim.scheduler")
         _check(self.warmup_steps >= 0 and 0 <= self.warmup_ratio < 1, "optim warmup must be >= 0 (ratio < 1)")
         _check(self.max_grad_norm is None or self.max_grad_norm >= 0, "optim.max_grad_norm must be >= 0")
 
@@ -126,7 +165,7 @@ class LiveEvalConfig:
     T=1 samples, golden win rate against the chosen responses when `reward` is set, eval/* metrics."""
 
     reward: str | None = None          # reward-model folder or `module:function`; None: KL only
-    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval, else data.train
+    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval (the training data only when named here)
     split: str = "test"                # split of a hub `prompts` dataset
     every: int = 50                    # evaluate every N optimizer steps (and at the last step)
     n_prompts: int = 64                # the first N prompts, the same at every evaluation
@@ -135,7 +174,7 @@ class LiveEvalConfig:
     top_p: float = 0.95                # nucleus sampling for the win rate
     max_new_tokens: int = 128          # response length cap when sampling
     kl_samples: int = 1                # T=1 samples per prompt for the KL estimate
-    kl_estimator: str = "k1"           # k1 | k3: which one sqrt_kl and kl_budget use
+    kl_estimator: str = one_of("k1", "k3")  # k1 | k3: which one sqrt_kl and kl_budget use
     kl_budget: float | None = None     # stop the run once sqrt(KL) exceeds it
     batch_size: int = 64               # sampling batch
     at_start: bool = False             # also evaluate after step 1
@@ -145,7 +184,7 @@ class LiveEvalConfig:
         for name in ("every", "n_prompts", "n", "max_new_tokens", "kl_samples", "batch_size"):
             _check(getattr(self, name) > 0, f"eval.{name} must be > 0")
         _check(self.temperature >= 0 and 0 < self.top_p <= 1, "eval.temperature must be >= 0, eval.top_p in (0, 1]")
-        _one_of(self.kl_estimator, ("k1", "k3"), "eval.kl_estimator")
+        _check_choices(self, "eval.")
         _check(self.kl_budget is None or self.kl_budget > 0, "eval.kl_budget must be > 0")
         _check(self.log_generations >= 0, "eval.log_generations must be >= 0")
 
@@ -177,19 +216,22 @@ class TrainConfig:
     max_steps: int | None = None       # optimizer steps; overrides epochs
     batch_size: int = 64               # global batch per optimizer step
     micro_batch_size: int = 4          # per process per forward
-    mixed_precision: str = "auto"      # auto (bf16 where the GPU has it) | no | bf16 | fp16
+    mixed_precision: str = one_of("auto", "no", "bf16", "fp16")  # auto (bf16 where the GPU has it) | no | bf16 | fp16
     logging_steps: int = 10            # write a metrics.jsonl record every N steps
     eval_steps: int | None = None   # evaluate on data.eval every N steps (and at the end)
     eval_batch_size: int | None = None  # eval / reference precompute batch (default: 2 x micro_batch_size)
     save_steps: int | None = None      # checkpoint every N steps
     save_fractions: list = field(default_factory=list)  # e.g. [0.02, 0.05, 0.1] of total steps
     save_examples: list = field(default_factory=list)   # example counts (global) to checkpoint at
-    save_initial: bool = False         # checkpoints/step-00000000 = the initial policy
+    save_initial: bool = False         # checkpoint-0 = the initial policy
     save_resume_state: bool = True     # optimizer/scheduler/RNG in checkpoints (resumable)
-    resume_state_keep: int = 1         # only the latest N checkpoints keep their resume state
+    resume_state_keep: int | None = None  # only the latest N checkpoints keep their resume state (None: all, as TRL)
+    save_total_limit: int | None = None  # keep the latest N checkpoint-* folders, delete older ones (TRL's); None: all
+    resume_from_checkpoint: Any = None  # true: continue from the latest checkpoint in output_dir (= --resume); a
+                                        # checkpoint folder: continue from it (TRL's key)
     progress: bool = True              # tqdm bar (the lab's workers turn it off)
     report_to: list = field(default_factory=list)  # accelerate trackers (tensorboard, wandb, mlflow, ...), all, none
-    push_to_hub: bool = False          # upload final/ (weights, tokenizer, model card) at the end of the run
+    push_to_hub: bool = False          # upload the final model (weights, tokenizer, card, trainer_state.json) at the end
     hub_model_id: str | None = None    # repo id for push_to_hub; default: output_dir's folder name
     hub_private: bool | None = None    # private repo on creation (None: the hub's default)
     eval: LiveEvalConfig | None = None  # live over-optimization eval during training (evaluate/live.py)
@@ -218,13 +260,21 @@ class TrainConfig:
             _check(v is None or v > 0, f"{name} must be > 0")
         _check(all(0 < f <= 1 for f in self.save_fractions), "save_fractions must lie in (0, 1]")
         _check(all(int(e) > 0 for e in self.save_examples), "save_examples must be > 0")
-        _check(self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _check(self.resume_state_keep is None or self.resume_state_keep >= 1, "resume_state_keep must be >= 1")
+        _check(self.save_total_limit is None or self.save_total_limit >= 1, "save_total_limit must be >= 1")
+        if self.resume_from_checkpoint in (False, "false", "False", ""):
+            self.resume_from_checkpoint = None
+        _check(self.resume_from_checkpoint in (None, True) or isinstance(self.resume_from_checkpoint, str),
+               f"resume_from_checkpoint must be true or a checkpoint folder, got {self.resume_from_checkpoint!r}")
         _check(self.max_nonfinite_steps >= 1, "max_nonfinite_steps must be >= 1")
         _check(isinstance(self.response_only_head, bool), "response_only_head must be true or false")
         _check(isinstance(self.compile, bool), "compile must be true or false")
         _check(isinstance(self.log_update_norm, bool), "log_update_norm must be true or false")
-        _one_of(self.mixed_precision, ("auto", "no", "bf16", "fp16"), "mixed_precision")
+        _check_choices(self)
         self.report_to = _tracker_names(self.report_to)
+        _check(self.eval is None or self.eval.prompts or self.data.eval,
+               "eval: no evaluation prompts: set eval.prompts (held-out prompts) or data.eval; to measure on the "
+               "training prompts, set eval.prompts to the training data (it is then said at the start)")
 
     @property
     def kind(self) -> str:
@@ -244,8 +294,8 @@ class RMConfig(TrainConfig):
     """Bradley-Terry reward model (Eq. 2) on a one-label sequence classifier."""
 
     def __post_init__(self):
-        super().__post_init__()
         _check(self.eval is None, "the eval block (live generation eval) is for sft and pref runs, not rm")
+        super().__post_init__()
 
 
 def _check_loss_options(self):
@@ -267,26 +317,31 @@ LossOptions = dataclasses.make_dataclass(
 )
 
 
+def _train_signals() -> tuple:
+    from isdaa.drift import TRAIN_SIGNALS
+
+    return tuple(TRAIN_SIGNALS)
+
+
 @dataclass
 class DriftStopConfig:
     """`stop_on_drift`: a golden-free over-optimization alarm on a training-batch signal (isdaa.drift;
     the callback is isdaa.train.drift_stop). The smoothed signal is the mean of the last `smoothing`
     checks; the alarm fires after `patience` checks in a row beyond `threshold`."""
 
-    signal: str = "drift/log_ratio_mean"  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
+    signal: str = one_of(_train_signals, default="drift/log_ratio_mean")  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
     threshold: float = -2.0            # alarm below it (above it for is/clip_frac); the signal's units
     smoothing: int = 10                # trailing mean over this many checks (1: the raw value)
     patience: int = 1                  # consecutive checks beyond the threshold before the alarm
-    action: str = "stop"               # stop | keep-best (save best_by_drift/ at the alarm, train on)
+    action: str = one_of("stop", "keep-best")  # stop | keep-best (save best_by_drift/ at the alarm, train on)
     every: int | None = None           # check every N steps; default logging_steps
 
     def __post_init__(self):
-        from isdaa.drift import TRAIN_SIGNALS, check_threshold
+        from isdaa.drift import check_threshold
 
-        _one_of(self.signal, TRAIN_SIGNALS, "stop_on_drift.signal")
+        _check_choices(self, "stop_on_drift.")
         check_threshold(self.signal, self.threshold, "stop_on_drift.threshold")
         _check(self.smoothing >= 1 and self.patience >= 1, "stop_on_drift.smoothing and patience must be >= 1")
-        _one_of(self.action, ("stop", "keep-best"), "stop_on_drift.action")
         _check(self.every is None or self.every >= 1, "stop_on_drift.every must be >= 1")
 
 
@@ -307,15 +362,15 @@ class RefSyncConfig:
 class PrefConfig(TrainConfig):
     """Preference training with any method of the registry (dpo ... is-rdpo)."""
 
-    method: str = "dpo"                # dpo ipo rpo chipo rdpo, or is-<any> (losses.METHODS)
+    method: str = one_of(lambda: tuple(METHODS), default="dpo")  # dpo ipo rpo chipo rdpo, or is-<any> (losses.METHODS)
     beta: float = 0.1                  # KL strength of every method
     loss: LossOptions = field(default_factory=LossOptions)  # method options (METHOD.md)
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
-    ref_logps: str = "precompute"      # precompute (one pass, cached) | on_the_fly (ref model in memory)
+    ref_logps: str = one_of("precompute", "on_the_fly")  # precompute (one pass, cached) | on_the_fly (ref model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
     disable_dropout: bool = True       # dropout off in policy and reference (TRL's default): at step 1
                                        # pi_theta = pi_ref = pi_b exactly; false keeps the model's dropout
-    check_logps: str = "error"         # stored ref_* / behavior log-probs vs the initial models on the
+    check_logps: str = one_of("error", "recompute", "off")  # stored ref_* / behavior log-probs vs the initial models on the
                                        # trainer's ids, before training: error | recompute | off
     check_logps_rows: int = 32         # rows sampled for that check
     stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
@@ -328,10 +383,8 @@ class PrefConfig(TrainConfig):
     def __post_init__(self):
         super().__post_init__()
         _check(math.isfinite(self.beta) and self.beta > 0, f"beta must be > 0 and finite, got {self.beta}")
-        _one_of(self.method, tuple(METHODS), "method")
+        _check_choices(self)
         _check_method_options(self)
-        _one_of(self.ref_logps, ("precompute", "on_the_fly"), "ref_logps")
-        _one_of(self.check_logps, ("error", "recompute", "off"), "check_logps")
         _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
         _check_ref_sync(self)
 
@@ -398,11 +451,13 @@ def from_dict(cls, data: dict, where: str = ""):
     if not isinstance(data, dict):
         raise ValueError(f"{where or cls.__name__}: expected a mapping, got {type(data).__name__}")  # noqa: TRY004
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in data.items():
-        if key not in names:
-            raise ValueError(f"unknown config key {where + key!r}{_nearest(key, names)}")
+        if key not in fields:
+            raise ValueError(f"unknown config key {where + key!r}{_nearest(key, fields)}")
+        if isinstance(value, bool) and (choices := choices_of(fields[key])) is not None:
+            value = _yaml_word(value, choices, where + key)  # `check_logps: off` read by YAML 1.1 as False
         kwargs[key] = _coerce(hints[key], value, where + key)
     return cls(**kwargs)
 
@@ -463,8 +518,11 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(source=None, overrides=(), kind: str = "pref"):
-    """Config of `kind` (sft | rm | pref) from a YAML path or dict, then `key=value` overrides."""
+    """Config of `kind` (sft | rm | pref) from a YAML path or dict, then `key=value` overrides (the
+    command line). Both go through one translation (`trl_compat.translate`); every problem is reported
+    at once, each naming where its key came from (the file or the command line)."""
     _one_of(kind, tuple(CONFIG_CLASSES), "kind")
+    origin = str(source) if isinstance(source, (str, Path)) else None
     if source is None:
         data = {}
     elif isinstance(source, dict):
@@ -481,17 +539,27 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
     from isdaa import trl_compat
 
     cls = CONFIG_CLASSES[kind]
-    data, problems = trl_compat.translate(data, cls)           # TRL key names -> isdaa's (trl_compat.py)
-    extra, more = trl_compat.translate(parse_overrides(overrides), cls)
-    data = _merge(data, extra)
+    sources = [(data, origin), (parse_overrides(overrides), trl_compat.COMMAND_LINE)]
+    data, problems, tree = trl_compat.translate(sources, cls)  # TRL key names -> isdaa's (trl_compat.py)
     declared = data.pop("kind", kind)
     _check(declared == kind, f"this config is for `isdaa train {declared}`, not `{kind}`")
-    problems += more + trl_compat.unknown_keys(cls, data)
+    problems += trl_compat.unknown_keys(cls, data, origin=tree.origin)
     if problems:  # every unknown / unsupported key at once
-        head = f"{source}: " if isinstance(source, (str, Path)) else ""
-        raise ValueError(head + ("; ".join(problems) if len(problems) == 1 else
-                                 f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems)))
-    return from_dict(cls, data)
+        raise ValueError(problems[0] if len(problems) == 1 else
+                         f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems))
+    try:
+        return from_dict(cls, data)
+    except ValueError as err:  # a bad value: name where it came from
+        raise ValueError(_attributed(str(err), tree)) from None
+
+
+def _attributed(message: str, tree) -> str:
+    """`message` headed by the origin of the config keys it names, when they all come from one place."""
+    import re
+
+    named = [k for k in tree.rank if re.search(rf"(?<![\w.]){re.escape(k)}(?![\w])", message)]
+    origins = {tree.origin(k) for k in named}
+    return f"{origins.pop()}: {message}" if len(origins) == 1 and None not in origins else message
 
 
 def to_dict(cfg) -> dict:

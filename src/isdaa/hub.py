@@ -1,9 +1,13 @@
 """Model cards and pushes to the Hugging Face Hub (huggingface_hub's ModelCardData / HfApi).
 
-At the end of every run, RUN/final/ gets README.md (the model card: method, beta, the IS settings, the
-data, the final metrics and how to reproduce) and isdaa_config.yaml (the resolved config); with
-`push_to_hub: true` the folder is uploaded to `hub_model_id` (default: output_dir's folder name). The
-token comes from the environment (HF_TOKEN) or `huggingface-cli login`, never from a config.
+At the end of every run, the final model's folder (the output root, TRL's layout; a legacy run's final/)
+gets README.md (the model card: method, beta, the IS settings, the data, the final metrics and how to
+reproduce) and isdaa_config.yaml (the resolved config); with `push_to_hub: true` the model's files, the
+card, the config and trainer_state.json are uploaded to `hub_model_id` (default: output_dir's folder
+name; checkpoints, metrics and tracker logs stay local). A failed push (no network, no token) is one
+line that says where the model is saved and how to push it later; the run stays finished
+(summary.json records the error under `push_to_hub`). The token comes from the environment (HF_TOKEN)
+or `huggingface-cli login`, never from a config.
 """
 
 from __future__ import annotations
@@ -86,28 +90,58 @@ def write_card(folder, cfg, summary: dict, merged: bool = False) -> Path:
     return folder / "README.md"
 
 
-def push_folder(folder, repo_id: str, private: bool | None = None, message: str = "isdaa: upload model") -> str:
-    """Create `repo_id` (if needed) and upload `folder`; returns the commit URL."""
+def push_folder(folder, repo_id: str, private: bool | None = None, message: str = "isdaa: upload model",
+                allow_patterns: list[str] | None = None) -> str:
+    """Create `repo_id` (if needed) and upload `folder` (only `allow_patterns`, when given); returns the
+    commit URL."""
     from huggingface_hub import HfApi
 
     api = HfApi()  # token: HF_TOKEN or the cached login
     api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model")
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=message, repo_type="model",
+                             allow_patterns=allow_patterns)
     return getattr(info, "commit_url", str(info))
 
 
+def push_error(err: BaseException, repo: str, folder) -> str:
+    """One line for a failed push: the first line of the error, where the model is, how to push it later."""
+    first = (str(err).strip().splitlines() or [""])[0][:200]
+    return (f"push_to_hub to {repo} failed ({type(err).__name__}: {first}); the model is saved in {folder}: push "
+            f"it later with `huggingface-cli upload {repo} {folder}`")
+
+
 class HubCallback(TrainerCallback):
-    """At the end of a run (finished or stopped): the model card into RUN/final/, then the push."""
+    """At the end of a run (finished or stopped): the model card next to the final model, then the push.
+    A failed push is recorded in the summary (`push_to_hub.error`) and warned about in one line."""
 
     def on_train_end(self, ctx):
         if not ctx.is_main_process:
             return
-        cfg, final = ctx.cfg, Path(ctx.output_dir) / "final"
-        if not final.is_dir():
+        from isdaa.train import checkpoint as ckpt
+
+        cfg, folder = ctx.cfg, ckpt.final_model_dir(ctx.output_dir)
+        if folder is None:
             return
-        write_card(final, cfg, ctx.summary or {})
-        if cfg.push_to_hub:
-            repo = cfg.hub_model_id or Path(cfg.output_dir).name
-            url = push_folder(final, repo, cfg.hub_private, f"isdaa: {getattr(cfg, 'method', cfg.kind)} run "
-                                                              f"{Path(cfg.output_dir).name}, step {ctx.step}")
-            print(f"pushed {final} to {repo}: {url}")
+        write_card(folder, cfg, ctx.summary or {})
+        if not cfg.push_to_hub:
+            return
+        repo = cfg.hub_model_id or Path(cfg.output_dir).name
+        files = ckpt.read_state(folder).get("files") if (Path(folder) / ckpt.STATE).is_file() else None
+        allow = None if files is None else [*files, "README.md", "isdaa_config.yaml", ckpt.HF_STATE]
+        try:
+            url = push_folder(folder, repo, cfg.hub_private, f"isdaa: {getattr(cfg, 'method', cfg.kind)} run "
+                                                               f"{Path(cfg.output_dir).name}, step {ctx.step}", allow)
+        except Exception as err:  # network, token, permissions: the run itself is done and saved
+            import warnings
+
+            from isdaa.io import atomic_write_json
+
+            message = push_error(err, repo, folder)
+            if ctx.summary is not None:
+                ctx.summary["push_to_hub"] = {"repo_id": repo, "error": message}
+                atomic_write_json(Path(ctx.output_dir) / "summary.json", ctx.summary)
+            warnings.warn(message, stacklevel=2)
+            return
+        if ctx.summary is not None:
+            ctx.summary["push_to_hub"] = {"repo_id": repo, "url": url}
+        print(f"pushed {folder} to {repo}: {url}")

@@ -1,13 +1,17 @@
 """TRL's key names accepted as aliases of isdaa's, so that a DPOConfig / TrainingArguments / ModelConfig /
-ScriptArguments YAML (as the TRL docs write one) trains unchanged. `translate` maps a flat TRL-style
-mapping onto isdaa's nested keys; the typed config then validates it and the run writes it resolved
-(isdaa's names only). The full list, and the TRL keys deliberately refused, is docs/TRL.md.
+ScriptArguments YAML (as the TRL docs write one) trains unchanged. `translate` maps TRL-style mappings
+onto isdaa's nested keys; the typed config then validates it and the run writes it resolved (isdaa's
+names only). The full list, and the TRL keys deliberately refused, is docs/TRL.md.
 
-    translate({"learning_rate": 5e-7, "loss_type": "sigmoid", "bf16": True}, PrefConfig)
-    -> ({"optim": {"lr": 5e-7}, "method": "dpo", "mixed_precision": "bf16"}, [])
+    translate([({"learning_rate": 5e-7, "loss_type": "sigmoid"}, "dpo.yaml"), ({"bf16": True}, "command line")],
+              PrefConfig)
+    -> ({"optim": {"lr": 5e-7}, "method": "dpo", "mixed_precision": "bf16"}, [], tree)
 
-An isdaa name always wins over an alias (a key that is both is isdaa's); an alias and the isdaa key it
-stands for given with different values is an error. Problems are returned, not raised, so that
+One path for every source: the YAML file and the command line are merged first, then translated once,
+so `--eval_strategy steps` on the command line means what it means in the file. A later source wins
+(the command line over the file, under either name); within one source, an alias and the isdaa key it
+stands for with different values is an error. An isdaa name always wins over an alias (a key that is
+both is isdaa's). Problems are returned, not raised, each headed by its source, so that
 `isdaa.config.load_config` reports every one of them at once.
 """
 
@@ -87,21 +91,22 @@ NO_OP = {
     "logging_first_step": (False,),         # isdaa logs every logging_steps (and the last step)
 }
 
-# TRL keys refused, with the reason (instead of a generic "unknown key")
+# TRL keys refused, with the reason (instead of a generic "unknown key"). A refused key at a value in
+# HARMLESS (TRL's default: the feature off) is accepted, so that a config holding TRL's defaults loads.
 REFUSED = {
     "hub_token": "secrets are never read from a config: set the HF_TOKEN environment variable",
-    "loss_weights": "isdaa trains one method per run (no loss mixtures)",
+    "loss_weights": "loss_weights go with a loss_type list; isdaa maps [sigmoid] and [ipo] with weight 1",
     "label_smoothing": "robust / EXO losses are not in isdaa's registry",
     "f_divergence_type": "f-DPO divergences are not in isdaa's registry",
     "f_alpha_divergence_coef": "f-DPO divergences are not in isdaa's registry",
-    "use_weighting": "WPO weighting is not implemented; isdaa's weighting is IS (method: is-dpo ...)",
+    "use_weighting": "WPO weighting is not available yet; isdaa's weighting is IS (method: is-dpo ...)",
     "ld_alpha": "LD-DPO is not implemented",
     "discopop_tau": "DiscoPOP is not implemented",
-    "sync_ref_model": "TR-DPO reference syncing is not implemented",
-    "ref_model_mixup_alpha": "TR-DPO reference syncing is not implemented",
-    "ref_model_sync_steps": "TR-DPO reference syncing is not implemented",
-    "padding_free": "padding-free batches are not implemented (isdaa pads to the batch's longest sequence)",
-    "save_total_limit": "use resume_state_keep (resume state) and save_steps / save_fractions",
+    "sync_ref_model": "TR-DPO reference syncing is not available yet",
+    "ref_model_mixup_alpha": "TR-DPO reference syncing is not available yet (needs sync_ref_model)",
+    "ref_model_sync_steps": "TR-DPO reference syncing is not available yet (needs sync_ref_model)",
+    "padding_free": "padding-free batches are not implemented (isdaa pads to the batch's longest sequence; "
+                    "pack_pairs puts each pair in one row)",
     "overwrite_output_dir": "pass --overwrite to `isdaa train`",
     "use_liger_kernel": "not supported",
     "load_in_4bit": "quantized training is not supported",
@@ -110,18 +115,57 @@ REFUSED = {
     "use_rslora": "not supported (LoRA options: lora_r, lora_alpha, lora_dropout, lora_target_modules)",
     "use_dora": "not supported (LoRA options: lora_r, lora_alpha, lora_dropout, lora_target_modules)",
     "model_init_kwargs": "use model.dtype, model.attn_implementation, model.revision, model.trust_remote_code",
-    "rpo_alpha": "isdaa's RPO is method: rpo with loss.rpo_eta (METHOD.md)",
+    "rpo_alpha": "TRL 1.x removed it (RPO is loss_type: [sigmoid, sft]); isdaa's RPO is method: rpo, loss.rpo_eta",
 }
+# TRL's default for each refused feature: accepted, it asks for nothing isdaa lacks
+HARMLESS = {"loss_weights": (None,), "label_smoothing": (0, 0.0), "f_divergence_type": ("reverse_kl",),
+            "f_alpha_divergence_coef": (0.5,), "use_weighting": (False,), "ld_alpha": (None,), "discopop_tau": (0.05,),
+            "sync_ref_model": (False,), "padding_free": (False,), "overwrite_output_dir": (False,),
+            "use_liger_kernel": (False,), "load_in_4bit": (False,), "load_in_8bit": (False,), "use_rslora": (False,),
+            "use_dora": (False,), "model_init_kwargs": (None,), "rpo_alpha": (None,), "lora_task_type": ("CAUSAL_LM",)}
+# A TRL block switch and its member keys: members are ignored (with a warning unless at TRL's defaults)
+# while the switch is off, as TRL ignores them. isdaa block -> members' targets: ALIASES.
+#   WPO, once `loss.wpo_weighting` exists:  ALIASES["use_weighting"] = "loss.wpo_weighting"
+#   TR-DPO, once a `ref_sync` block exists: SWITCHES["sync_ref_model"] = ("ref_sync", ("ref_model_mixup_alpha",
+#                                           "ref_model_sync_steps"), {}) with their two ALIASES
+SWITCHES = {
+    "use_peft": ("model.lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
+                 {"target_modules": None}),   # TRL's default: peft's per-architecture modules
+}
+MEMBER_DEFAULTS = {"ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 512}  # harmless with sync_ref_model off
 
-TRL_LOSSES = {"sigmoid": "dpo", "ipo": "ipo"}
+# loss_type (a list in TRL 1.x; a sum, so sorted here) -> isdaa keys, for the combinations isdaa has exactly:
+# a mapping (every loss_weight must be 1), or a function of {loss type: weight} returning one (e.g. a weight
+# that becomes a loss option). TRL's ipo divides each log-ratio by its response's token count
+# (dpo_trainer.py, "ipo"): isdaa's ipo_length_normalize (tests/test_trl_compat.py checks it against TRL's code).
+TRL_LOSSES = {("sigmoid",): {"method": "dpo"},
+              ("ipo",): {"method": "ipo", "loss.ipo_length_normalize": True}}
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
               "sgd": "sgd"}
 DTYPES = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32", "auto": "auto", "bf16": "bf16", "fp16": "fp16",
           "fp32": "fp32"}
-LORA_KEYS = ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules")
+# isdaa defaults that differ from TRL 1.x's (DPOConfig / TrainingArguments): isdaa key -> (TRL key, TRL's
+# default). Listed once at the start of a run for the keys a config left at isdaa's default
+# (train/notices.py); tests/test_trl_compat.py checks them against TRL's own dataclass.
+DEFAULT_DIFFERENCES = {
+    "optim.scheduler": ("lr_scheduler_type", "linear"),
+    "optim.warmup_steps": ("warmup_steps", 0),
+    "epochs": ("num_train_epochs", 3.0),
+    "micro_batch_size": ("per_device_train_batch_size", 8),
+    "batch_size": ("per_device_train_batch_size x gradient_accumulation_steps", 8),
+    "data.max_length": ("max_length", 1024),
+    "data.max_prompt_length": ("max_prompt_length", "none (prompts cut by max_length only)"),
+    "model.gradient_checkpointing": ("gradient_checkpointing", True),
+    "mixed_precision": ("bf16", True),
+    "ref_logps": ("precompute_ref_log_probs", False),
+    "save_steps": ("save_steps", 500),
+    "seed": ("seed", 42),
+}
 TRL_DEFAULT_MICRO_BATCH = 8  # TrainingArguments.per_device_train_batch_size
+DEFAULT_PROMPT_LIMIT = 512  # isdaa's data.max_prompt_length
 TRL_DEFAULT_LOGGING_STEPS = 10  # DPOConfig.logging_steps
+COMMAND_LINE = "command line"
 
 
 def trl_names() -> list[str]:
@@ -133,150 +177,280 @@ def _fields(cls) -> dict:
     return {f.name: f for f in dataclasses.fields(cls)}
 
 
-def _set(out: dict, dotted: str, value, origin: str, problems: list) -> None:
-    node = out
-    *parents, last = dotted.split(".")
-    for part in parents:
-        if node.get(part) is None:
-            node[part] = {}
-        node = node[part]
-        if not isinstance(node, dict):
-            problems.append(f"{origin!r} sets {dotted!r}, but {part!r} is not a mapping")
-            return
-    if last in node and node[last] != value:
-        problems.append(f"{origin!r} (TRL name for {dotted!r}) = {value!r} conflicts with {dotted} = {node[last]!r}")
-        return
-    node[last] = value
-
-
 def world_size() -> int:
     """Processes of this launch (accelerate / torchrun set WORLD_SIZE); 1 otherwise."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1)
 
 
-def translate(data: dict, cls) -> tuple[dict, list[str]]:
-    """(isdaa-keyed mapping, problems) for `data`, a config mapping that may use TRL's names. Keys that are
-    neither TRL's nor isdaa's pass through unchanged (`unknown_keys` reports them)."""
-    if not isinstance(data, dict):
-        return data, []
-    data = copy.deepcopy(data)  # aliases write into nested mappings: never into the caller's
+def _where(origin) -> str:
+    return f"{origin}: " if origin else ""
+
+
+class _Tree:
+    """The isdaa-keyed mapping being built, with the rank of the source that set each leaf (sources
+    later in the list override earlier ones: the file, then the command line) and its origin."""
+
+    def __init__(self, origins: list):
+        self.data: dict = {}
+        self.rank: dict[str, int] = {}   # dotted leaf -> rank of its source
+        self.origins = origins
+        self.problems: list[str] = []
+
+    def origin(self, dotted: str):
+        """The origin (file / command line) of the value at `dotted` or of the nearest key above it."""
+        parts = dotted.split(".")
+        for n in range(len(parts), 0, -1):
+            key = ".".join(parts[:n])
+            if key in self.rank:
+                return self.origins[self.rank[key]]
+        return None
+
+    def merge(self, value, prefix: str, rank: int) -> None:
+        """An isdaa-named value (mappings nested) from the source of rank `rank`."""
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                self.merge(v, f"{prefix}.{k}" if prefix else str(k), rank)
+            return
+        self.put(prefix, value, rank)
+
+    def put(self, dotted: str, value, rank: int) -> None:
+        node = self._parent(dotted)
+        if node is None:
+            return
+        for k in [k for k in self.rank if k.startswith(dotted + ".")]:  # a whole block replaces its leaves
+            del self.rank[k]
+        node[dotted.rsplit(".", 1)[-1]] = copy.deepcopy(value)
+        self.rank[dotted] = rank
+
+    def get(self, dotted: str, default=None):
+        node = self.data
+        for part in dotted.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return default
+            node = node[part]
+        return node
+
+    def _parent(self, dotted: str) -> dict | None:
+        node = self.data
+        *parents, _ = dotted.split(".")
+        for i, part in enumerate(parents):
+            if node.get(part) is None:
+                node[part] = {}
+            node = node[part]
+            if not isinstance(node, dict):
+                self.problems.append(f"{_where(self.origin('.'.join(parents[: i + 1])))}{dotted!r} is set, but "
+                                     f"{'.'.join(parents[: i + 1])!r} is not a mapping")
+                return None
+        return node
+
+    def set_trl(self, dotted: str, value, key: str, rank: int) -> None:
+        """`key` (a TRL name, from the source of rank `rank`) sets `dotted`. Against a value already
+        there: a later source wins; within one source, a different value is a conflict."""
+        if dotted in self.rank:
+            old = self.get(dotted)
+            if self.rank[dotted] > rank or (self.rank[dotted] == rank and old == value):
+                return  # e.g. optim.lr on the command line over learning_rate in the file
+            if self.rank[dotted] == rank:
+                self.problems.append(f"{_where(self.origins[rank])}{key!r} (TRL name for {dotted!r}) = {value!r} "
+                                     f"conflicts with {dotted} = {old!r}")
+                return
+        self.put(dotted, value, rank)
+
+
+def translate(sources, cls) -> tuple[dict, list[str], _Tree]:
+    """(isdaa-keyed mapping, problems, tree) for `sources`: [(mapping, origin)], config mappings that may
+    use TRL's names, the later overriding the earlier (the file, then the command line; `origin` names
+    them in messages). Keys that are neither TRL's nor isdaa's pass through unchanged (`unknown_keys`
+    reports them). Every source is merged first, then translated once: a TRL key and the keys it
+    combines with (dataset_name + eval_strategy, per_device_train_batch_size + gradient_accumulation_steps)
+    mean the same wherever each was given."""
+    if isinstance(sources, dict):
+        sources = [(sources, None)]
     names = _fields(cls)
-    out, problems, trl = {}, [], {}
-    for key, value in data.items():
-        if key in names or key == "kind":
-            if key == "max_steps" and value is not None and str(value).strip() == "-1":
-                value = None  # TRL's "unset"
-            if key == "mixed_precision" and value is False:
-                value = "no"  # YAML 1.1 reads `no` as false
-            if key == "optim" and isinstance(value, str):  # TRL's optimizer name
-                trl[key] = value
-                continue
-            if key == "method" and TRL_LOSSES.get(value, value) != value:  # e.g. method=sigmoid
-                problems.append(f"method {value!r} is TRL's loss_type name: isdaa's is "
-                                f"method: {TRL_LOSSES[value]} (or loss_type: {value})")
-                continue
-            out[key] = _merge_dict(out.get(key), value)
-        elif key in ALIASES or key in CONVERTED or key in NO_OP or key in REFUSED:
-            trl[key] = value
-        else:
-            out[key] = value
-    for key, value in trl.items():
-        if key in REFUSED:
-            problems.append(f"TRL key {key!r} is not supported: {REFUSED[key]}")
+    tree = _Tree([origin for _, origin in sources])
+    trl: dict[str, tuple] = {}  # TRL key -> (value, rank)
+    for rank, (data, origin) in enumerate(sources):
+        if not isinstance(data, dict):
+            continue
+        for key, value in data.items():
+            if key in names or key == "kind":
+                if key == "max_steps" and value is not None and str(value).strip() == "-1":
+                    value = None  # TRL's "unset"
+                if key == "optim" and isinstance(value, str):  # TRL's optimizer name
+                    trl[key] = (value, rank)
+                    continue
+                isdaa = TRL_LOSSES.get((value,), {}).get("method", value) if isinstance(value, str) else value
+                if key == "method" and isdaa != value:  # e.g. method=sigmoid
+                    tree.problems.append(f"{_where(origin)}method {value!r} is TRL's loss_type name: isdaa's is "
+                                         f"method: {isdaa} (or loss_type: {value})")
+                    continue
+                tree.merge(value, key, rank)
+            elif key in ALIASES or key in CONVERTED or key in NO_OP or key in REFUSED or key in SWITCHES:
+                trl[key] = (value, rank)
+            else:
+                tree.merge(value, key, rank)
+    for key, (value, rank) in trl.items():
+        where = _where(tree.origins[rank])
+        switch = next((s for s, (_, members, _) in SWITCHES.items() if key in members), None)
+        if key in MEMBER_DEFAULTS and not (trl.get("sync_ref_model") or (False,))[0]:
+            if value != MEMBER_DEFAULTS[key]:
+                _warn(f"{where}{key} = {value!r} given without sync_ref_model: true; ignored (as TRL does)")
+        elif key in REFUSED:
+            if value not in HARMLESS.get(key, ()) and not (key == "loss_weights" and "loss_type" in trl):
+                tree.problems.append(f"{where}TRL key {key!r} is not supported: {REFUSED[key]}")
         elif key in NO_OP:
             allowed = NO_OP[key]
             if allowed is not None and value not in allowed:
-                problems.append(f"TRL key {key!r} = {value!r} is not supported (isdaa behaves as {allowed[0]!r})")
-        elif key in ALIASES:
-            if key in LORA_KEYS:
-                continue  # below, with use_peft
-            _set(out, ALIASES[key], value, key, problems)
-    _convert(trl, out, problems)
-    return out, problems
+                tree.problems.append(f"{where}TRL key {key!r} = {value!r} is not supported (isdaa behaves as "
+                                     f"{allowed[0]!r})")
+        elif key in ALIASES and switch is None:
+            tree.set_trl(ALIASES[key], value, key, rank)
+    _convert(trl, tree)
+    return tree.data, tree.problems, tree
 
 
-def _merge_dict(old, new):
-    if isinstance(old, dict) and isinstance(new, dict):
-        return {**old, **new}
-    return new
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=4)
 
 
-def _convert(trl: dict, out: dict, problems: list) -> None:
-    """The TRL keys whose values change on the way (CONVERTED)."""
+def _convert(trl: dict, tree: _Tree) -> None:
+    """The TRL keys whose values change on the way (CONVERTED), and the block switches (SWITCHES)."""
+    def rank_of(*keys):
+        return max(trl[k][1] for k in keys if k in trl)
+
+    def where(*keys):
+        return _where(tree.origins[rank_of(*keys)])
+
     if "loss_type" in trl:
-        value = trl["loss_type"]
-        value = value[0] if isinstance(value, list) and len(value) == 1 else value
-        if value in TRL_LOSSES:
-            _set(out, "method", TRL_LOSSES[value], "loss_type", problems)
-        else:
-            problems.append(f"TRL loss_type {value!r} is not supported: isdaa maps sigmoid -> dpo and ipo -> ipo; "
-                            "its other methods (rpo, chipo, rdpo, is-*) are set with `method`")
+        _loss_type(trl, tree, rank_of("loss_type", "loss_weights"), where("loss_type", "loss_weights"))
     for key, table, target in (("lr_scheduler_type", SCHEDULERS, "optim.scheduler"),
                                ("optim", OPTIMIZERS, "optim.optimizer")):
         if key in trl:
-            if trl[key] in table:
-                _set(out, target, table[trl[key]], key, problems)
+            value = trl[key][0]
+            if value in table:
+                tree.set_trl(target, table[value], key, rank_of(key))
             else:
-                problems.append(f"TRL {key} {trl[key]!r} is not supported (one of {sorted(table)})")
+                tree.problems.append(f"{where(key)}TRL {key} {value!r} is not supported (one of {sorted(table)})")
     for key in ("dtype", "torch_dtype"):
         if key in trl:
-            if trl[key] in DTYPES:
-                _set(out, "model.dtype", DTYPES[trl[key]], key, problems)
+            value = trl[key][0]
+            if value in DTYPES:
+                tree.set_trl("model.dtype", DTYPES[value], key, rank_of(key))
             else:
-                problems.append(f"TRL {key} {trl[key]!r} is not supported (one of {sorted(DTYPES)})")
+                tree.problems.append(f"{where(key)}TRL {key} {value!r} is not supported (one of {sorted(DTYPES)})")
     if "bf16" in trl or "fp16" in trl:
-        bf16, fp16 = bool(trl.get("bf16")), bool(trl.get("fp16"))
+        bf16, fp16 = bool((trl.get("bf16") or (None,))[0]), bool((trl.get("fp16") or (None,))[0])
         if bf16 and fp16:
-            problems.append("TRL bf16 and fp16 are both true")
+            tree.problems.append(f"{where('bf16', 'fp16')}TRL bf16 and fp16 are both true")
         else:
-            _set(out, "mixed_precision", "bf16" if bf16 else "fp16" if fp16 else "no", "bf16/fp16", problems)
+            tree.set_trl("mixed_precision", "bf16" if bf16 else "fp16" if fp16 else "no", "bf16/fp16",
+                         rank_of("bf16", "fp16"))
     if "warmup_steps" in trl:
-        w = trl["warmup_steps"]
+        w = trl["warmup_steps"][0]
         ratio = isinstance(w, float) and 0 < w < 1
-        _set(out, "optim.warmup_ratio" if ratio else "optim.warmup_steps", w, "warmup_steps", problems)
+        tree.set_trl("optim.warmup_ratio" if ratio else "optim.warmup_steps", w, "warmup_steps", rank_of("warmup_steps"))
     if "precompute_ref_log_probs" in trl:
-        _set(out, "ref_logps", "precompute" if trl["precompute_ref_log_probs"] else "on_the_fly",
-             "precompute_ref_log_probs", problems)
-    _peft(trl, out, problems)
-    _batch(trl, out, problems)
+        tree.set_trl("ref_logps", "precompute" if trl["precompute_ref_log_probs"][0] else "on_the_fly",
+                     "precompute_ref_log_probs", rank_of("precompute_ref_log_probs"))
+    if "max_length" in trl and tree.get("data.max_prompt_length") is None:
+        # TRL 1.x has no prompt limit (max_length cuts prompt + response); isdaa's (512) must stay below
+        # max_length: a shorter max_length keeps half of it for the prompt
+        value, rank = trl["max_length"]
+        if isinstance(value, int) and not isinstance(value, bool) and value <= DEFAULT_PROMPT_LIMIT:
+            tree.set_trl("data.max_prompt_length", max(1, value // 2), "max_length", rank)
+    for switch in SWITCHES:
+        _switch(switch, trl, tree)
+    _batch(trl, tree)
     if "eval_strategy" in trl:
-        strategy = "no" if trl["eval_strategy"] is False else trl["eval_strategy"]
+        value, rank = trl["eval_strategy"]
+        strategy = "no" if value is False else value  # YAML 1.1 reads `no` as false
         if strategy == "steps":
-            data = out.get("data") or {}
-            if not data.get("eval"):
-                _set(out, "data.eval", data.get("train"), "eval_strategy", problems)
-            if out.get("eval_steps") is None:  # as TrainingArguments: eval_steps defaults to logging_steps
-                out["eval_steps"] = out.get("logging_steps", TRL_DEFAULT_LOGGING_STEPS)
+            if not tree.get("data.eval"):  # TRL: dataset_test_split of the training dataset
+                tree.set_trl("data.eval", tree.get("data.train"), "eval_strategy", rank)
+            if tree.get("eval_steps") is None:  # as TrainingArguments: eval_steps defaults to logging_steps
+                tree.set_trl("eval_steps", tree.get("logging_steps", TRL_DEFAULT_LOGGING_STEPS), "eval_strategy", rank)
         elif strategy != "no":
-            problems.append(f"TRL eval_strategy {strategy!r} is not supported (steps | no; isdaa counts steps)")
+            tree.problems.append(f"{where('eval_strategy')}TRL eval_strategy {strategy!r} is not supported (steps | "
+                                 "no; isdaa counts steps)")
 
 
-def _peft(trl: dict, out: dict, problems: list) -> None:
-    lora = {ALIASES[k].rsplit(".", 1)[1]: trl[k] for k in LORA_KEYS if k in trl}
-    if trl.get("use_peft"):
-        lora.setdefault("target_modules", None)  # TRL's default: peft's per-architecture modules
-        for k, v in lora.items():
-            _set(out, f"model.lora.{k}", v, f"lora_{k}" if k != "target_modules" else "lora_target_modules",
-                 problems)
-    elif lora:  # as TRL: LoRA options without use_peft are ignored (said aloud, not silently)
-        warnings.warn(f"{sorted(k for k in LORA_KEYS if k in trl)} given without use_peft: true; ignored (as TRL "
-                      "does), training the full model", stacklevel=3)
-
-
-def _batch(trl: dict, out: dict, problems: list) -> None:
-    if "per_device_train_batch_size" not in trl and "gradient_accumulation_steps" not in trl:
+def _loss_type(trl: dict, tree: _Tree, rank: int, where: str) -> None:
+    """TRL 1.x `loss_type` (a list; a string is one element) with `loss_weights` -> isdaa's method and options,
+    where isdaa has the combination exactly (TRL_LOSSES); anything else is refused, naming the nearest."""
+    types = trl["loss_type"][0]
+    types = [types] if isinstance(types, str) else list(types or [])
+    weights = (trl.get("loss_weights") or (None,))[0]
+    weights = [1.0] * len(types) if weights is None else list(weights)
+    if len(weights) != len(types):
+        tree.problems.append(f"{where}loss_weights has {len(weights)} values for {len(types)} loss_type entries")
         return
-    micro = trl.get("per_device_train_batch_size", TRL_DEFAULT_MICRO_BATCH)
-    accum = trl.get("gradient_accumulation_steps", 1)
+    mixture = dict(zip(types, weights))
+    target = TRL_LOSSES.get(tuple(sorted(types)))
+    if callable(target):
+        target = target(mixture)
+    elif target is not None and not all(float(w) == 1.0 for w in weights):
+        tree.problems.append(f"{where}TRL loss_weights {weights} for loss_type {types}: isdaa has no loss scale "
+                             "(a weight != 1 on a single loss changes the step size; set optim.lr)")
+        return
+    if target is not None:
+        method = tree.get("method")
+        for dotted, value in target.items():
+            if dotted == "method" and method == f"is-{value}" and tree.rank.get("method", -1) >= rank:
+                continue  # `method: is-dpo` with `loss_type: sigmoid`: the IS variant of the same loss
+            tree.set_trl(dotted, value, "loss_type", rank)
+        return
+    if set(mixture) == {"sigmoid", "sft"}:
+        alpha, beta = float(mixture["sft"]), float(tree.get("beta", 0.1) or 0.1)
+        tree.problems.append(
+            f"{where}TRL loss_type [sigmoid, sft] (RPO) is not supported exactly: TRL's sft term is the mean NLL "
+            "over every chosen token of the micro-batch (long responses weigh more, and the value depends on the "
+            "micro-batch split); isdaa's nearest is method: rpo with loss.rpo_nll_mean: true and loss.rpo_eta = "
+            f"alpha / beta = {alpha:g} / {beta:g} = {alpha / beta:g}, which averages each pair's per-token NLL "
+            "(equal to TRL's when a micro-batch's chosen responses have equal lengths)"
+            + ("" if float(mixture["sigmoid"]) == 1.0 else "; a sigmoid weight != 1 has no isdaa equivalent"))
+        return
+    known = ", ".join(t[0] for t in TRL_LOSSES)
+    tree.problems.append(f"{where}TRL loss_type {types if len(types) > 1 else types[0]!r} is not supported: isdaa "
+                         f"maps {known} (sigmoid -> dpo, ipo -> ipo length-normalized); its other methods (rpo, chipo, "
+                         "rdpo, simpo, is-*) are set with `method`")
+
+
+def _switch(switch: str, trl: dict, tree: _Tree) -> None:
+    """A TRL switch (use_peft) turns an isdaa block on with its member keys; members without it are
+    ignored with a warning, as TRL ignores them."""
+    block, members, defaults = SWITCHES[switch]
+    given = [k for k in members if k in trl]
+    if switch in trl and trl[switch][0]:
+        rank = trl[switch][1]
+        for field_name, value in defaults.items():
+            if not any(ALIASES[k].endswith("." + field_name) for k in given):
+                tree.set_trl(f"{block}.{field_name}", value, switch, rank)
+        if not given and not defaults:
+            tree.set_trl(block, {}, switch, rank)
+        for k in given:
+            tree.set_trl(ALIASES[k], trl[k][0], k, trl[k][1])
+    elif given:
+        _warn(f"{_where(tree.origins[max(trl[k][1] for k in given)])}{sorted(given)} given without {switch}: true; "
+              "ignored (as TRL does)")
+
+
+def _batch(trl: dict, tree: _Tree) -> None:
+    keys = [k for k in ("per_device_train_batch_size", "gradient_accumulation_steps") if k in trl]
+    if not keys:
+        return
+    micro = (trl.get("per_device_train_batch_size") or (TRL_DEFAULT_MICRO_BATCH,))[0]
+    accum = (trl.get("gradient_accumulation_steps") or (1,))[0]
+    rank = max(trl[k][1] for k in keys)
     try:
         micro, accum = int(micro), int(accum)
     except (TypeError, ValueError):
-        problems.append(f"per_device_train_batch_size ({micro!r}) and gradient_accumulation_steps ({accum!r}) "
-                        "must be integers")
+        tree.problems.append(f"{_where(tree.origins[rank])}per_device_train_batch_size ({micro!r}) and "
+                             f"gradient_accumulation_steps ({accum!r}) must be integers")
         return
-    _set(out, "micro_batch_size", micro, "per_device_train_batch_size", problems)
-    _set(out, "batch_size", micro * accum * world_size(), "per_device_train_batch_size x "
-         "gradient_accumulation_steps x processes", problems)
+    tree.set_trl("micro_batch_size", micro, "per_device_train_batch_size",
+                 trl.get("per_device_train_batch_size", (None, rank))[1])
+    tree.set_trl("batch_size", micro * accum * world_size(), "per_device_train_batch_size x "
+                 "gradient_accumulation_steps x processes", rank)
 
 
 # ---------------------------------------------------------------- unknown keys, reported together
@@ -319,16 +493,18 @@ def suggest(key: str, cls, prefix: str = "") -> str:
     return f" (did you mean {name!r}?)"
 
 
-def unknown_keys(cls, data, prefix: str = "") -> list[str]:
-    """One message per key of `data` that `cls` (recursively) does not have."""
+def unknown_keys(cls, data, prefix: str = "", origin=lambda dotted: None) -> list[str]:
+    """One message per key of `data` that `cls` (recursively) does not have, headed by the key's origin
+    (`origin(dotted key)`: the file or the command line)."""
     if not isinstance(data, dict):
         return []
     hints, out = typing.get_type_hints(cls), []
     for key, value in data.items():
         if key not in hints or key not in _fields(cls):
-            out.append(f"unknown config key {prefix + str(key)!r}{suggest(str(key), cls, prefix)}")
+            out.append(f"{_where(origin(prefix + str(key)))}unknown config key {prefix + str(key)!r}"
+                       f"{suggest(str(key), cls, prefix)}")
             continue
         sub = _hint(hints[key])
         if sub is not None and isinstance(value, dict):
-            out += unknown_keys(sub, value, prefix + key + ".")
+            out += unknown_keys(sub, value, prefix + key + ".", origin)
     return out

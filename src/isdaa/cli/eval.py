@@ -87,7 +87,7 @@ def _cfg(kw):
 @click.command("eval")
 @click.option("--policy", type=click.Path(exists=True), help="policy to evaluate (save_pretrained dir)")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False),
-              help="evaluate every checkpoint of a training run (RUN/checkpoints/step-*)")
+              help="evaluate every checkpoint of a training run (RUN/checkpoint-*, and the final model)")
 @click.option("--ref", required=True, type=click.Path(exists=True), help="reference policy pi_ref")
 @click.option("--reward", required=True, help="golden reward: reward-model dir or `module:function`")
 @click.option("--data", required=True, help="evaluation set (.jsonl/.json/.parquet or hub name) with prompt, chosen")

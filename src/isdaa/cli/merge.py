@@ -12,8 +12,8 @@ import click
 
 
 def _adapter_dir(path: Path) -> Path:
-    """A run directory (its final/) or an adapter folder itself."""
-    for candidate in (path / "final", path):
+    """A run directory (its root, TRL's layout, or a legacy final/) or an adapter folder itself."""
+    for candidate in (path, path / "final"):
         if (candidate / "adapter_config.json").is_file():
             return candidate
     raise click.ClickException(f"{path}: no LoRA adapter (adapter_config.json) here or in {path / 'final'}")
@@ -55,14 +55,14 @@ def merge_adapter(adapter: Path, out: Path, base: str | None = None, dtype: str 
 @click.option("--dtype", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--push-to-hub", "repo", default=None, help="upload the merged folder to this hub repo")
 def merge(path, out, base, dtype, repo):
-    """Merge a run's LoRA adapter (RUN/final or an adapter folder) into its base model."""
+    """Merge a run's LoRA adapter (RUN, a legacy RUN/final, or an adapter folder) into its base model."""
     adapter = _adapter_dir(path)
     try:
         merge_adapter(adapter, out, base, dtype)
     except (OSError, ValueError) as err:
         raise click.ClickException(str(err)) from None
-    run = adapter.parent if adapter.name == "final" else None
-    if run is not None and (run / "config.yaml").exists():
+    run = next((r for r in (adapter, adapter.parent) if (r / "config.yaml").exists()), None)  # root or final/
+    if run is not None:
         from isdaa.config import load_run_config
         from isdaa.hub import write_card
 

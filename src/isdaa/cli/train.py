@@ -18,10 +18,12 @@ import click
 
 _KEY_VALUE = re.compile(r"^[A-Za-z_][\w.]*=")  # a `key=value` override, not the value of a flag
 _FIELD_LINE = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
+_MORE_LINE = re.compile(r"^\s+#\s*(.*)$")  # a comment-only line: the field doc above it goes on
 
 
 def _field_docs(cls) -> dict[str, str]:
-    """Each field's trailing `# comment` in the class source (the config's one-line docs)."""
+    """Each field's trailing `# comment` in the class source, with the comment-only lines under it (the
+    config's docs)."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):
@@ -30,10 +32,16 @@ def _field_docs(cls) -> dict[str, str]:
             source = inspect.getsource(klass)
         except (OSError, TypeError):
             continue
+        names, last = {f.name for f in dataclasses.fields(klass)}, None
         for line in source.splitlines():
             m = _FIELD_LINE.match(line)
-            if m and m.group(1) in {f.name for f in dataclasses.fields(klass)} and m.group(2):
-                docs[m.group(1)] = m.group(2).strip()
+            if m and m.group(1) in names and m.group(2):
+                last = m.group(1)
+                docs[last] = m.group(2).strip()
+            elif last and (more := _MORE_LINE.match(line)):  # the comment goes on under the field
+                docs[last] += " " + more.group(1).strip()
+            else:
+                last = None
     return docs
 
 
@@ -131,27 +139,35 @@ def _command(kind: str, help_text: str):
     def command(config_path, resume, overwrite, overrides):
         from isdaa.config import load_config
         from isdaa.train import train as run_training
+        from isdaa.train.console import user_warnings
 
         if resume and overwrite:
             raise click.UsageError("--resume and --overwrite exclude each other")
-        try:
-            cfg = load_config(config_path, overrides_from_args(overrides), kind=kind)
-        except ValueError as err:
-            raise click.BadParameter(str(err), param_hint="config") from None
-        from isdaa.train.loop import NonFiniteError
+        with user_warnings(config_path or "command line"):  # isdaa's warnings: one line, blamed on the config
+            try:
+                cfg = load_config(config_path, overrides_from_args(overrides), kind=kind)
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint="config") from None
+            from isdaa.train.loop import NonFiniteError
 
-        try:
-            summary = run_training(cfg, resume=resume, overwrite=overwrite)
-        # refused dir, missing file, missing tracker, bad data or model, the non-finite guard: one line
-        except (OSError, ImportError, ValueError, NonFiniteError) as err:
-            raise click.ClickException(str(err)) from None
-        finally:
-            _close_process_group()
+            try:
+                summary = run_training(cfg, resume=resume, overwrite=overwrite)
+            # refused dir, missing file, missing tracker, bad data or model, the non-finite guard: one line
+            except (OSError, ImportError, ValueError, NonFiniteError) as err:
+                raise click.ClickException(str(err)) from None
+            finally:
+                _close_process_group()
         final = summary.get("final_metrics") or {}
         keys = ("loss", "rewards/accuracies", "rewards/margins", "is/weight_mean", "accuracy", "eval/accuracy")
-        shown = {k: round(final[k], 4) for k in keys if isinstance(final.get(k), (int, float))}
+        from isdaa.train.console import _shown
+
+        shown = {k: round(final[k], 4) for k in keys if isinstance(final.get(k), (int, float)) and _shown(cfg, k)}
+        push = summary.get("push_to_hub") or {}
         click.echo(json.dumps({"status": summary["status"], "step": summary["step"],
-                               "output_dir": cfg.output_dir, **shown}))
+                               "output_dir": cfg.output_dir, **shown, **({"push_to_hub": "failed"} if
+                                                                         push.get("error") else {})}))
+        if push.get("error"):  # said in one line above (a warning); the model is saved
+            raise SystemExit(1)
 
     return command
 

@@ -1,4 +1,5 @@
-"""Data: load rows (hub name / .jsonl / .json / .parquet), parse every format with ONE row parser
+"""Data: load rows through `datasets` (hub name, local .jsonl / .json / .parquet / .csv and globs,
+`save_to_disk` folders, split slices, streaming: loading.py), parse every format with ONE row parser
 (`pref_parts`, also used by `isdaa eval` / `isdaa label`), tokenize ONCE with the documented rule, and
 collate padded batches.
 
@@ -33,7 +34,8 @@ a .jsonl file, its 0-based index otherwise -- and the field; nothing is skipped 
   unfinished response is DROPPED unless kept (`data/dropped_unfinished_pairs`). A response
   is never truncated to zero tokens: max_prompt_length < max_length (config) leaves it >= 1 token.
 - files: invalid UTF-8, a line that is not a JSON object, an unreadable parquet, an empty file and
-  an unsupported extension are errors naming the file (and line).
+  an unsupported extension are errors naming the file (and line); a split a source does not have (a
+  local file has only `train`) is an error, never a silent read of another split.
 
 Modules: rows (DataError, Rows, field checks), loading, chat (formats -> text), tokenize, collate.
 """
@@ -52,12 +54,14 @@ from isdaa.data.chat import (
     split_implicit_prompt,
 )
 from isdaa.data.collate import collate_pref, collate_sft
-from isdaa.data.loading import MIXTURE_KEYS, load_rows
+from isdaa.data.loading import MIXTURE_KEYS, load_rows, stream_rows
 from isdaa.data.rows import (
     LOGPS_PAIRS,
     PREF_FLOAT_COLUMNS,
     DataError,
+    LineIndex,
     Rows,
+    Source,
     check_behavior_fields,
     check_finished_fields,
     check_logps_fields,
@@ -76,10 +80,10 @@ from isdaa.data.tokenize import (
 
 __all__ = [
     # rows
-    "DataError", "Rows", "row_where", "PREF_FLOAT_COLUMNS", "LOGPS_PAIRS",
+    "DataError", "Rows", "Source", "LineIndex", "row_where", "PREF_FLOAT_COLUMNS", "LOGPS_PAIRS",
     "check_text_field", "check_logps_fields", "check_finished_fields", "check_behavior_fields",
     # loading
-    "load_rows", "MIXTURE_KEYS",
+    "load_rows", "stream_rows", "MIXTURE_KEYS",
     # chat: formats -> text
     "ChatText", "split_implicit_prompt", "render_chat", "pref_parts", "is_chat", "prompt_messages",
     "render_prompt", "pref_text", "prompts_and_chosen", "sft_parts", "sft_text",

@@ -14,31 +14,124 @@ class DataError(ValueError):
     """Bad input data; the message names the file, the row (line) and the field."""
 
 
-class Rows(list):
-    """Loaded rows that remember where they came from (`source`, and `lines`: the line number of each
-    row in a .jsonl file), so that errors can point at the offending row. A mixture of several sources
-    keeps each row's location in `where`."""
+class LineIndex:
+    """The 1-based line number (and byte offset) of each row of a JSONL file (blank lines hold no row),
+    found lazily: the file is scanned only as far as the rows asked for (a streamed file is not read past
+    what training used)."""
 
-    def __init__(self, rows=(), source: str | None = None, lines: list[int] | None = None,
-                 where: list[str] | None = None):
+    def __init__(self, path):
+        self.path, self.lines, self.offsets = str(path), [], []
+        self._pos, self._line, self._done = 0, 0, False
+
+    def __getitem__(self, i: int) -> int:
+        self._reach(i)
+        return self.lines[i]
+
+    def raw(self, i: int) -> dict:
+        """Row i as written on its line (json.loads)."""
+        import json
+
+        self._reach(i)
+        with open(self.path, "rb") as f:
+            f.seek(self.offsets[i])
+            return json.loads(f.readline())
+
+    def _reach(self, i: int) -> None:
+        while len(self.lines) <= i and not self._done:
+            self._scan()
+        if len(self.lines) <= i:
+            raise IndexError(f"{self.path} has {len(self.lines)} rows, not {i + 1}")
+
+    def _scan(self, n_lines: int = 1024) -> None:
+        with open(self.path, "rb") as f:
+            f.seek(self._pos)
+            for _ in range(n_lines):
+                start = f.tell()
+                line = f.readline()
+                if not line:
+                    self._done = True
+                    break
+                self._line += 1
+                if line.strip():
+                    self.lines.append(self._line)
+                    self.offsets.append(start)
+            self._pos = f.tell()
+
+
+class Source:
+    """Where a run of rows came from: a file (`lines`: its LineIndex for JSONL) or a dataset name, and the
+    index in it of the first row (a split slice starts past 0)."""
+
+    def __init__(self, name: str, lines: LineIndex | None = None, offset: int = 0):
+        self.name, self.lines, self.offset = name, lines, offset
+
+    def where(self, i: int) -> str:
+        if self.lines is not None:
+            return f"{self.name}: line {self.lines[self.offset + i]}"
+        return f"{self.name}: row {self.offset + i}"
+
+
+class Rows(list):
+    """Loaded rows that remember where they came from, so that errors can point at the offending row:
+    `sources` is [(index of its first row here, Source)], in order (a glob or a mixture has several).
+    `source` names a single source; `where[i]` is row i's location."""
+
+    def __init__(self, rows=(), source: str | None = None, lines=None, where: list[str] | None = None,
+                 sources: list | None = None):
         super().__init__(rows)
-        self.source, self.lines, self.where = source, lines, where
+        if sources is None and source is not None:
+            sources = [(0, Source(source, _Lines(lines) if lines is not None else None))]
+        self.sources = sources or []
+        self._where = where
+
+    @property
+    def source(self) -> str | None:
+        return self.sources[0][1].name if len(self.sources) == 1 else None
+
+    @property
+    def where(self):
+        return self._where if self._where is not None else _Where(self)
 
     def head(self, n: int | None) -> Rows:
         if not n:
             return self
-        cut = (lambda x: x[:n] if x is not None else None)
-        return Rows(self[:n], self.source, cut(self.lines), cut(self.where))
+        return Rows(self[:n], where=None if self._where is None else self._where[:n],
+                    sources=[s for s in self.sources if s[0] < n])
+
+
+class _Lines:
+    """Given line numbers, as a LineIndex."""
+
+    def __init__(self, lines):
+        self.lines = list(lines)
+
+    def __getitem__(self, i):
+        return self.lines[i]
+
+
+class _Where:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def __getitem__(self, i):
+        return row_where(self.rows, i)
+
+    def __len__(self):
+        return len(self.rows)
 
 
 def row_where(rows, i: int) -> str:
     """`file: line N` (jsonl), `file: row i` (other files, 0-based) or `row i` (in-memory rows)."""
-    if getattr(rows, "where", None) is not None:
-        return rows.where[i]
-    source, lines = getattr(rows, "source", None), getattr(rows, "lines", None)
-    if source and lines is not None:
-        return f"{source}: line {lines[i]}"
-    return f"{source}: row {i}" if source else f"row {i}"
+    if getattr(rows, "_where", None) is not None:
+        return rows._where[i]
+    sources = getattr(rows, "sources", None)
+    if sources:
+        import bisect
+
+        k = bisect.bisect_right([start for start, _ in sources], i) - 1
+        start, source = sources[max(k, 0)]
+        return source.where(i - start)
+    return f"row {i}"
 
 
 def _row_error(rows, i: int, err: Exception) -> DataError:

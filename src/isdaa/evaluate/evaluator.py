@@ -249,16 +249,37 @@ def export_alpaca(samples: Sequence[dict], prompts: Sequence[str], generator: st
 # ---------------------------------------------------------------- whole training runs
 
 def list_checkpoints(run_dir: str | Path, include_final: bool = False) -> list[Path]:
-    """RUN/checkpoints/step-*/ holding a trainer_state.json, sorted by step; with `include_final`,
-    RUN/final/ too unless a checkpoint has its step (a run saved only at the end has only final/)."""
-    ckpts = [p for p in Path(run_dir, "checkpoints").glob("step-*") if (p / "trainer_state.json").exists()]
-    ckpts.sort(key=lambda p: int(p.name.split("-")[1]))
-    final = Path(run_dir, "final", "trainer_state.json")
-    if include_final and final.exists():
-        step = int(json.loads(final.read_text()).get("step", -1))
-        if step not in {int(p.name.split("-")[1]) for p in ckpts}:
-            ckpts.append(final.parent)
+    """A run's completely written checkpoints, sorted by step: RUN/checkpoint-N/ (TRL's layout) and, from
+    runs written before it, RUN/checkpoints/step-XXXXXXXX/. With `include_final`, the final model too
+    (the run's root, or a legacy RUN/final/) unless a checkpoint has its step (a run saved only at the
+    end has only the final model). Each path loads with `from_pretrained`; `checkpoint_info(path)` gives
+    its step, examples seen and epoch. The one way the CLI and the lab find a run's checkpoints."""
+    from isdaa.train import checkpoint as ckpt
+
+    ckpts = [p for p in ckpt.checkpoint_folders(run_dir) if ckpt.has_marker(p)]
+    final = ckpt.final_model_dir(run_dir)
+    if include_final and final is not None and ckpt.final_complete(run_dir):
+        step = checkpoint_info(final)["step"]
+        if step not in {checkpoint_info(p)["step"] for p in ckpts}:
+            ckpts.append(final)
     return ckpts
+
+
+def checkpoint_info(path: str | Path) -> dict:
+    """{"step", "examples_seen", "epoch"} of a path `list_checkpoints` returned (any layout)."""
+    from isdaa.train.checkpoint import checkpoint_info as info
+
+    return info(path)
+
+
+def checkpoint_name(run_dir: str | Path, path: str | Path) -> str:
+    """The name a checkpoint's evaluation is saved under in RUN/eval/: step-XXXXXXXX (whatever the folder
+    is called, so results from both layouts line up), "final" for the final model."""
+    from isdaa.train.checkpoint import folder_step
+
+    if Path(path).resolve() == Path(run_dir).resolve() or folder_step(path) is None:
+        return "final"
+    return f"step-{checkpoint_info(path)['step']:08d}"
 
 
 def _load_causal_lm(path):
@@ -287,10 +308,11 @@ def evaluate_run(
 ) -> list[dict]:
     """Evaluate every checkpoint of a training run; returns the table rows (sorted by step).
 
-    ref: reference policy (model or path). Writes RUN/eval/step-XXXXXXXX.json per checkpoint (a
-    checkpoint whose JSON exists with the same settings key is not redone), RUN/eval/samples/...,
+    ref: reference policy (model or path). Writes RUN/eval/step-XXXXXXXX.json per checkpoint (whatever
+    the layout: `checkpoint_name`; a checkpoint whose JSON exists with the same settings key is not
+    redone), RUN/eval/samples/...,
     RUN/eval/reference.json (the reference policy's own win rate, KL = 0: the R(0) of the fits),
-    RUN/eval/table.csv and table.md; `include_final`: RUN/final/ too (`list_checkpoints`). The golden
+    RUN/eval/table.csv and table.md; `include_final`: the final model too (`list_checkpoints`). The golden
     rewards of the chosen responses are computed once.
     """
     cfg = cfg or EvalConfig()
@@ -320,11 +342,9 @@ def evaluate_run(
         ref_res = _eval("reference", lambda: ref, {"step": None, "examples_seen": None, "name": "reference"},
                         skip_kl=True)
     for ck in list_checkpoints(run_dir, include_final):
-        state = json.loads((ck / "trainer_state.json").read_text())
-        meta = {"step": int(state["step"] if "step" in state else ck.name.split("-")[1]),
-                "examples_seen": state.get("examples_seen"), "epoch": state.get("epoch"),
-                "checkpoint": str(ck), "name": ck.name}
-        res = _eval(ck.name, lambda ck=ck: load_model(ck), meta)
+        name = checkpoint_name(run_dir, ck)
+        meta = {**checkpoint_info(ck), "checkpoint": str(ck), "name": name}
+        res = _eval(name, lambda ck=ck: load_model(ck), meta)
         if progress:
             progress(res)
         row = flat_row(res)

@@ -8,7 +8,9 @@ Logged keys: eval/kl_k1, eval/kl_k3, eval/sqrt_kl (estimator `kl_estimator`), ev
 eval/win_rate, eval/win_rate_se, eval/reward, eval/mean_length, eval/seconds.
 
 From a training config's `eval` block (`LiveEvalCallback.from_config`, added by `isdaa.train.train`): the
-reference model, prompts, chosen responses and reward are loaded at the first evaluation; a few
+reward is imported and checked when the callback is built (before any model loads; a `module:function`
+is found in the working directory, as `python -m` would find it), and the reference model, prompts,
+chosen responses and reward model are loaded before step 1 (`on_train_begin`); a few
 generations per evaluation go to RUN/eval_generations.jsonl and, as a table, to the trackers that take
 tables (wandb, clearml).
 """
@@ -64,13 +66,16 @@ class LiveEvalCallback(TrainerCallback):
     @classmethod
     def from_config(cls, cfg) -> LiveEvalCallback:
         """The callback a training config's `eval` block (config.LiveEvalConfig) describes."""
+        from isdaa.evaluate.rewards import check_reward
+
         e = cfg.eval
-        return _ConfiguredLiveEval(cfg, ref=None, prompts=[], every=e.every, n_prompts=e.n_prompts,
+        reward = None if e.reward is None else check_reward(e.reward, "eval.reward")  # before anything loads
+        return _ConfiguredLiveEval(cfg, reward_spec=reward, ref=None, prompts=[], every=e.every, n_prompts=e.n_prompts,
                                    kl_budget=e.kl_budget, kl_estimator=e.kl_estimator,
                                    kl_samples_per_prompt=e.kl_samples, temperature=e.temperature, top_p=e.top_p,
                                    n_samples=e.n, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size,
                                    seed=cfg.seed, at_start=e.at_start, log_generations=e.log_generations,
-                                   progress=cfg.progress)
+                                   progress=False)  # inside training: one bar at a time, its metrics in the log line
 
     def prepare(self, ctx) -> None:
         """Called before each evaluation (subclasses load what they need)."""
@@ -147,11 +152,18 @@ class LiveEvalCallback(TrainerCallback):
 
 class _ConfiguredLiveEval(LiveEvalCallback):
     """Loads the reference model (`ref_model` or the initial policy, frozen), the prompts (`eval.prompts`,
-    else data.eval, else data.train) with their chosen responses, and the reward, at the first evaluation."""
+    else data.eval; the training data only when named, with a warning) with their chosen responses, and
+    the reward, before step 1."""
 
-    def __init__(self, cfg, **kwargs):
+    def __init__(self, cfg, reward_spec=None, **kwargs):
         super().__init__(**kwargs)
-        self.cfg = cfg
+        self.cfg, self.reward_spec = cfg, reward_spec
+
+    def on_train_begin(self, ctx) -> None:
+        """Everything the first evaluation needs, loaded before step 1: a bad prompts file, reward or
+        reference fails before any training."""
+        if getattr(ctx, "is_main_process", True):
+            self.prepare(ctx)
 
     def prepare(self, ctx) -> None:
         if self.ref is not None:
@@ -161,14 +173,19 @@ class _ConfiguredLiveEval(LiveEvalCallback):
         from isdaa.train.models import load_causal_lm
 
         cfg, e = self.cfg, self.cfg.eval
-        spec = e.prompts or cfg.data.eval or cfg.data.train
-        split = e.split if e.prompts else (cfg.data.eval_split if cfg.data.eval else cfg.data.train_split)
+        spec = e.prompts or cfg.data.eval  # config validation: one of them is set
+        split = e.split if e.prompts else cfg.data.eval_split
+        if spec == cfg.data.train and split == cfg.data.train_split:
+            import warnings
+
+            warnings.warn(f"eval: the live eval's prompts are the training data's ({spec}, split {split}): win rate "
+                          "and KL are measured on prompts the policy trains on", stacklevel=2)
         rows = load_rows(spec, split, None if e.prompts else cfg.data.subset, e.n_prompts)
         self.prompts, chosen = prompts_and_chosen(rows, ctx.tokenizer)
         if e.reward is not None:
             if any(c is None for c in chosen):
                 raise ValueError(f"eval.reward needs a `chosen` response for every prompt of {spec}")
-            self.reward, self.chosen = load_reward(e.reward), chosen
+            self.reward, self.chosen = load_reward(self.reward_spec or e.reward), chosen
         device = next(ctx.model.parameters()).device
         self.ref = load_causal_lm(cfg.model, ctx.tokenizer, cfg.ref_model, trainable=False).to(device)
 

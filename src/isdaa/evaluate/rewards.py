@@ -56,18 +56,67 @@ class RewardModel:
 
 
 def load_reward(spec: str | RewardFn) -> RewardFn:
-    """`module:function` -> that callable; a directory -> `RewardModel(dir)`; a callable -> itself."""
+    """`module:function` -> that callable; a directory -> `RewardModel(dir)`; a callable -> itself.
+    `check_reward` first: a clear error for a spec that cannot work."""
+    if callable(spec):
+        return spec
+    checked = check_reward(spec)
+    return checked if callable(checked) else RewardModel(checked)
+
+
+def check_reward(spec: str | RewardFn, what: str = "golden reward"):
+    """Import and check a reward spec without loading a model: `module:function` -> the callable (it
+    must take (prompts, responses)); a reward-model directory -> its path, once its config says one
+    label. Raises ImportError / ValueError naming the spec (training calls it before step 1)."""
     if callable(spec):
         return spec
     if ":" in spec and not Path(spec).exists():
-        module, _, name = spec.partition(":")
-        fn = getattr(importlib.import_module(module), name)
-        if not callable(fn):
-            raise TypeError(f"golden reward {spec!r} is not callable")
-        return fn
+        return import_callable(spec, what, params=("prompts", "responses"))
     if Path(spec).is_dir():
-        return RewardModel(spec)
-    raise ValueError(f"golden reward {spec!r}: expected `module:function` or a reward-model directory")
+        from transformers import AutoConfig
+
+        try:
+            config = AutoConfig.from_pretrained(spec)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{what} {spec!r}: not a reward-model folder ({err})") from None
+        if getattr(config, "num_labels", None) != 1:
+            raise ValueError(f"{what} {spec!r}: a reward model has one label (a sequence classifier with "
+                             f"num_labels=1), this one has {getattr(config, 'num_labels', None)}")
+        return spec
+    raise ValueError(f"{what} {spec!r}: expected `module:function` or a reward-model directory")
+
+
+def import_callable(spec: str, what: str, params: tuple = ()):
+    """`module:function` imported with the working directory first on sys.path, as `python -m` has it
+    (the `isdaa` script alone would not find a module next to the config). `params`: the positional
+    arguments it must take. Raises ImportError (the module) or ValueError (the function) naming `spec`."""
+    import inspect
+    import os
+    import sys
+
+    module, _, name = spec.partition(":")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as err:
+        raise ImportError(f"{what} {spec!r}: cannot import {module!r} ({err}; searched the working directory "
+                          f"{cwd} and sys.path)") from None
+    except Exception as err:  # the module itself failed while importing
+        raise ImportError(f"{what} {spec!r}: importing {module!r} failed: {type(err).__name__}: {err}") from err
+    fn = getattr(mod, name, None)
+    if fn is None or not callable(fn):
+        raise ValueError(f"{what} {spec!r}: {module!r} has no callable {name!r}"
+                         + (f" (it is a {type(fn).__name__})" if fn is not None else ""))
+    if params:
+        try:
+            inspect.signature(fn).bind(*[[] for _ in params])
+        except TypeError as err:
+            raise ValueError(f"{what} {spec!r} must take ({', '.join(params)}): {err}") from None
+        except ValueError:  # no signature (some builtins): checked when called
+            pass
+    return fn
 
 
 def reward_name(spec) -> str:

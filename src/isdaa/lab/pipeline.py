@@ -56,7 +56,7 @@ class LabDir:
 
     @property
     def ref_model(self) -> Path:
-        return self.sft_run / "final"
+        return self.sft_run  # the SFT run's final model, at its output root (TRL's layout)
 
     @property
     def golden_train(self) -> Path:
@@ -380,7 +380,7 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     """evaluate_run (win rate, KL, lengths per checkpoint) + importance ratios on the training pairs."""
     from transformers import AutoModelForCausalLM
 
-    from isdaa.evaluate.evaluator import evaluate_run, list_checkpoints
+    from isdaa.evaluate.evaluator import checkpoint_info, evaluate_run, list_checkpoints
     from isdaa.train.models import safe_from_pretrained
 
     ref, tok = load_ref(lab)
@@ -392,8 +392,7 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     rows = [{"step": 0, **importance_stats(ref, tok, pairs, options)}]  # pi_theta = pi_ref: ratio ~ 1
     for ck in list_checkpoints(lab.run(spec)):
         policy = safe_from_pretrained(AutoModelForCausalLM, str(ck)).eval()
-        state = json.loads((ck / "trainer_state.json").read_text())
-        rows.append({"step": state["step"], **importance_stats(policy, tok, pairs, options)})
+        rows.append({"step": checkpoint_info(ck)["step"], **importance_stats(policy, tok, pairs, options)})
     atomic_write_jsonl(lab.run(spec) / "ratios.jsonl", rows)
 
 

@@ -2,7 +2,8 @@
 
 The config's type picks the task: SFTConfig -> sft.py, RMConfig -> rm.py, PrefConfig -> pref.py;
 loop.py runs them all. `batch_source(step, model, tokenizer)` (preference training only) replaces
-the dataset: it returns this process's pairs for optimizer step `step` (0-based), either as rows
+the dataset (`data.streaming` makes one: isdaa.data.stream): it returns this process's pairs for optimizer step
+`step` (0-based), either as rows
 (`prompt` / `chosen` / `rejected`, optional `ref_*` / behavior logps columns; rows without reference
 log-probs are scored by the reference model on the fly) or as one collated batch
 (`isdaa.data.collate_pref`'s keys). With a batch_source, `max_steps` must be set.
@@ -28,6 +29,14 @@ def train(cfg, callbacks=(), batch_source=None, resume: bool = False, overwrite:
         raise TypeError(f"train() takes an SFTConfig, RMConfig or PrefConfig, got {type(cfg).__name__}")
     if batch_source is not None and not isinstance(cfg, PrefConfig):
         raise ValueError("batch_source is for preference training only")
+    if batch_source is None and isinstance(cfg, PrefConfig) and cfg.data.streaming:
+        from isdaa.data.stream import StreamSource
+
+        if not cfg.max_steps:
+            raise ValueError("data.streaming reads the rows as training consumes them: set max_steps (the run "
+                             "reads max_steps x batch_size rows, in file order)")
+        batch_source = StreamSource(cfg)
+        callbacks = (*callbacks, _StreamStats(batch_source))
     if batch_source is not None and not cfg.max_steps:
         raise ValueError("training from a batch_source needs max_steps")
     task = task_cls(cfg)
@@ -52,6 +61,29 @@ def default_callbacks(cfg) -> list:
 
         out.append(LiveEvalCallback.from_config(cfg))
     return [*out, HubCallback()]
+
+
+class _StreamStats:
+    """The streamed rows' data/* counts (dropped pairs, long prompts) into the summary."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def on_train_begin(self, ctx):
+        pass
+
+    def on_step_end(self, ctx):
+        pass
+
+    def on_train_end(self, ctx):
+        if ctx.summary is not None:
+            ctx.summary.update(self.source.stats)
+            if ctx.is_main_process:
+                from pathlib import Path
+
+                from isdaa.io import atomic_write_json
+
+                atomic_write_json(Path(ctx.output_dir) / "summary.json", ctx.summary)
 
 
 __all__ = ["train"]

@@ -28,8 +28,15 @@ class Task:
     # -- data
     def load(self, split: str) -> list[dict]:
         d = self.cfg.data
-        if split == "train":
-            return load_rows(d.train, d.train_split, d.subset, d.max_train_examples, d.streaming, d.num_proc)
+        if split == "train":  # streamed: only the rows the run can use are read (sft / rm; pref streams per step)
+            limit = d.max_train_examples or (self.cfg.max_steps * self.cfg.batch_size
+                                             if d.streaming and self.cfg.max_steps else None)
+            return load_rows(d.train, d.train_split, d.subset, limit, d.streaming, d.num_proc)
+        if d.eval == d.train and d.eval_split == d.train_split:  # asked for (config validation refuses it unasked)
+            import warnings
+
+            warnings.warn(f"data.eval is the training data ({d.train}, split {d.train_split}): eval/* metrics are "
+                          "measured on the pairs the model trains on", stacklevel=2)
         return load_rows(d.eval, d.eval_split, d.subset, d.max_eval_examples, d.streaming, d.num_proc)
 
     def build(self, accelerator, online: bool = False) -> None:

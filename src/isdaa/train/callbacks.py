@@ -1,4 +1,5 @@
-"""Training callbacks: called on every process after each optimizer step and at the end.
+"""Training callbacks: called on every process before the first step, after each optimizer step and at
+the end.
 
     class MyCallback(TrainerCallback):
         def on_step_end(self, ctx):
@@ -21,6 +22,10 @@ from typing import Any
 
 
 class TrainerCallback:
+    def on_train_begin(self, ctx: TrainContext) -> None:
+        """Before the first step (after models, tokenizer and data are loaded): load what the callback
+        needs, so that a bad setting fails before any training."""
+
     def on_step_end(self, ctx: TrainContext) -> None:
         pass
 

@@ -42,7 +42,7 @@ import torch
 
 from isdaa.config import to_dict, to_yaml
 from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from isdaa.train import accel_compat, models
+from isdaa.train import accel_compat, console, models
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
 
@@ -52,7 +52,8 @@ class NonFiniteError(RuntimeError):
 
 
 RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size",
-                "push_to_hub", "hub_model_id", "hub_private", "eval"}
+                "push_to_hub", "hub_model_id", "hub_private", "eval", "resume_from_checkpoint", "save_total_limit",
+                "output_dir"}  # a run folder moved elsewhere resumes
 
 
 # ---------------------------------------------------------------- run directory
@@ -62,10 +63,11 @@ def prepare_run_dir(cfg, resume: bool, overwrite: bool) -> bool:
     """Refuse / clear / continue an output dir. Returns True when there is something to resume."""
     out = Path(cfg.output_dir)
     summary, config = out / "summary.json", out / "config.yaml"
-    has_run = config.exists() or (out / "checkpoints").exists()
+    has_run = config.exists() or bool(ckpt.checkpoint_folders(out)) or ckpt.final_model_dir(out) is not None
     if overwrite:
-        for name in ("checkpoints", "final", "eval"):
-            shutil.rmtree(out / name, ignore_errors=True)
+        for path in [*ckpt.checkpoint_folders(out), out / ckpt.LEGACY_DIR, out / "eval"]:
+            shutil.rmtree(path, ignore_errors=True)
+        ckpt.remove_final(out)
         for name in ("summary.json", "config.yaml", "metrics.jsonl"):
             (out / name).unlink(missing_ok=True)
         return False
@@ -253,7 +255,9 @@ def scale_gradients(model, factor: float) -> None:
 
 
 def run(cfg, task, callbacks=(), batch_source=None, resume: bool = False, overwrite: bool = False) -> dict:
-    """Train `task` under `cfg`; returns the summary dict (also written to summary.json)."""
+    """Train `task` under `cfg`; returns the summary dict (also written to summary.json). `resume` (or
+    `cfg.resume_from_checkpoint: true`) continues from the latest resumable checkpoint in output_dir;
+    `cfg.resume_from_checkpoint: PATH` from that checkpoint folder."""
     from accelerate import PartialState
 
     if cfg.num_threads:
@@ -267,18 +271,24 @@ def run(cfg, task, callbacks=(), batch_source=None, resume: bool = False, overwr
     if cfg.batch_size % (cfg.micro_batch_size * state.num_processes):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
                          f"{cfg.micro_batch_size} x {state.num_processes} processes")
-    do_resume = prepare_run_dir(cfg, resume, overwrite) if state.is_main_process else resume
+    resume_from = cfg.resume_from_checkpoint or (True if resume else None)
+    if resume_from is not None and overwrite:
+        raise ValueError("resume_from_checkpoint / --resume and --overwrite exclude each other")
+    explicit = resume_from not in (None, True)  # a checkpoint folder: resumed even into a fresh output_dir
+    has_run = prepare_run_dir(cfg, resume_from is not None, overwrite) if state.is_main_process else True
     state.wait_for_everyone()
     out = Path(cfg.output_dir)
-    if do_resume and (out / "summary.json").exists() and read_summary(out).get("status") == "finished":
+    if resume_from is True and has_run and (out / "summary.json").exists() \
+            and read_summary(out).get("status") == "finished":
         return read_summary(out)  # nothing left to do
-    return _Run(cfg, task, list(callbacks), batch_source, do_resume, state.num_processes).train()
+    resume_from = resume_from if (has_run or explicit) else None
+    return _Run(cfg, task, list(callbacks), batch_source, resume_from, state.num_processes).train()
 
 
 class _Run:
     """One training run: setup in __init__, then `train()` = steps, logging, checkpoints, summary."""
 
-    def __init__(self, cfg, task, callbacks, batch_source, do_resume: bool, world: int):
+    def __init__(self, cfg, task, callbacks, batch_source, resume_from, world: int):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -298,6 +308,9 @@ class _Run:
         # the non-finite guard below can no longer skip a step there, only stop the run at the first one
         self.engine_steps_in_backward = getattr(acc.state, "deepspeed_plugin", None) is not None
         self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
+        from isdaa.train import notices
+
+        notices.at_start(cfg, acc)  # TRL default differences, bf16 measured slow on this CPU
         set_seed(cfg.seed)
 
         task.build(acc, online=batch_source is not None)
@@ -324,12 +337,18 @@ class _Run:
         self.step, self.examples_seen, self.epoch = 0, 0, 0.0
         self.nonfinite_steps = self.nonfinite_streak = 0
         self.batch_rows: list = []
-        self.resumed_from = ckpt.latest_resumable(self.out) if do_resume else None
+        # this process's token count and summed step losses since the start or the resume; *_base: the
+        # whole run's before the resume (trainer_state.json's num_input_tokens_seen and train_loss)
+        self.tokens_seen, self.loss_steps, self.tokens_base, self.loss_base = 0, 0, 0, 0.0
+        self.loss_sum = torch.zeros((), device=acc.device)
+        self.resumed_from = ckpt.resume_point(self.out, resume_from) if resume_from is not None else None
         if self.resumed_from is not None:
             st = ckpt.load_resume_state(self.resumed_from, self.model, self.optimizer, self.scheduler, acc)
             self.step, self.examples_seen, self.epoch = st["step"], st["examples_seen"], st["epoch"]
             self.nonfinite_steps, self.nonfinite_streak = st.get("nonfinite_steps", 0), st.get("nonfinite_streak", 0)
-        elif do_resume and acc.is_main_process:
+            self.tokens_base, self.loss_base = st.get("tokens_seen", 0), st.get("loss_sum", 0.0)
+            self.loss_steps = st.get("loss_steps", 0)
+        elif resume_from is not None and acc.is_main_process:
             print(f"--resume: no resumable checkpoint in {self.out}; starting from step 0")
         self.start_step = self.step
         if acc.is_main_process:
@@ -338,6 +357,11 @@ class _Run:
             if metrics_file.exists():  # records past the restart point are replayed
                 rows = read_jsonl(metrics_file, tolerate_partial_tail=True)
                 atomic_write_jsonl(metrics_file, [r for r in rows if r.get("step", 0) <= self.step])
+                self.tracker.sent_through = max([r.get("step", 0) for r in rows], default=0)  # sent once
+            generations = self.out / "eval_generations.jsonl"  # the live eval's samples: replayed too
+            if generations.exists():
+                rows = read_jsonl(generations, tolerate_partial_tail=True)
+                atomic_write_jsonl(generations, [r for r in rows if r.get("step", 0) <= self.step])
             atomic_write_text(self.out / "config.yaml", to_yaml(cfg))
             (self.out / "summary.json").unlink(missing_ok=True)
         self.save_at = ckpt.checkpoint_steps(cfg, self.total_steps)
@@ -459,6 +483,8 @@ class _Run:
     # -- after a step: metrics (floats only here), evaluation, callbacks, checkpoints
     def after_step(self, metrics_acc: StepMetrics, bar) -> str | None:
         cfg, acc, step = self.cfg, self.accelerator, self.step
+        if self.nonfinite_streak == 0:  # an applied step: its loss counts toward train_loss (no host sync)
+            self.loss_sum, self.loss_steps = self.loss_sum + metrics_acc.values["loss"], self.loss_steps + 1
 
         def floats():
             return self._floats(metrics_acc)
@@ -494,12 +520,16 @@ class _Run:
                   "lr": self.scheduler.get_last_lr()[0], **values,
                   "tokens_per_s": tokens / max(now - self.t_window, 1e-9),
                   "elapsed_s": now - self.t_start}
+        self.tokens_seen += self.tokens_window
         self.t_window, self.tokens_window = now, 0
         self.last_record = record
         if self.accelerator.is_main_process:
             append_jsonl(self.out / "metrics.jsonl", record)
             self.tracker.log(record, self.step)
-            bar.set_postfix(_postfix(record), refresh=False)
+            if self.cfg.progress:  # a dict per logging step above the bar, as TRL prints it
+                for line in console.log_lines(record, self.cfg):
+                    console.write(bar, line)
+            bar.set_postfix(console.postfix(record, self.cfg), refresh=False)
 
     def _context(self, **kw) -> TrainContext:
         return TrainContext(step=self.step, examples_seen=self.examples_seen, total_steps=self.total_steps,
@@ -507,34 +537,67 @@ class _Run:
                             output_dir=str(self.out), is_main_process=self.accelerator.is_main_process,
                             accelerator=self.accelerator, **kw)
 
+    def run_totals(self) -> tuple[int, float]:
+        """(tokens, summed step losses) of the whole run so far, over processes (collective: every
+        process calls it, at saves; a loss is the mean over processes of their local losses)."""
+        acc = self.accelerator
+        local = torch.stack([torch.tensor(float(self.tokens_seen + self.tokens_window), device=acc.device),
+                             self.loss_sum.float()])
+        if acc.num_processes > 1:
+            local = acc.reduce(local, reduction="sum") * torch.tensor([1.0, 1.0 / acc.num_processes],
+                                                                      device=acc.device)
+        tokens, loss = local.tolist()
+        return self.tokens_base + int(tokens), self.loss_base + loss
+
     def trainer_state(self) -> dict:
+        """isdaa's resume state (isdaa_state.json; collective, as run_totals)."""
+        tokens, loss_sum = self.run_totals()
         return {"step": self.step, "examples_seen": self.examples_seen, "epoch": self.epoch,
                 "total_steps": self.total_steps, "nonfinite_steps": self.nonfinite_steps,
-                "nonfinite_streak": self.nonfinite_streak}
+                "nonfinite_streak": self.nonfinite_streak, "tokens_seen": tokens, "loss_sum": loss_sum,
+                "loss_steps": self.loss_steps}
+
+    def hf_state(self, state: dict, final: dict | None = None) -> dict:
+        """transformers' TrainerState of the run at this step (log_history from metrics.jsonl)."""
+        from isdaa.train.trainer_state import hf_trainer_state
+
+        metrics_file = self.out / "metrics.jsonl"
+        records = read_jsonl(metrics_file, tolerate_partial_tail=True) if metrics_file.exists() else []
+        return hf_trainer_state(records, step=self.step, epoch=self.epoch, cfg=self.cfg, total_steps=self.total_steps,
+                                tokens_seen=state["tokens_seen"], final=final)
 
     def save(self, resumable: bool) -> None:
-        acc = self.accelerator
-        ckpt.save_checkpoint(ckpt.step_dir(self.out, self.step), self.model, self.task.tokenizer, acc,
-                             self.trainer_state(), self.optimizer if resumable else None, self.scheduler)
+        acc, state = self.accelerator, self.trainer_state()
+        path = ckpt.save_checkpoint(ckpt.step_dir(self.out, self.step), self.model, self.task.tokenizer, acc,
+                                    state, self.optimizer if resumable else None, self.scheduler,
+                                    hf_state=self.hf_state(state) if acc.is_main_process else {})
         if resumable:
             ckpt.prune_resume_state(self.out, self.cfg.resume_state_keep, acc)
+        ckpt.rotate(self.out, self.cfg.save_total_limit, acc, keep=[path])
+        acc.wait_for_everyone()
 
     def save_final(self) -> None:
-        acc, final, tmp = self.accelerator, self.out / "final", self.out / ".final.tmp"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-        ckpt.save_model(tmp, self.model, self.task.tokenizer, acc)
-        if acc.is_main_process:
-            atomic_write_json(tmp / "trainer_state.json", self.trainer_state())
-            shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
-        acc.wait_for_everyone()
+        """The final model at the output root (TRL's layout), with trainer_state.json closed by
+        transformers' closing entry (train_runtime, train_loss, ...)."""
+        from isdaa.train.trainer_state import closing_entry
+
+        acc, state = self.accelerator, self.trainer_state()
+        done = self.step - self.start_step
+        self.closing = closing_entry(runtime_s=time.perf_counter() - self.t_start, steps=done,
+                                     examples=done * self.cfg.batch_size, loss_sum=state["loss_sum"],
+                                     loss_steps=state["loss_steps"])
+        ckpt.save_final(self.out, self.model, self.task.tokenizer, acc, state,
+                        self.hf_state(state, self.closing) if acc.is_main_process else {})
 
     # -- the run
     def train(self) -> dict:
         cfg = self.cfg
         if self.step == 0 and 0 in self.save_at:
             self.save(resumable=False)
+        begin = self._context()
+        with models.eager():  # e.g. the live eval loads its prompts, reward and reference
+            for cb in self.callbacks:
+                cb.on_train_begin(begin)
         bar = _progress(cfg, self.total_steps, self.step, self.accelerator)
         self.t_start = self.t_window = time.perf_counter()
         stop_reason = None
@@ -545,7 +608,8 @@ class _Run:
                 self.fail(metrics_acc, self.nonfinite_message())
             stop_reason = self.after_step(metrics_acc, bar)
         bar.close()
-        if self.step > self.start_step or not (self.out / "final").exists():
+        self.closing = None
+        if self.step > self.start_step or not ckpt.final_complete(self.out):
             if stop_reason is not None or self.step in self.save_at:
                 self.save(resumable=stop_reason is not None or cfg.save_resume_state)
             self.save_final()
@@ -578,6 +642,9 @@ class _Run:
                    "final_metrics": self.last_record, **self.task.summary_extra()}
         if acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
+            if self.cfg.progress and self.closing:  # transformers' closing dict
+                console.write(_NoBar(), str({k: console._fmt(v) for k, v in
+                                             {**self.closing, "epoch": self.epoch}.items()}))
         end_ctx = self._context(summary=summary, _metrics=self.last_record)
         with models.eager():
             for cb in self.callbacks:
@@ -627,18 +694,10 @@ def _agree_stop(reason, accelerator):
 
 
 class _NoBar:
+    disable = True
+
     def set_postfix(self, *args, **kwargs):
         pass
-
-
-POSTFIX = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "margin", "is/weight_mean": "w",
-           "is/clip_frac": "clip", "is/ess": "ess", "grad_norm": "gnorm", "accuracy": "acc"}
-
-
-def _postfix(record: dict) -> dict:
-    out = {short: f"{record[k]:.3g}" for k, short in POSTFIX.items() if k in record}
-    out["tok/s"] = f"{record['tokens_per_s']:.0f}"
-    return out
 
 
 def _progress(cfg, total, initial, accelerator):

@@ -41,15 +41,32 @@ def flat_config(d: dict, prefix: str = "") -> dict:
     return out
 
 
+def tags(record: dict) -> dict:
+    """A metrics.jsonl record -> the trackers' scalars, tagged as transformers' trackers tag TRL's:
+    `eval/*` as they are, everything else under `train/` (`lr` as `train/learning_rate`)."""
+    out = {}
+    for k, v in record.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step":
+            out[k if k.startswith("eval/") else "train/" + ("learning_rate" if k == "lr" else k)] = v
+    return out
+
+
 class Trackers:
-    """The run's trackers: started with the resolved config; `log` sends a record's numbers; `log_table`
-    sends a table to the trackers that take tables (wandb, clearml). accelerate's
-    `end_training` (called by the loop) finishes them."""
+    """The run's trackers: started with the resolved config; `log` sends a record's numbers (`tags`);
+    `log_table` sends a table to the trackers that take tables (wandb, clearml). accelerate's
+    `end_training` (called by the loop) finishes them.
+
+    A step is sent once: a resumed run replays the steps after its checkpoint, which the trackers of the
+    interrupted run already received (a tracker's log cannot be truncated as metrics.jsonl is), so steps
+    up to `sent_through` (the last step the interrupted run logged) are not sent again; a bit-exact resume
+    computes the same values for them. The loop appends to metrics.jsonl before sending, so a kill between
+    the two can leave a hole, never a duplicate."""
 
     def __init__(self, accelerator, cfg, out):
         from isdaa.config import to_dict
 
         self.accelerator = accelerator
+        self.sent_through = 0
         if accelerator.log_with:
             accelerator.init_trackers(cfg.run_name or Path(out).name, config=flat_config(to_dict(cfg)))
 
@@ -58,12 +75,12 @@ class Trackers:
         return list(self.accelerator.trackers) if self.accelerator.is_main_process else []
 
     def log(self, record: dict, step: int) -> None:
-        scalars = {k: v for k, v in record.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "step"}
-        if self.active:
-            self.accelerator.log(scalars, step=step)
+        if self.active and step > self.sent_through:
+            self.accelerator.log(tags(record), step=step)
 
     def log_table(self, name: str, columns: list[str], rows: list[list], step: int) -> None:
+        if step <= self.sent_through:
+            return
         for tracker in self.active:
             if callable(getattr(tracker, "log_table", None)):
                 tracker.log_table(name, columns=columns, data=rows, step=step)
