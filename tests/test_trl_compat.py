@@ -298,14 +298,35 @@ def test_loss_type_lists_map_where_isdaa_has_the_loss_exactly():
     assert (ipo.method, ipo.loss.ipo_length_normalize) == ("ipo", True)
     assert _cfg(loss_type=["sigmoid"], loss_weights=[1.0]).method == "dpo"
     assert _cfg(loss_type="sigmoid", method="is-dpo").method == "is-dpo"
+    assert _cfg(loss_type=["sigmoid_norm"]).method == "dpo-norm"
+    rpo = _cfg(loss_type=["sigmoid", "sft"], loss_weights=[1.0, 0.5], per_device_train_batch_size=8)
+    assert (rpo.method, rpo.loss.dpo_sft_weight, rpo.batch_size, rpo.micro_batch_size) == ("dpo-sft", 0.5, 8, 8)
+    assert _cfg(loss_type=["sft", "sigmoid"], per_device_train_batch_size=8).loss.dpo_sft_weight == 1.0
+
+
+def test_wpo_and_tr_dpo_switches_map_to_their_blocks():
+    """use_weighting: WPO as TRL 1.x computes it (no clamp); sync_ref_model: TR-DPO with TRL's defaults (0.6,
+    512) or the given members, the reference scored in memory as TRL does; with an is-* method WPO is refused."""
+    wpo = _cfg(use_weighting=True)
+    assert (wpo.loss.wpo_weighting, wpo.loss.wpo_max_weight) == (True, None)
+    assert _cfg(use_weighting=False).loss.wpo_weighting is False
+    with pytest.raises(ValueError, match="wpo"):
+        _cfg(use_weighting=True, method="is-dpo")
+    tr = _cfg(sync_ref_model=True)
+    assert (tr.ref_sync.alpha, tr.ref_sync.steps, tr.ref_logps) == (0.6, 512, "on_the_fly")
+    tr = _cfg(sync_ref_model=True, ref_model_mixup_alpha=0.5, ref_model_sync_steps=64)
+    assert (tr.ref_sync.alpha, tr.ref_sync.steps) == (0.5, 64)
+    assert _cfg(sync_ref_model=False).ref_sync is None
     with pytest.raises(ValueError, match=r"conflicts with method = 'rpo'"):
         _cfg(loss_type="sigmoid", method="rpo")
 
 
 @pytest.mark.parametrize("trl, message", [
-    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "beta": 0.1},
-     r"\[sigmoid, sft\] \(RPO\) is not supported exactly: TRL's sft term is the mean NLL over every chosen token.*"
-     r"method: rpo with loss.rpo_nll_mean: true and loss.rpo_eta = alpha / beta = 0.5 / 0.1 = 5,"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [2.0, 0.5], "beta": 0.1},
+     r"\[sigmoid, sft\] \(RPO\) is not supported exactly.*a sigmoid weight != 1 has no isdaa equivalent"),
+    ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, 0.5], "per_device_train_batch_size": 4,
+      "gradient_accumulation_steps": 2},  # TRL's token mean would be per micro-batch: isdaa refuses the split
+     r"method 'dpo-sft' computes its loss over the whole optimizer step's batch: set micro_batch_size = batch_size"),
     ({"loss_type": ["sigmoid"], "loss_weights": [2.0]}, r"isdaa has no loss scale"),
     ({"loss_type": ["hinge"]}, r"TRL loss_type 'hinge' is not supported: isdaa maps sigmoid, ipo"),
     ({"loss_type": ["sigmoid", "bco_pair", "sft"]}, r"loss_type \['sigmoid', 'bco_pair', 'sft'\] is not supported"),
@@ -324,8 +345,6 @@ def test_trl_defaults_of_missing_features_are_accepted():
 
     defaults = {k: v[0] for k, v in HARMLESS.items()} | MEMBER_DEFAULTS
     assert _cfg(**{k: v for k, v in defaults.items() if k not in ("lora_task_type",)}).method == "dpo"
-    with pytest.raises(ValueError, match="'use_weighting' is not supported: WPO"):
-        _cfg(use_weighting=True)
     with pytest.warns(UserWarning, match=r"ref_model_sync_steps = 64 given without sync_ref_model: true; ignored"):
         _cfg(ref_model_sync_steps=64)
     trl = pytest.importorskip("trl")
@@ -335,7 +354,7 @@ def test_trl_defaults_of_missing_features_are_accepted():
             assert fields[key].default in HARMLESS.get(key, ()) + (MEMBER_DEFAULTS.get(key),), key
 
 
-def _trl_loss_and_ours(tiny_dir, tmp_path, rows, loss_type, loss_weights, beta, method, **options):
+def _trl_loss_and_ours(tiny_dir, tmp_path, rows, loss_type, loss_weights, beta, method, trl_args=None, **options):
     """TRL's DPOTrainer.compute_loss on `rows` (one batch; the policy a perturbed copy of the reference)
     next to isdaa's preference_loss on isdaa's log-probs of the same models and rows."""
     import copy
@@ -358,7 +377,8 @@ def _trl_loss_and_ours(tiny_dir, tmp_path, rows, loss_type, loss_weights, beta, 
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     args = DPOConfig(output_dir=str(tmp_path / "trl"), per_device_train_batch_size=len(rows), beta=beta,
                      loss_type=loss_type, loss_weights=loss_weights, max_length=None, report_to=[], use_cpu=True,
-                     bf16=False, gradient_checkpointing=False, disable_dropout=True, precompute_ref_log_probs=False)
+                     bf16=False, gradient_checkpointing=False, disable_dropout=True, precompute_ref_log_probs=False,
+                     **(trl_args or {}))
     trainer = DPOTrainer(model=copy.deepcopy(policy), ref_model=copy.deepcopy(ref), args=args,
                          train_dataset=Dataset.from_list(rows), processing_class=tok)
     trainer.model.eval()
@@ -367,10 +387,13 @@ def _trl_loss_and_ours(tiny_dir, tmp_path, rows, loss_type, loss_weights, beta, 
     batch = collate_pref(tokenize_pref(rows, tok, 256, 128), tok.pad_token_id)
     n = batch["n_pairs"]
     with torch.no_grad():
-        lp = response_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"]).double()
+        lp, sq = response_logps(policy, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                with_sq_logsumexp=True)
         lr = response_logps(ref, batch["input_ids"], batch["attention_mask"], batch["response_mask"]).double()
+    lp = lp.double()
+    sq_lse = {"policy_chosen_sq_lse": sq[:n], "policy_rejected_sq_lse": sq[n:]} if options.get("wpo_weighting") else {}
     ours = preference_loss(method, beta, lp[:n], lp[n:], lr[:n], lr[n:], chosen_lengths=batch["chosen_lengths"],
-                           rejected_lengths=batch["rejected_lengths"], **options).loss.item()
+                           rejected_lengths=batch["rejected_lengths"], **sq_lse, **options).loss.item()
     return trl_loss, ours
 
 
@@ -393,9 +416,25 @@ def test_trl_ipo_is_isdaas_length_normalized_ipo_on_numbers(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
+def test_trl_losses_mapped_by_name_equal_trls_on_numbers(tiny_dir, tmp_path):
+    """TRL's own loss code on the same models and rows: [sigmoid, sft] = isdaa's dpo-sft (chosen lengths
+    equal or not), sigmoid_norm = dpo-norm, use_weighting = dpo with wpo_weighting and no clamp."""
+    pytest.importorskip("trl")
+    for rows in (EQUAL, UNEQUAL):
+        trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, rows, ["sigmoid", "sft"], [1.0, 0.5], 0.1, "dpo-sft",
+                                            dpo_sft_weight=0.5)
+        assert ours == pytest.approx(trl_loss, rel=1e-4)
+    trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, UNEQUAL, ["sigmoid_norm"], None, 0.1, "dpo-norm")
+    assert ours == pytest.approx(trl_loss, rel=1e-4)
+    trl_loss, ours = _trl_loss_and_ours(tiny_dir, tmp_path, UNEQUAL, ["sigmoid"], None, 0.1, "dpo",
+                                        trl_args={"use_weighting": True}, wpo_weighting=True, wpo_max_weight=None)
+    assert ours == pytest.approx(trl_loss, rel=1e-4)
+
+
+@pytest.mark.slow
 def test_trl_rpo_equals_isdaas_rpo_only_at_equal_chosen_lengths(tiny_dir, tmp_path):
-    """Why [sigmoid, sft] is refused: TRL's sft term (the micro-batch's token-mean NLL) equals isdaa's
-    rpo with rpo_nll_mean and eta = alpha / beta when the chosen responses have equal lengths, and not
+    """Why [sigmoid, sft] maps to dpo-sft and not rpo: TRL's sft term (the micro-batch's token-mean NLL) equals
+    isdaa's rpo with rpo_nll_mean and eta = alpha / beta when the chosen responses have equal lengths, and not
     otherwise (the token mean weighs long responses more)."""
     pytest.importorskip("trl")
     alpha, beta = 0.5, 0.1

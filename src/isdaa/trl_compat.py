@@ -57,6 +57,8 @@ ALIASES = {
     "lora_alpha": "model.lora.alpha",
     "lora_dropout": "model.lora.dropout",
     "lora_target_modules": "model.lora.target_modules",
+    "ref_model_mixup_alpha": "ref_sync.alpha",  # TR-DPO, with sync_ref_model (SWITCHES)
+    "ref_model_sync_steps": "ref_sync.steps",
 }
 
 # TRL name -> (isdaa key it sets, one line for --help)
@@ -99,12 +101,8 @@ REFUSED = {
     "label_smoothing": "robust / EXO losses are not in isdaa's registry",
     "f_divergence_type": "f-DPO divergences are not in isdaa's registry",
     "f_alpha_divergence_coef": "f-DPO divergences are not in isdaa's registry",
-    "use_weighting": "WPO weighting is not available yet; isdaa's weighting is IS (method: is-dpo ...)",
     "ld_alpha": "LD-DPO is not implemented",
     "discopop_tau": "DiscoPOP is not implemented",
-    "sync_ref_model": "TR-DPO reference syncing is not available yet",
-    "ref_model_mixup_alpha": "TR-DPO reference syncing is not available yet (needs sync_ref_model)",
-    "ref_model_sync_steps": "TR-DPO reference syncing is not available yet (needs sync_ref_model)",
     "padding_free": "padding-free batches are not implemented (isdaa pads to the batch's longest sequence; "
                     "pack_pairs puts each pair in one row)",
     "overwrite_output_dir": "pass --overwrite to `isdaa train`",
@@ -119,27 +117,41 @@ REFUSED = {
 }
 # TRL's default for each refused feature: accepted, it asks for nothing isdaa lacks
 HARMLESS = {"loss_weights": (None,), "label_smoothing": (0, 0.0), "f_divergence_type": ("reverse_kl",),
-            "f_alpha_divergence_coef": (0.5,), "use_weighting": (False,), "ld_alpha": (None,), "discopop_tau": (0.05,),
-            "sync_ref_model": (False,), "padding_free": (False,), "overwrite_output_dir": (False,),
+            "f_alpha_divergence_coef": (0.5,), "ld_alpha": (None,), "discopop_tau": (0.05,), "padding_free": (False,), "overwrite_output_dir": (False,),
             "use_liger_kernel": (False,), "load_in_4bit": (False,), "load_in_8bit": (False,), "use_rslora": (False,),
             "use_dora": (False,), "model_init_kwargs": (None,), "rpo_alpha": (None,), "lora_task_type": ("CAUSAL_LM",)}
 # A TRL block switch and its member keys: members are ignored (with a warning unless at TRL's defaults)
-# while the switch is off, as TRL ignores them. isdaa block -> members' targets: ALIASES.
-#   WPO, once `loss.wpo_weighting` exists:  ALIASES["use_weighting"] = "loss.wpo_weighting"
-#   TR-DPO, once a `ref_sync` block exists: SWITCHES["sync_ref_model"] = ("ref_sync", ("ref_model_mixup_alpha",
-#                                           "ref_model_sync_steps"), {}) with their two ALIASES
+# while the switch is off, as TRL ignores them. isdaa block -> members' targets: ALIASES; the block's fields
+# the switch sets itself (unless a member sets them); SWITCH_EXTRA: other keys the switch sets.
 SWITCHES = {
     "use_peft": ("model.lora", ("lora_r", "lora_alpha", "lora_dropout", "lora_target_modules"),
                  {"target_modules": None}),   # TRL's default: peft's per-architecture modules
+    # WPO as TRL 1.x computes it: exp(mean adjusted log-prob of y_c + of y_r), NOT clamped (TRL 0.x clamped at 1)
+    "use_weighting": ("loss", (), {"wpo_weighting": True, "wpo_max_weight": None}),
+    # TR-DPO: TRL's reference is scored in memory (isdaa's default precomputes it once, which a moving one cannot)
+    "sync_ref_model": ("ref_sync", ("ref_model_mixup_alpha", "ref_model_sync_steps"),
+                       {"alpha": 0.6, "steps": 512}),
 }
+SWITCH_EXTRA = {"sync_ref_model": {"ref_logps": "on_the_fly"}}
 MEMBER_DEFAULTS = {"ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 512}  # harmless with sync_ref_model off
 
 # loss_type (a list in TRL 1.x; a sum, so sorted here) -> isdaa keys, for the combinations isdaa has exactly:
 # a mapping (every loss_weight must be 1), or a function of {loss type: weight} returning one (e.g. a weight
 # that becomes a loss option). TRL's ipo divides each log-ratio by its response's token count
 # (dpo_trainer.py, "ipo"): isdaa's ipo_length_normalize (tests/test_trl_compat.py checks it against TRL's code).
+def _dpo_sft(weights: dict) -> dict | None:
+    """[sigmoid, sft] with loss_weights [1, alpha]: isdaa's dpo-sft (DPO + alpha x TRL's batch token-mean NLL
+    of the chosen responses; tests/test_trl_compat.py checks it against TRL's loss code). A sigmoid weight != 1
+    has no equivalent: None (refused)."""
+    if float(weights["sigmoid"]) != 1.0:
+        return None
+    return {"method": "dpo-sft", "loss.dpo_sft_weight": float(weights["sft"])}
+
+
 TRL_LOSSES = {("sigmoid",): {"method": "dpo"},
-              ("ipo",): {"method": "ipo", "loss.ipo_length_normalize": True}}
+              ("ipo",): {"method": "ipo", "loss.ipo_length_normalize": True},
+              ("sigmoid_norm",): {"method": "dpo-norm"},
+              ("sft", "sigmoid"): _dpo_sft}
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
               "sgd": "sgd"}
@@ -429,6 +441,9 @@ def _switch(switch: str, trl: dict, tree: _Tree) -> None:
             tree.set_trl(block, {}, switch, rank)
         for k in given:
             tree.set_trl(ALIASES[k], trl[k][0], k, trl[k][1])
+        for dotted, value in SWITCH_EXTRA.get(switch, {}).items():
+            if tree.rank.get(dotted, -1) < rank:  # unless a later source set it
+                tree.set_trl(dotted, value, switch, rank)
     elif given:
         _warn(f"{_where(tree.origins[max(trl[k][1] for k in given)])}{sorted(given)} given without {switch}: true; "
               "ignored (as TRL does)")
