@@ -113,3 +113,44 @@ def test_bt_labels_match_sigmoid_of_reward_difference():
         p = 1 / (1 + math.exp(-(r1 - r2)))
         se = math.sqrt(p * (1 - p) / n)
         assert abs(wins.mean() - p) < 4 * se, (a, b, wins.mean(), p)
+
+
+def _sampled(rows: list[list[int]]):
+    """The real sampler's texts for fixed generated ids: `model.generate` returns the prompt + `rows`
+    (what HF generate does after EOS: pads), everything after it (cut at EOS, decoding) is the sampler's."""
+    import torch
+
+    from isdaa.evaluate.sampling import sample_responses
+
+    tok = task.build_tokenizer()
+    model = task.build_model(tok)
+
+    def generate(input_ids, attention_mask=None, logits_processor=None, **kwargs):
+        return torch.cat([input_ids, torch.tensor(rows[: input_ids.shape[0]])], dim=1)
+
+    model.generate = generate
+    return tok, sample_responses(model, tok, [PROMPT], n=len(rows), max_new_tokens=task.MAX_RESPONSE_TOKENS)
+
+
+def test_sampled_pad_is_hallucinated_and_post_eos_padding_never_reaches_the_reward():
+    """The golden reward scores what was sampled, by token (README: sampled special tokens count as
+    hallucinated). PROMPT has K = 3 keys.
+    - 16 sampled <pad>, no EOS: hallucinated 16, beyond 16 - (3 + 2) = 11, no EOS:
+      -0.5*16 - 0.4*11 - 2 = -8 - 4.4 - 2 = -14.4 (not 0, the score of an empty response ended by EOS).
+    - k5 k1 <eos> then generate's padding: the padding is not part of the response: 3*2/3 = 2.0.
+    - k5 <pad> k1 <eos> + padding: the sampled <pad> before EOS is hallucinated: 2 - 0.5 = 1.5.
+    - <eos> at once + padding: the empty response, 0.0."""
+    tok = task.build_tokenizer()
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    k5, k1 = tok.convert_tokens_to_ids("k5"), tok.convert_tokens_to_ids("k1")
+    n = task.MAX_RESPONSE_TOKENS
+    rows = [[pad] * n, [k5, k1, eos] + [pad] * (n - 3), [k5, pad, k1, eos] + [pad] * (n - 4), [eos] + [pad] * (n - 1)]
+    _, samples = _sampled(rows)
+    assert [s.finished for s in samples] == [False, True, True, True]
+    comps = [task.reward_components(PROMPT, s.text) for s in samples]
+    assert [c["reward"] for c in comps] == pytest.approx([-14.4, 2.0, 1.5, 0.0], abs=1e-9)
+    assert (comps[0]["hallucinated"], comps[0]["beyond"], comps[0]["no_eos"], comps[0]["length"]) == (16, 11, 1, 16)
+    assert comps[2]["hallucinated"] == 1 and comps[2]["length"] == 3
+    assert task.golden_reward([PROMPT] * 4, [s.text for s in samples]) == pytest.approx([-14.4, 2.0, 1.5, 0.0])
+    # the same response with or without what followed its EOS: identical reward
+    assert task.golden_reward([PROMPT] * 2, ["k5 k1", "k5 k1 <eos> <pad> <pad>"]) == [2.0, 2.0]

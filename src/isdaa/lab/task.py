@@ -11,7 +11,7 @@ for the paper's golden reward model (Section 4.1), scores a response y for a pro
     r*(x, y) = 3 * coverage - 0.5 * hallucinated - 0.5 * repeated - 0.4 * beyond - 2 * no_eos
 
     coverage      distinct prompt keys present in y / K                         (in [0, 1])
-    hallucinated  tokens of y that are not keys of this prompt (fillers, other keys, unknown words)
+    hallucinated  tokens of y that are not keys of this prompt (fillers, other keys, sampled specials)
     repeated      occurrences of a prompt key after its first
     beyond        max(0, |y| - (K + 2)), |y| = response tokens without EOS
     no_eos        1 when y was cut at the length limit instead of ending with EOS
@@ -25,10 +25,12 @@ order, sometimes a filler or two, occasionally a hallucinated key or a repetitio
 makes the penalized mistakes occasionally: out-of-distribution behaviour that an offline DAA can
 amplify once probability mass leaves the data (repetition is the usual route; LAB-NOTES.md).
 
-"No EOS" from a string: the golden reward protocol passes decoded strings, which lose EOS when decoded
-with `skip_special_tokens=True`. A response of MAX_RESPONSE_TOKENS words or more was necessarily cut by
-the lab's generation limit (the model's tokens are whole words), so it counts as no EOS; an explicit
-`<eos>` in the string (decoding with special tokens) ends the response there.
+The reward scores what was sampled, token by token. The golden reward protocol passes strings: the
+sampler's text holds every sampled token, special ones included, except the terminating EOS
+(`isdaa.evaluate.sampling.response_text`; sampling cuts at the first EOS, so padding after it never
+reaches the reward). A sampled <pad>, <bos> or <unk> is a hallucinated token. A response of
+MAX_RESPONSE_TOKENS tokens or more was necessarily cut by the generation limit (the model's tokens are
+whole words), so it counts as no EOS; an explicit `<eos>` in the string ends the response there.
 """
 
 from __future__ import annotations
@@ -90,14 +92,13 @@ def prompt_keys(prompt: str) -> list[str]:
 
 
 def _response_tokens(response: str) -> tuple[list[str], bool]:
-    """(content tokens, ended_with_eos). An explicit <eos> ends the response; padding is dropped; any
-    other special token (<bos>, <unk>) is a content token (hallucinated)."""
+    """(the response's tokens, ended_with_eos). An explicit <eos> ends the response (what follows it, e.g.
+    padding, is not part of it); every other token, <pad>, <bos> and <unk> included, is a token the
+    policy sampled (hallucinated); MAX_RESPONSE_TOKENS tokens without <eos> were cut at the limit."""
     toks: list[str] = []
     for tok in _tokens(response):
         if tok == "<eos>":
             return toks, True
-        if tok == "<pad>":
-            continue
         toks.append(tok)
     return toks, len(toks) < MAX_RESPONSE_TOKENS
 
@@ -264,6 +265,7 @@ def definition(style: DemoStyle = DemoStyle(), shape: ModelShape = ModelShape())
     """Everything that defines the environment, as JSON (written next to the report)."""
     return {
         "task": "key-token summary",
+        "reward_version": 2,  # 2: a sampled <pad> is a hallucinated token (1 dropped it)
         "vocabulary": {"keys": list(KEYS), "fillers": list(FILLERS), "separator": SEP,
                        "specials": sorted(SPECIAL_WORDS)},
         "prompt_tokens": PROMPT_TOKENS,
