@@ -8,13 +8,17 @@ optimizer, options, group, n_pairs, scheduler, warmup_ratio, plus its number of 
 
 Per run (checkpoints ordered by step, pi_ref at step 0 included):
   peak            max win rate over the checkpoints (biased upwards: a max over noisy points)
-  smoothed peak   max of the centred 3-checkpoint moving average (2 points at the ends)
+  smoothed peak   max of the centred 3-checkpoint moving average (2 points at the ends); its checkpoint
+                  (the window's centre) gives the sqrt KL and fraction "at the smoothed peak"
   final           mean win rate of the last FINAL_K = 2 trained checkpoints; final KL = the last one's
   drop            smoothed peak - final (>= 0); over-optimized when the seed mean exceeds a threshold
 Per configuration: mean and se over seeds (std ddof=1 / sqrt(n); NaN with one seed).
 IS vs base (same columns but the method and the IS options): the difference of the seed means with its
 se over seeds, and a paired difference over the same evaluation prompts (each prompt's final win rate,
-averaged over seeds, from the evaluator's per-prompt records) with its se over prompts.
+averaged over seeds, from the evaluator's per-prompt records) with its se over prompts. Each is tested
+two-sided at level ALPHA against Student-t critical values: over seeds Welch's t with the Welch-
+Satterthwaite degrees of freedom (3 + 3 seeds of equal spread: df 4, t 2.776), over prompts the paired t
+with N - 1 (256 prompts: df 255, t 1.969). See `verdict`.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ CONFIG_COLUMNS = ("group", "method", "beta", "lr", "optimizer", "options", "n_pa
                   "warmup_ratio", "steps")
 RUN_COLUMNS = ("run_id", "label", "seed") + CONFIG_COLUMNS
 FINAL_K = 2
+ALPHA = 0.05  # two-sided level of the verdicts' t tests
 SMOOTH = 3  # checkpoints in the centred moving average of the smoothed peak
 MECHANISM_FIELDS = ("is/ess", "is/weight_max", "is/clip_frac", "is/top_share")
 
@@ -48,6 +53,7 @@ POINT_FIELDS = [
 SUMMARY_FIELDS = [
     "name", *CONFIG_COLUMNS, "n_seeds", "ref_win_rate",
     "peak_win_rate", "peak_win_rate_se", "smoothed_peak", "smoothed_peak_se", "peak_sqrt_kl", "peak_fraction",
+    "smoothed_peak_sqrt_kl", "smoothed_peak_fraction",
     "final_win_rate", "final_win_rate_se", "final_win_rate_std", "final_kl", "final_kl_se", "final_sqrt_kl",
     "drop", "drop_se", "over_optimized",
 ]
@@ -298,9 +304,12 @@ def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
     trained = [r for r in rows if r["step"] > 0] or rows
     i = int(np.argmax(wr))
     final = float(np.mean([r["win_rate"] for r in trained[-k:]]))
-    sm = float(smoothed(wr).max())
+    sm_curve = smoothed(wr)
+    j = int(np.argmax(sm_curve))  # the smoothed peak's checkpoint (first maximum)
+    sm = float(sm_curve[j])
     return {"peak": float(wr[i]), "peak_sqrt_kl": rows[i]["sqrt_kl"], "peak_fraction": rows[i]["fraction"],
-            "smoothed_peak": sm, "final": final, "final_kl": trained[-1]["kl_k1"],
+            "smoothed_peak": sm, "smoothed_peak_step": rows[j]["step"], "smoothed_peak_sqrt_kl": rows[j]["sqrt_kl"],
+            "smoothed_peak_fraction": rows[j]["fraction"], "final": final, "final_kl": trained[-1]["kl_k1"],
             "final_sqrt_kl": trained[-1]["sqrt_kl"], "drop": sm - final,
             "ref": rows[0]["win_rate"] if rows[0]["step"] == 0 else float("nan"),
             "final_steps": [r["step"] for r in trained[-k:]]}
@@ -344,6 +353,8 @@ def summarize(points: list[dict], drop_threshold: float, k: int = FINAL_K) -> li
         row["final_win_rate_std"] = row["final_win_rate_se"] * math.sqrt(len(stats))
         row["peak_sqrt_kl"] = float(np.mean([s["peak_sqrt_kl"] for s in stats]))
         row["peak_fraction"] = float(np.mean([s["peak_fraction"] or 0.0 for s in stats]))
+        row["smoothed_peak_sqrt_kl"] = float(np.mean([s["smoothed_peak_sqrt_kl"] for s in stats]))
+        row["smoothed_peak_fraction"] = float(np.mean([s["smoothed_peak_fraction"] or 0.0 for s in stats]))
         row["final_sqrt_kl"] = float(np.mean([s["final_sqrt_kl"] for s in stats]))
         row["over_optimized"] = bool(row["drop"] > drop_threshold)
         out.append(row)
@@ -396,11 +407,55 @@ def attach_final_steps(summary: list[dict], points: list[dict], k: int = FINAL_K
         s["final_steps"] = {rid: run_stats(rows, k)["final_steps"] for rid, rows in runs[config_key(s)].items()}
 
 
+def t_critical(df: float, alpha: float = ALPHA) -> float:
+    """The two-sided Student-t critical value t_{1 - alpha/2, df} (scipy.stats.t.ppf)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - alpha / 2, df))
+
+
+def welch_df(se_a: float, n_a: int, se_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of a difference of two means with standard errors se_a, se_b
+    over n_a, n_b seeds: (se_a^2 + se_b^2)^2 / (se_a^4 / (n_a - 1) + se_b^4 / (n_b - 1)); n_a + n_b - 2 when
+    both se are 0 (identical seeds: the ratio is undefined)."""
+    va, vb = se_a ** 2, se_b ** 2
+    den = va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)
+    return (va + vb) ** 2 / den if den > 0 else float(n_a + n_b - 2)
+
+
+def t_test(diff: float, se: float, df: float) -> str:
+    """`+` / `-` when |diff| exceeds t_{1 - ALPHA/2, df} * se on that side, else `0`."""
+    if math.isnan(se) or math.isnan(df) or df <= 0:
+        return "0"
+    crit = t_critical(df) * se
+    return "+" if diff > crit else "-" if diff < -crit else "0"
+
+
+VERDICTS = ("helped", "hurt", "no clear difference", "untested over seeds", "untested")
+
+
+def verdict(diff: float, se_seeds: float, df_seeds: float, paired_diff: float, paired_se: float,
+            n_prompts: int) -> str:
+    """IS vs base, from the two t tests (ALPHA two-sided). With >= 2 seeds on both sides (df_seeds not NaN):
+    `helped` / `hurt` when the test over seeds and, where per-prompt records exist, the paired test over
+    prompts (df n_prompts - 1) both find a difference on that side, else `no clear difference`. With one
+    seed on a side the run-to-run variation is unknown: `untested over seeds`, whatever the paired test
+    says (its numbers are still reported); `untested` when neither test can be made."""
+    if math.isnan(df_seeds):
+        return "untested over seeds" if n_prompts >= 2 and not math.isnan(paired_se) else "untested"
+    tests = [t_test(diff, se_seeds, df_seeds)]
+    if n_prompts >= 2 and not math.isnan(paired_se):
+        tests.append(t_test(paired_diff, paired_se, n_prompts - 1))
+    if all(t == "+" for t in tests):
+        return "helped"
+    if all(t == "-" for t in tests):
+        return "hurt"
+    return "no clear difference"
+
+
 def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[dict]:
     """IS-<m> (any IS option) vs <m> at equal beta / lr / optimizer / schedule / data / steps, outside the
-    clip ablation. Verdict `helped` / `hurt` when the final win rates differ by more than 2 se in the
-    paired comparison over prompts AND (with >= 2 seeds on both sides) in the comparison over seeds;
-    else `no clear difference`."""
+    clip ablation; each with its `verdict` (t tests over seeds and over prompts)."""
     out = []
     for s in summary:
         if s["group"] == "clip" or base_method(s["method"]) is None:
@@ -410,18 +465,16 @@ def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[
             continue
         diff = s["final_win_rate"] - b["final_win_rate"]
         se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
+        df_seeds = (welch_df(s["final_win_rate_se"], s["n_seeds"], b["final_win_rate_se"], b["n_seeds"])
+                    if not math.isnan(se_seeds) else float("nan"))
         pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
                                and "final_steps" in b else (float("nan"), float("nan"), 0))
-        tests = [(pd_, pse)] + ([] if math.isnan(se_seeds) else [(diff, se_seeds)])
-        tests = [(d, e) for d, e in tests if not math.isnan(e)]
-        verdict = "no clear difference"
-        if tests and all(d > 2 * e for d, e in tests):
-            verdict = "helped"
-        elif tests and all(d < -2 * e for d, e in tests):
-            verdict = "hurt"
         out.append({"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
-                    "diff": diff, "se_seeds": se_seeds, "paired_diff": pd_, "paired_se": pse,
-                    "n_prompts": n_prompts, "verdict": verdict if tests else "untested"})
+                    "diff": diff, "se_seeds": se_seeds, "df_seeds": df_seeds,
+                    "t_seeds": t_critical(df_seeds) if not math.isnan(df_seeds) else float("nan"),
+                    "paired_diff": pd_, "paired_se": pse, "n_prompts": n_prompts,
+                    "t_prompts": t_critical(n_prompts - 1) if n_prompts >= 2 else float("nan"),
+                    "verdict": verdict(diff, se_seeds, df_seeds, pd_, pse, n_prompts)})
     return out
 
 

@@ -18,10 +18,12 @@ import numpy as np
 from isdaa.io import atomic_write_csv, atomic_write_json, atomic_write_text, read_jsonl
 from isdaa.lab import task
 from isdaa.lab.aggregate import (
+    ALPHA,
     FINAL_K,
     POINT_FIELDS,
     SUMMARY_FIELDS,
     TRAIN_FIELDS,
+    VERDICTS,
     attach_final_steps,
     by_config,
     clip_table,
@@ -41,7 +43,10 @@ from isdaa.lab.aggregate import (
 )
 
 COMPARISON_FIELDS = ["group", "beta", "regime", "is", "base", "n_seeds", "is_final", "base_final", "diff",
-                     "se_seeds", "paired_diff", "paired_se", "n_prompts", "is_final_kl", "base_final_kl", "verdict"]
+                     "se_seeds", "df_seeds", "t_seeds", "paired_diff", "paired_se", "n_prompts", "t_prompts",
+                     "is_final_kl", "base_final_kl", "verdict"]
+VERDICT_TITLES = {"helped": "IS helped", "hurt": "IS hurt", "no clear difference": "No clear difference",
+                  "untested over seeds": "Untested over seeds", "untested": "Not testable"}
 STATS_TEXT = (
     "Per run: peak = the maximum win rate over its checkpoints (biased upwards: a max over noisy points); "
     "smoothed peak = the maximum of the centred 3-checkpoint moving average (2 at the ends); "
@@ -79,7 +84,7 @@ def findings(summary: list[dict], points: list[dict], drop_threshold: float) -> 
             lines.append(
                 f"Over-optimized (smoothed peak minus final win rate > {drop_threshold:g}): "
                 + ", ".join(f"{s['name']} (beta {s['beta']:g}: smoothed peak {_pm(s['smoothed_peak'], s['smoothed_peak_se'])}"
-                            f" near sqrt KL {_fmt(s['peak_sqrt_kl'], 2)}, final {_pm(s['final_win_rate'], s['final_win_rate_se'])}"
+                            f" near sqrt KL {_fmt(s['smoothed_peak_sqrt_kl'], 2)}, final {_pm(s['final_win_rate'], s['final_win_rate_se'])}"
                             f" {_seeds(s['n_seeds'])})" for s in over) + "."
             )
         if kept:
@@ -98,12 +103,12 @@ def findings(summary: list[dict], points: list[dict], drop_threshold: float) -> 
 
 def comparison_sentence(c: dict) -> str:
     s, b = c["is"], c["base"]
-    verdict = {"helped": "IS helped", "hurt": "IS hurt", "untested": "Not testable (no se)"}.get(
-        c["verdict"], "No clear difference")
-    seeds = (f"; over seeds: diff {c['diff']:+.3f}, se {c['se_seeds']:.3f}" if not math.isnan(c["se_seeds"])
+    verdict = VERDICT_TITLES[c["verdict"]]
+    seeds = (f"; over seeds: diff {c['diff']:+.3f}, se {c['se_seeds']:.3f}, Welch df {c['df_seeds']:.1f} "
+             f"(t {c['t_seeds']:.2f})" if not math.isnan(c["se_seeds"])
              else " (1 seed)" if c["n_seeds"] == 1 else "")
-    paired = (f"; paired over {c['n_prompts']} prompts: {c['paired_diff']:+.3f}, se {c['paired_se']:.3f}"
-              if c["n_prompts"] else "; no per-prompt records to pair")
+    paired = (f"; paired over {c['n_prompts']} prompts: {c['paired_diff']:+.3f}, se {c['paired_se']:.3f} "
+              f"(t {c['t_prompts']:.2f})" if c["n_prompts"] else "; no per-prompt records to pair")
     return (f"{verdict}: {s['name']} vs {b['name']} (beta {s['beta']:g}; {regime_title(s)}): final win rate "
             f"{_pm(s['final_win_rate'], s['final_win_rate_se'])} vs {_pm(b['final_win_rate'], b['final_win_rate_se'])}"
             f"{seeds}{paired}; smoothed peak {_fmt(s['smoothed_peak'])} vs {_fmt(b['smoothed_peak'])}; "
@@ -138,13 +143,13 @@ def mechanism(summary: list[dict], points: list[dict]) -> list[str]:
             rows = sorted(rows, key=lambda r: r["step"])
             if rows[0].get("coverage") is None:
                 continue
-            i = int(np.argmax([r["win_rate"] for r in rows]))
-            peak.append(rows[i])
+            st = run_stats(rows)
+            peak.append(next(r for r in rows if r["step"] == st["smoothed_peak_step"]))
             end.append(rows[-1])
         if not peak:
             continue
         parts = [f"{c} {np.mean([r[c] for r in peak]):.2f} -> {np.mean([r[c] for r in end]):.2f}" for c in comps]
-        lines.append(f"{s['name']} (beta {s['beta']:g}), peak -> last checkpoint: " + ", ".join(parts) + ".")
+        lines.append(f"{s['name']} (beta {s['beta']:g}), smoothed peak's checkpoint -> last checkpoint: " + ", ".join(parts) + ".")
     return lines
 
 
@@ -161,14 +166,15 @@ def regimes_section(comparisons: list[dict], mech: dict, summary: list[dict], me
     """The Regimes section: where IS helped, hurt, made no clear difference; the weights' behaviour."""
     out = ["## Regimes: where importance sampling helps\n",
            f"IS-<m> against <m> at the same beta, optimizer, learning rate, schedule, data and steps. `helped` / "
-           f"`hurt` when the final win rates (mean of the last {FINAL_K} checkpoints) differ by more than 2 se both "
-           "in the paired comparison over the same evaluation prompts (per-prompt win rates, averaged over seeds) "
-           "and, with >= 2 seeds on both sides, over seeds; otherwise `no clear difference`.\n"]
+           f"`hurt` when the final win rates (mean of the last {FINAL_K} checkpoints) differ, two-sided at level "
+           f"{ALPHA:g}, both over seeds (Welch's t, Welch-Satterthwaite df: 3 vs 3 seeds of equal spread give df 4, "
+           "t 2.78) and in the paired comparison over the same evaluation prompts (per-prompt win rates, averaged "
+           "over seeds; paired t, df = prompts - 1); otherwise `no clear difference`. With one seed on a side the "
+           "run-to-run variation is unknown: `untested over seeds` (the paired numbers are still given).\n"]
     if not comparisons:
         out.append("No IS run has a matching base-method run in this folder: nothing to compare.\n")
     out += [f"- {line}" for line in regime_overview(comparisons)] + ([""] if comparisons else [])
-    for verdict, title in (("helped", "IS helped"), ("hurt", "IS hurt"), ("no clear difference", "No clear difference"),
-                           ("untested", "Not testable")):
+    for verdict, title in VERDICT_TITLES.items():
         cs = [c for c in comparisons if c["verdict"] == verdict]
         if cs:
             out += [f"**{title}** ({len(cs)} of {len(comparisons)}):\n", *[f"- {comparison_sentence(c)}" for c in cs], ""]
@@ -200,14 +206,13 @@ def regime_overview(comparisons: list[dict]) -> list[str]:
         cs = [c for c in comparisons if c["base"]["over_optimized"] == over]
         if not cs:
             continue
-        count = {v: sum(c["verdict"] == v for c in cs) for v in ("helped", "hurt", "no clear difference", "untested")}
+        count = {v: sum(c["verdict"] == v for c in cs) for v in VERDICTS}
         one = sum(c["n_seeds"] == 1 for c in cs)
         kl = [c["is"]["final_kl"] / c["base"]["final_kl"] for c in cs if c["base"]["final_kl"] > 0]
         lines.append(
             f"{where.capitalize()} ({len(cs)} comparisons{f', {one} of them on 1 seed' if one else ''}): IS helped "
             f"{count['helped']}, hurt {count['hurt']}, no clear difference {count['no clear difference']}"
-            + (f", not testable {count['untested']}" if count["untested"] else "")
-            + (f"; IS's final KL was {min(kl):.2f}-{max(kl):.2f} x the base's" if kl else "") + ".")
+            + _untested(count) + (f"; IS's final KL was {min(kl):.2f}-{max(kl):.2f} x the base's" if kl else "") + ".")
     return lines
 
 
@@ -232,7 +237,8 @@ def comparison_rows(comparisons: list[dict]) -> list[dict]:
     return [{"group": c["group"], "beta": c["is"]["beta"], "regime": regime_title(c["is"]), "is": c["is"]["name"],
              "base": c["base"]["name"], "n_seeds": c["n_seeds"], "is_final": c["is"]["final_win_rate"],
              "base_final": c["base"]["final_win_rate"], "diff": c["diff"], "se_seeds": c["se_seeds"],
-             "paired_diff": c["paired_diff"], "paired_se": c["paired_se"], "n_prompts": c["n_prompts"],
+             "df_seeds": c["df_seeds"], "t_seeds": c["t_seeds"], "paired_diff": c["paired_diff"],
+             "paired_se": c["paired_se"], "n_prompts": c["n_prompts"], "t_prompts": c["t_prompts"],
              "is_final_kl": c["is"]["final_kl"], "base_final_kl": c["base"]["final_kl"], "verdict": c["verdict"]}
             for c in comparisons]
 
@@ -297,7 +303,7 @@ def _table(rows: list[dict], cols: list[tuple[str, str, str]]) -> str:
 
 TABLE1_COLS = [("name", "method", ""), ("beta", "beta", "3"), ("n_seeds", "seeds", ""),
                ("peak", "peak WR", "3"), ("smoothed", "smoothed peak", "3"),
-               ("peak_sqrt_kl", "sqrt KL at peak", "2"), ("peak_fraction", "peak at", "2"),
+               ("smoothed_peak_sqrt_kl", "sqrt KL at sm. peak", "2"), ("smoothed_peak_fraction", "sm. peak at", "2"),
                ("final", "final WR", "3"), ("final_kl_pm", "final KL", "2"), ("drop_pm", "drop", "3")]
 GROUP_COLS = [("group", "group", ""), ("optimizer", "optimizer", ""), ("lr", "lr", "6"), ("scheduler", "schedule", ""),
               ("warmup_ratio", "warmup", "3"), ("n_pairs", "pairs", ""), ("steps", "steps", ""), ("runs", "runs", "")]
@@ -427,21 +433,25 @@ def five_lines(summary: list[dict], label_stats: dict, threshold: float, compari
     best_peak = max(rows, key=lambda s: s["smoothed_peak"])
     best_final = max(rows, key=lambda s: s["final_win_rate"])
     over = [f"{s['name']}@{s['beta']:g}" for s in rows if s["over_optimized"]]
-    count = {v: sum(c["verdict"] == v for c in comparisons)
-             for v in ("helped", "hurt", "no clear difference", "untested")}
+    count = {v: sum(c["verdict"] == v for c in comparisons) for v in VERDICTS}
     seeds = sorted({s["n_seeds"] for s in rows})
     return [
         f"pi_ref win rate {ref:.3f}; D_golden {label_stats.get('train', {}).get('n_pairs', '?')} pairs; "
         f"{len(rows)} configurations x {'/'.join(map(str, seeds))} seed(s)",
         f"best smoothed peak: {best_peak['name']} beta {best_peak['beta']:g}: "
-        f"{_pm(best_peak['smoothed_peak'], best_peak['smoothed_peak_se'])} near sqrt KL {best_peak['peak_sqrt_kl']:.2f}",
+        f"{_pm(best_peak['smoothed_peak'], best_peak['smoothed_peak_se'])} near sqrt KL "
+        f"{best_peak['smoothed_peak_sqrt_kl']:.2f}",
         f"best final: {best_final['name']} beta {best_final['beta']:g}: "
         f"{_pm(best_final['final_win_rate'], best_final['final_win_rate_se'])} (KL {best_final['final_kl']:.2f})",
         f"over-optimized (smoothed peak - final > {threshold:g}): {', '.join(over) if over else 'none'}",
         f"IS vs base method: helped {count['helped']}, hurt {count['hurt']}, no clear difference "
-        f"{count['no clear difference']}" + (f", not testable {count['untested']}" if count["untested"] else "")
-        + f" (of {len(comparisons)} comparisons)",
+        f"{count['no clear difference']}" + _untested(count) + f" (of {len(comparisons)} comparisons)",
     ]
+
+
+def _untested(count: dict) -> str:
+    return ((f", untested over seeds {count['untested over seeds']}" if count["untested over seeds"] else "")
+            + (f", not testable {count['untested']}" if count["untested"] else ""))
 
 
 def _learning_rate_text(summary: list[dict]) -> str:
