@@ -10,7 +10,7 @@ import pytest
 from lab_synth import PROMPTS, add_run, make_lab
 
 from isdaa.lab import aggregate as agg
-from isdaa.lab import report
+from isdaa.lab import report, sections
 
 STEPS = (0, 2, 4, 6, 8, 10)
 DPO = {0: [0.5, 0.6, 0.9, 0.7, 0.65, 0.55], 1: [0.5, 0.7, 0.8, 0.8, 0.6, 0.5]}
@@ -85,7 +85,7 @@ def test_summary_line_near_sqrt_kl_at_the_smoothed_peak(tmp_path):
     _pts, s = _summary(root)
     d = s["dpo"]
     assert d["smoothed_peak_sqrt_kl"] == pytest.approx((math.sqrt(2.4) + math.sqrt(1.6)) / 2)
-    line = report.five_lines(list(s.values()), {}, 0.05)[1]
+    line = sections.five_lines(list(s.values()), {}, 0.05)[1]
     assert line.endswith(f"near sqrt KL {(math.sqrt(2.4) + math.sqrt(1.6)) / 2:.2f}"), line
 
 
@@ -129,14 +129,14 @@ def test_is_comparison_seeds_and_paired(lab):
     # self-norm seed 0 final .73, every prompt at the checkpoint's rate; base per prompt .575 + DPO_OFF
     assert sn["paired_diff"] == pytest.approx(0.73 - 0.575)
     assert sn["paired_se"] == pytest.approx(math.sqrt((0.01 + 0.01 + 0.0025 + 0.0025) / 3) / 2)
-    assert "(1 seed)" in report.comparison_sentence(sn) and "(1 seed)" not in report.comparison_sentence(c)
+    assert "(1 seed)" in sections.comparison_sentence(sn) and "(1 seed)" not in sections.comparison_sentence(c)
     assert "dpo lr=0.0003" not in {x["base"]["name"] for x in comps}
     # dpo lr 2e-3 over-optimized (drop .18 > .05): both comparisons sit in the first line; final KL
     # 1 / 3 (is-dpo) and .5 / 3 (self-norm); the sentence gives the relative change (1 - 3) / 3 = -67%
-    assert report.regime_overview(comps) == [
+    assert sections.regime_overview(comps) == [
         "Where the base method over-optimized (2 comparisons, 1 of them on 1 seed): IS helped 0, hurt 0, "
         "no clear difference 1, untested over seeds 1; IS's final KL was 0.17-0.33 x the base's."]
-    assert "final KL 1.00 vs 3.00 (-67%)" in report.comparison_sentence(c)
+    assert "final KL 1.00 vs 3.00 (-67%)" in sections.comparison_sentence(c)
 
 
 def test_no_clear_difference_when_seeds_disagree(tmp_path):
@@ -184,7 +184,7 @@ def test_base_method_and_option_names():
     assert agg.base_method("is-dpo") == "dpo" and agg.base_method("is-ipo") == "ipo"
     assert agg.base_method("dpo") is None and agg.base_method("online-dpo") is None
     rows = [dict(method="is-dpo", options=json.dumps(o), group="main", beta=0.1, lr=1e-3, optimizer="adamw",
-                 n_pairs=None, scheduler="cosine", warmup_ratio=0.1, steps=100)
+                 n_pairs=None, scheduler="cosine", warmup_ratio=0.1, steps=100, config="{}")
             for o in ({}, {"is_self_normalize": True}, {"is_clip": 0.5})]
     assert sorted(agg.display_names(rows).values()) == ["is-dpo", "is-dpo [eps=0.5]", "is-dpo [self-norm]"]
 
@@ -216,7 +216,7 @@ def test_mechanism_stats(lab):
     m = old[next(k for k in old if k[1] == "is-dpo" and k[5] == "{}")]
     assert m["top_share_median"] is None and m["ess_median"] == pytest.approx(0.14)
     row = next(r for r in agg.summarize(agg.collect_points(lab), 0.05) if r["name"] == "is-dpo lr=0.002")
-    assert "not logged in these runs" in report.mechanism_sentence(row["name"], row, m)
+    assert "not logged in these runs" in sections.mechanism_sentence(row["name"], row, m)
 
 
 def test_report_regimes_section_and_tables(lab):
@@ -252,20 +252,25 @@ def test_report_regimes_only_and_empty(tmp_path):
 
 
 def test_report_calibrate_group_states_how_the_rate_was_chosen(tmp_path):
-    """The calibrate preset's DPO-only runs: a table of their own; the report quotes presets.CALIBRATION
-    for runs at PAPER_LR, and no IS comparison exists."""
-    from isdaa.lab.presets import PAPER_LR
+    """The calibrate preset's DPO-only runs: a table of their own, titled from presets.GROUPS; the report
+    quotes the preset's calibration for runs at its rate, and no IS comparison exists."""
+    from isdaa.lab.presets import CALIBRATIONS, GROUPS, PAPER_LR
 
     root = make_lab(tmp_path / "cal", name="calibrate")
+    lab = json.loads((root / "lab.json").read_text())
+    cal = CALIBRATIONS["key-token"]
+    lab["preset"]["calibration"] = {"lr": cal.lr, "measured": cal.measured, "calibrated": True, "text": cal.text()}
+    (root / "lab.json").write_text(json.dumps(lab))
     for lr in (1e-4, PAPER_LR):
         add_run(root, "dpo", 0, [(0, 0.5, 0), (5, 0.75, 1), (10, 0.7, 2), (15, 0.4, 9)], beta=0.01, lr=lr,
                 group="calibrate")
     report.write_report(root)
     md = (root / "report.md").read_text()
-    assert "## Group `calibrate`" in md and f"Learning rate {PAPER_LR:g}: the rate was chosen once" in md
+    assert f"## {GROUPS['calibrate'].title} (group `calibrate`)" in md
+    assert f"Learning rate {PAPER_LR:g}: chosen once, on DPO alone at beta 0.01" in md
     assert "No IS run has a matching base-method run" in md
-    # smoothed [.625 .65 .6167 .55] -> .65; final (.7 + .4) / 2 = .55; drop .1
-    assert f"| adamw | {PAPER_LR:.6f} | 15 | dpo lr={PAPER_LR:g} | 0.010 | 1 | 0.750 | 0.650 |" in md
+    # smoothed [.625 .65 .6167 .55] -> .65 at step 5 (sqrt KL 1, fraction 1/3); final (.7 + .4) / 2 = .55
+    assert f"| adamw | {PAPER_LR:.6f} | 15 | dpo lr={PAPER_LR:g} | 0.010 | 1 | 0.750 | 0.650 | 1.00 | 0.33 |" in md
 
 
 def test_report_covers_the_presets_runs_in_its_groups(tmp_path):
@@ -316,7 +321,7 @@ def test_verdict_uses_t_over_seeds_not_two_se(tmp_path):
     assert c["diff"] == pytest.approx(0.04) and c["se_seeds"] == pytest.approx(0.02 * math.sqrt(2 / 3))
     assert c["df_seeds"] == pytest.approx(4.0) and c["t_seeds"] == pytest.approx(2.7764451, abs=1e-6)
     assert c["paired_diff"] == pytest.approx(0.04) and c["verdict"] == "no clear difference"
-    assert "Welch df 4.0 (t 2.78)" in report.comparison_sentence(c)
+    assert "Welch df 4.0 (t 2.78)" in sections.comparison_sentence(c)
     assert _seeds_lab(tmp_path / "b", (0.55, 0.57, 0.59), (0.50, 0.52, 0.54))["verdict"] == "helped"
     assert _seeds_lab(tmp_path / "c", (0.45, 0.47, 0.49), (0.50, 0.52, 0.54))["verdict"] == "hurt"
 
@@ -329,4 +334,4 @@ def test_one_seed_is_untested_over_seeds(tmp_path):
     assert math.isnan(c["se_seeds"]) and c["paired_diff"] == pytest.approx(0.3)
     assert c["paired_se"] == pytest.approx(math.sqrt(0.005 / 3) / 2)
     assert c["verdict"] == "untested over seeds"
-    assert report.comparison_sentence(c).startswith("Untested over seeds:")
+    assert sections.comparison_sentence(c).startswith("Untested over seeds:")

@@ -1,7 +1,7 @@
 """The lab's numbers, aggregated from its saved results (read by isdaa.lab.report and isdaa.lab.figures;
 never the trainer).
 
-A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
+Run folders are read through `isdaa.lab.rundir` only. A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
 optimizer, options, group, n_pairs, scheduler, warmup_ratio, plus its number of optimizer steps
 (summary.json `total_steps`). A configuration is the tuple of every column except seed / run_id / label
 (`CONFIG_COLUMNS`): runs that differ in anything but the seed are never averaged together.
@@ -29,14 +29,15 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from isdaa.drift import centered_mean
 from isdaa.io import read_jsonl
-from isdaa.lab import task
+from isdaa.lab import rundir
+from isdaa.lab.presets import CLIP, MAIN, REGIMES
 from isdaa.losses import IS_OPTIONS, METHODS, OPTION_DEFAULTS
 
 CONFIG_COLUMNS = ("group", "method", "beta", "lr", "optimizer", "options", "n_pairs", "scheduler",
-                  "warmup_ratio", "steps")
+                  "warmup_ratio", "steps", "config")
 RUN_COLUMNS = ("run_id", "label", "seed") + CONFIG_COLUMNS
 FINAL_K = 2
 ALPHA = 0.05  # two-sided level of the verdicts' t tests
@@ -47,9 +48,19 @@ POINT_FIELDS = [
     *RUN_COLUMNS, "name", "step", "fraction", "examples_seen",
     "win_rate", "win_rate_se", "tie_rate", "reward_policy", "reward_chosen",
     "kl_k1", "kl_k3", "sqrt_kl", "sqrt_kl_k3", "kl_l_median", "mean_length", "finished_frac",
-    "coverage", "hallucinated", "repeated", "beyond", "no_eos", "length_words",
     "log_ratio_mean", "ratio_mean_log", "weight_mean", "ess", "clip_frac", "logps_chosen", "logps_rejected",
 ]
+
+
+def component_fields(task) -> list[str]:
+    """The points' columns for a task's golden-reward components (`length` -> `length_words`: the response's
+    tokens by the task's rule, next to the evaluator's mean_length in ids, EOS included)."""
+    return [] if task is None else ["length_words" if c == "length" else c for c in task.component_names]
+
+
+def point_fields(task) -> list[str]:
+    return POINT_FIELDS[: POINT_FIELDS.index("log_ratio_mean")] + component_fields(task) + \
+        POINT_FIELDS[POINT_FIELDS.index("log_ratio_mean"):]
 SUMMARY_FIELDS = [
     "name", *CONFIG_COLUMNS, "n_seeds", "ref_win_rate",
     "peak_win_rate", "peak_win_rate_se", "smoothed_peak", "smoothed_peak_se", "peak_sqrt_kl", "peak_fraction",
@@ -75,17 +86,6 @@ def config_key(row: dict) -> tuple:
 # Reading runs
 
 
-def finished_runs(root: Path, specs: dict[str, dict] | None = None) -> list[tuple[Path, dict | None]]:
-    """(run dir, spec) of the finished runs a report covers. `specs` ({run_id: RunSpec.to_dict()}, the
-    preset being reported): only its runs, described by ITS spec (a run shared between presets, e.g. a
-    calibration run that is also a paper run, is reported in this preset's group); None: every finished
-    run of the folder, each described by its own lab_spec.json."""
-    runs = [done.parent for done in sorted(Path(root).glob("runs/*/lab_done.json"))]
-    if specs is None:
-        return [(r, None) for r in runs]
-    return [(r, specs[r.name]) for r in runs if r.name in specs]
-
-
 def preset_specs(preset) -> dict[str, dict] | None:
     """{run_id: spec dict} of a Preset or of a preset dict as lab.json stores it; None for None."""
     if preset is None or (isinstance(preset, dict) and "runs" not in preset):
@@ -98,21 +98,22 @@ def read_run(run_dir: Path, spec: dict | None = None) -> dict:
     """The run's RUN_COLUMNS, from `spec` or else the run's lab_spec.json. Absent optional fields default
     (n_pairs None = all pairs; scheduler / warmup_ratio None = the run's resolved config.yaml; steps:
     the spec's, else lab_done.json's, else summary.json's total_steps)."""
-    path = run_dir / "lab_spec.json"
-    spec = dict(spec) if spec is not None else json.loads(path.read_text())
+    path = run_dir / rundir.SPEC
+    spec = dict(spec) if spec is not None else rundir.spec(run_dir)
     missing = [k for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer") if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
     optim = {}
-    if (spec.get("scheduler") is None or spec.get("warmup_ratio") is None) and (run_dir / "config.yaml").exists():
-        optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim") or {}
+    if spec.get("scheduler") is None or spec.get("warmup_ratio") is None:
+        optim = rundir.resolved_optim(run_dir)
     steps = spec.get("steps")
-    if steps is None and (run_dir / "lab_done.json").exists():
-        steps = json.loads((run_dir / "lab_done.json").read_text()).get("steps")
-    if steps is None and (run_dir / "summary.json").exists():
-        steps = json.loads((run_dir / "summary.json").read_text()).get("total_steps")
+    if steps is None:
+        steps = (rundir.done_record(run_dir) or {}).get("steps")
+    if steps is None:
+        steps = rundir.total_steps(run_dir)
     row = {k: spec[k] for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer")}
     row.update(options=json.dumps(spec.get("options") or {}, sort_keys=True), n_pairs=spec.get("n_pairs"),
+               config=json.dumps(spec.get("config") or {}, sort_keys=True),
                scheduler=spec.get("scheduler") or optim.get("scheduler"),
                warmup_ratio=spec.get("warmup_ratio") if spec.get("warmup_ratio") is not None
                else optim.get("warmup_ratio"),
@@ -124,39 +125,27 @@ def eval_prompts(root: Path) -> list[str]:
     return [r["prompt"] for r in read_jsonl(root / "data" / "golden_eval" / "pairs.jsonl")]
 
 
-def _components(samples_path: Path, prompts: list[str]) -> dict:
-    if not samples_path.exists():
+def _components(run_dir: Path, name: str, prompts: list[str], task) -> dict:
+    """Mean golden-reward components of a checkpoint's saved samples ({} without a task or samples)."""
+    recs = rundir.samples(run_dir, name) if task is not None else []
+    if not recs:
         return {}
-    recs = read_jsonl(samples_path)
     comps = task.mean_components([prompts[r["prompt_idx"]] for r in recs], [r["response"] for r in recs])
-    comps["length_words"] = comps.pop("length")
     comps.pop("reward", None)
-    return comps
+    return {("length_words" if k == "length" else k): v for k, v in comps.items()}
 
 
-def _evals(run_dir: Path) -> list[dict]:
-    """The evaluator's per-checkpoint records (reference.json = step 0), by step."""
-    out = []
-    for path in (run_dir / "eval").glob("*.json"):
-        if path.name == "reference.json" or path.name.startswith("step-"):
-            e = json.loads(path.read_text())
-            e["_step"] = 0 if e.get("name") == "reference" else int(e["step"])
-            e["_path"] = path
-            out.append(e)
-    return sorted(out, key=lambda e: e["_step"])
-
-
-def collect_points(root: str | Path, specs: dict[str, dict] | None = None) -> list[dict]:
+def collect_points(root: str | Path, specs: dict[str, dict] | None = None, task=None) -> list[dict]:
     """One row per (finished run, evaluated checkpoint), the reference policy at step 0 included;
-    `specs`: see `finished_runs`."""
+    `specs`: see `rundir.finished_runs`; `task`: its golden-reward components of the saved samples."""
     root = Path(root)
     prompts = eval_prompts(root)
     rows = []
-    for run_dir, spec in finished_runs(root, specs):
+    for run_dir, spec in rundir.finished_runs(root, specs):
         base = read_run(run_dir, spec)
-        ratios = {r["step"]: r for r in read_jsonl(run_dir / "ratios.jsonl")} if (run_dir / "ratios.jsonl").exists() else {}
+        ratios = {r["step"]: r for r in rundir.ratios(run_dir)}
         total = base["steps"]
-        for e in _evals(run_dir):
+        for e in rundir.evals(run_dir):
             step = e["_step"]
             row = dict(base, step=step, fraction=(step / total) if total else None,
                        examples_seen=0 if step == 0 else e.get("examples_seen"),
@@ -165,8 +154,7 @@ def collect_points(root: str | Path, specs: dict[str, dict] | None = None) -> li
                        kl_k1=e["kl_k1"], kl_k3=e["kl_k3"], sqrt_kl=math.sqrt(max(e["kl_k1"], 0.0)),
                        sqrt_kl_k3=math.sqrt(max(e["kl_k3"], 0.0)), kl_l_median=e["kl"]["l_median"],
                        mean_length=e["mean_length"], finished_frac=e["finished_frac"])
-            name = "reference" if step == 0 else e["name"]
-            row.update(_components(run_dir / "eval" / "samples" / f"{name}.jsonl", prompts))
+            row.update(_components(run_dir, e["_name"], prompts, task))
             rat = ratios.get(step, {})
             row.update({k: rat.get(k) for k in ("log_ratio_mean", "ratio_mean_log", "weight_mean", "ess",
                                                 "clip_frac", "logps_chosen", "logps_rejected")})
@@ -180,8 +168,8 @@ def collect_per_prompt(root: str | Path, specs: dict[str, dict] | None = None) -
     """{(run_id, step): (N,) per-prompt win rates} from the evaluator's records (`per_prompt.win`: the
     mean over a prompt's samples of 1[r* > r*(chosen)] + 1/2 1[=]; prompt i is the i-th eval prompt)."""
     out = {}
-    for run_dir, _ in finished_runs(Path(root), specs):
-        for e in _evals(run_dir):
+    for run_dir, _ in rundir.finished_runs(Path(root), specs):
+        for e in rundir.evals(run_dir):
             win = (e.get("per_prompt") or {}).get("win")
             if win is not None:
                 out[(run_dir.name, e["_step"])] = np.asarray(win, dtype=float)
@@ -192,11 +180,11 @@ def collect_train_metrics(root: str | Path, specs: dict[str, dict] | None = None
     """The trainer's per-step records (metrics.jsonl) of every finished run, the fields of TRAIN_FIELDS
     (`is/top_share` is absent in runs older than its metric: None)."""
     rows, runs = [], []
-    for run_dir, spec in finished_runs(Path(root), specs):
+    for run_dir, spec in rundir.finished_runs(Path(root), specs):
         base = read_run(run_dir, spec)
         runs.append(base)
         total = base["steps"] or 1
-        for rec in read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True):
+        for rec in rundir.metrics(run_dir):
             if "loss" not in rec:
                 continue
             rows.append({**base, "fraction": rec["step"] / total,
@@ -225,7 +213,7 @@ def _option_tags(options_json: str) -> list[str]:
 
 def short_name(row: dict) -> str:
     """The method and its options, e.g. `is-dpo [self-norm]` (legends where the regime is in the title)."""
-    tags = _option_tags(row["options"])
+    tags = _option_tags(row["options"]) + sorted(json.loads(row.get("config") or "{}"))
     return row["method"] + (f" [{', '.join(tags)}]" if tags else "")
 
 
@@ -291,9 +279,9 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def smoothed(values) -> np.ndarray:
-    """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends)."""
-    x, h = np.asarray(values, dtype=float), SMOOTH // 2
-    return np.array([x[max(0, i - h): i + h + 1].mean() for i in range(len(x))])
+    """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends): the lab's one
+    smoothing of a curve, `isdaa.drift.centered_mean` (the drift analysis' golden curve uses it too)."""
+    return np.asarray(centered_mean([float(v) for v in values], SMOOTH))
 
 
 def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
@@ -375,7 +363,7 @@ def _base_row(s: dict, summary: list[dict]) -> dict | None:
     the same group first, then any group but the clip ablation (runs are shared across presets)."""
     want = dict(s, method=base_method(s["method"]), options=_base_options(s["options"]))
     match = [b for b in summary if all(b[c] == want[c] for c in CONFIG_COLUMNS if c != "group")
-             and b["group"] != "clip"]
+             and b["group"] != CLIP]
     same = [b for b in match if b["group"] == s["group"]]
     return (same or match or [None])[0]
 
@@ -458,7 +446,7 @@ def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[
     clip ablation; each with its `verdict` (t tests over seeds and over prompts)."""
     out = []
     for s in summary:
-        if s["group"] == "clip" or base_method(s["method"]) is None:
+        if s["group"] == CLIP or base_method(s["method"]) is None:
             continue
         b = _base_row(s, summary)
         if b is None:
@@ -485,13 +473,13 @@ def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[
 def clip_table(summary: list[dict]) -> list[tuple[float, dict]]:
     """[(eps, summary row)] of the clip ablation (is_clip from the options column), with the main grid's
     matching run at the default eps (no is_clip option) when it exists."""
-    clip = [s for s in summary if s["group"] == "clip"]
+    clip = [s for s in summary if s["group"] == CLIP]
     out = [(float(json.loads(s["options"]).get("is_clip", OPTION_DEFAULTS["is_clip"])), s) for s in clip]
     if out:
         ref = clip[0]
         others = {k: v for k, v in json.loads(ref["options"]).items() if k != "is_clip"}
         for s in summary:
-            if (s["group"] == "main" and s["method"] == ref["method"]
+            if (s["group"] == MAIN and s["method"] == ref["method"]
                     and all(s[c] == ref[c] for c in CONFIG_COLUMNS if c not in ("group", "options"))
                     and json.loads(s["options"]) == others):
                 out.append((float(OPTION_DEFAULTS["is_clip"]), s))
@@ -512,12 +500,12 @@ def regime_title(row: dict) -> str:
 def regime_rows(summary: list[dict]) -> list[dict]:
     """The regimes comparison: its own runs plus identical configurations run under another preset (e.g.
     the main grid's DPO at the same beta and regime; runs are shared across presets)."""
-    reg = [s for s in summary if s["group"] == "regimes"]
+    reg = [s for s in summary if s["group"] == REGIMES]
     if not reg:
         return []
     seen = {config_key(dict(s, group="")) for s in reg}
     methods, betas = {s["method"] for s in reg}, {s["beta"] for s in reg}
-    extra = [s for s in summary if s["group"] == "main" and s["method"] in methods and s["beta"] in betas
+    extra = [s for s in summary if s["group"] == MAIN and s["method"] in methods and s["beta"] in betas
              and config_key(dict(s, group="")) not in seen]
     return reg + extra
 
