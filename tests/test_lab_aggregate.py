@@ -335,3 +335,22 @@ def test_one_seed_is_untested_over_seeds(tmp_path):
     assert c["paired_se"] == pytest.approx(math.sqrt(0.005 / 3) / 2)
     assert c["verdict"] == "untested over seeds"
     assert sections.comparison_sentence(c).startswith("Untested over seeds:")
+
+
+def test_versus_comparisons_pair_is_dpo_with_declared_arms(tmp_path):
+    """IS-DPO against an arm declared as a mitigation (here DPO with rpo_eta 0.1, an option the registry
+    has), at the same beta and regime only: finals .7/.72/.74 vs .6/.62/.64 over 3 seeds: diff .1, se
+    sqrt(2) * .02 / sqrt(3) = .01633, Welch df 4 (t 2.776): helped. Plain DPO is not a declared arm."""
+    root = make_lab(tmp_path / "lab")
+    for seed, (a, b) in enumerate(((0.7, 0.6), (0.72, 0.62), (0.74, 0.64))):
+        add_run(root, "is-dpo", seed, [(0, 0.5, 0), (5, a, 1), (10, a, 1)])
+        add_run(root, "dpo", seed, [(0, 0.5, 0), (5, b, 1), (10, b, 1)], options={"rpo_eta": 0.1})
+        add_run(root, "dpo", seed, [(0, 0.5, 0), (5, 0.5, 1), (10, 0.5, 1)])
+        add_run(root, "dpo", seed, [(0, 0.5, 0), (5, b, 1), (10, b, 1)], options={"rpo_eta": 0.1}, beta=0.01)
+    _pts, s = _summary(root)
+    (c,) = agg.versus_comparisons(list(s.values()), [agg.arm_key("dpo", {"rpo_eta": 0.1})],
+                                  agg.collect_per_prompt(root))
+    assert c["base"]["name"] == "dpo [rpo_eta=0.1]" and c["base"]["beta"] == 0.1
+    assert c["diff"] == pytest.approx(0.1) and c["se_seeds"] == pytest.approx(0.02 * math.sqrt(2 / 3))
+    assert c["df_seeds"] == pytest.approx(4.0) and c["verdict"] == "helped"
+    assert agg.versus_comparisons(list(s.values()), [], agg.collect_per_prompt(root)) == []

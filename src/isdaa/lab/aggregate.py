@@ -441,6 +441,23 @@ def verdict(diff: float, se_seeds: float, df_seeds: float, paired_diff: float, p
     return "no clear difference"
 
 
+def compare(s: dict, b: dict, per_prompt: dict | None = None) -> dict:
+    """Configuration `s` ("is") against `b` ("base"): the difference of their final win rates over seeds
+    (Welch) and paired over prompts, with the `verdict`."""
+    diff = s["final_win_rate"] - b["final_win_rate"]
+    se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
+    df_seeds = (welch_df(s["final_win_rate_se"], s["n_seeds"], b["final_win_rate_se"], b["n_seeds"])
+                if not math.isnan(se_seeds) else float("nan"))
+    pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
+                           and "final_steps" in b else (float("nan"), float("nan"), 0))
+    return {"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
+            "diff": diff, "se_seeds": se_seeds, "df_seeds": df_seeds,
+            "t_seeds": t_critical(df_seeds) if not math.isnan(df_seeds) else float("nan"),
+            "paired_diff": pd_, "paired_se": pse, "n_prompts": n_prompts,
+            "t_prompts": t_critical(n_prompts - 1) if n_prompts >= 2 else float("nan"),
+            "verdict": verdict(diff, se_seeds, df_seeds, pd_, pse, n_prompts)}
+
+
 def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[dict]:
     """IS-<m> (any IS option) vs <m> at equal beta / lr / optimizer / schedule / data / steps, outside the
     clip ablation; each with its `verdict` (t tests over seeds and over prompts)."""
@@ -449,20 +466,29 @@ def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[
         if s["group"] == CLIP or base_method(s["method"]) is None:
             continue
         b = _base_row(s, summary)
-        if b is None:
+        if b is not None:
+            out.append(compare(s, b, per_prompt))
+    return out
+
+
+def arm_key(method: str, options: dict | None = None, config: dict | None = None) -> tuple:
+    """A configuration's method identity as the summary rows hold it: (method, options JSON, config JSON)."""
+    return method, json.dumps(options or {}, sort_keys=True), json.dumps(config or {}, sort_keys=True)
+
+
+def versus_comparisons(summary: list[dict], against: list[tuple], per_prompt: dict | None = None,
+                       method: str = "is-dpo") -> list[dict]:
+    """Plain `method` (no options) of the main group against each configuration whose `arm_key` is in
+    `against` (e.g. presets.MITIGATIONS: WPO, TR-DPO, the SFT term) at the same beta and regime."""
+    regime = [c for c in CONFIG_COLUMNS if c not in ("group", "method", "options", "config")]
+    keys = set(against)
+    out = []
+    for s in summary:
+        if s["group"] != MAIN or (s["method"], s["options"], s["config"]) != arm_key(method):
             continue
-        diff = s["final_win_rate"] - b["final_win_rate"]
-        se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
-        df_seeds = (welch_df(s["final_win_rate_se"], s["n_seeds"], b["final_win_rate_se"], b["n_seeds"])
-                    if not math.isnan(se_seeds) else float("nan"))
-        pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
-                               and "final_steps" in b else (float("nan"), float("nan"), 0))
-        out.append({"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
-                    "diff": diff, "se_seeds": se_seeds, "df_seeds": df_seeds,
-                    "t_seeds": t_critical(df_seeds) if not math.isnan(df_seeds) else float("nan"),
-                    "paired_diff": pd_, "paired_se": pse, "n_prompts": n_prompts,
-                    "t_prompts": t_critical(n_prompts - 1) if n_prompts >= 2 else float("nan"),
-                    "verdict": verdict(diff, se_seeds, df_seeds, pd_, pse, n_prompts)})
+        for b in summary:
+            if (b["method"], b["options"], b["config"]) in keys and all(b[c] == s[c] for c in regime):
+                out.append(compare(s, b, per_prompt))
     return out
 
 

@@ -23,6 +23,7 @@ from isdaa.lab.aggregate import (
     mechanism_stats,
     preset_specs,
     summarize,
+    versus_comparisons,
 )
 from isdaa.lab.markdown import Section
 
@@ -38,7 +39,8 @@ class ReportData:
     points: list[dict] = field(default_factory=list)
     train_rows: list[dict] = field(default_factory=list)
     summary: list[dict] = field(default_factory=list)
-    comparisons: list[dict] = field(default_factory=list)
+    comparisons: list[dict] = field(default_factory=list)  # IS-<m> vs <m>
+    versus: list[dict] = field(default_factory=list)  # IS-DPO vs the mitigations (presets.MITIGATIONS)
     mech: dict = field(default_factory=dict)
     label_stats: dict = field(default_factory=dict)
     findings: list[str] = field(default_factory=list)
@@ -61,6 +63,14 @@ def report_task(lab: dict, preset=None):
         return None
 
 
+def mitigation_keys() -> list[tuple]:
+    """The arm keys of presets.MITIGATIONS, the methods IS-DPO is compared with besides its base."""
+    from isdaa.lab.aggregate import arm_key
+    from isdaa.lab.presets import MITIGATIONS
+
+    return [arm_key(a.method, dict(a.options), dict(a.config)) for a in MITIGATIONS]
+
+
 def load_report_data(root: str | Path, preset=None) -> ReportData:
     from isdaa.lab import sections as sec
 
@@ -74,7 +84,9 @@ def load_report_data(root: str | Path, preset=None) -> ReportData:
     d.train_rows = collect_train_metrics(root, specs)
     d.summary = summarize(d.points, d.threshold)
     attach_final_steps(d.summary, d.points)
-    d.comparisons = is_comparisons(d.summary, collect_per_prompt(root, specs))
+    per_prompt = collect_per_prompt(root, specs)
+    d.comparisons = is_comparisons(d.summary, per_prompt)
+    d.versus = versus_comparisons(d.summary, mitigation_keys(), per_prompt)
     d.mech = mechanism_stats(d.train_rows)
     marker = root / "stages" / "label.json"
     d.label_stats = rundir.read_json(marker) if marker.exists() else {}

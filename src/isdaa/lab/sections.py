@@ -423,6 +423,16 @@ def regimes_section(d) -> Section:
                     "train_metrics": Table(d.train_rows, TRAIN_FIELDS)})
 
 
+def versus_section(d) -> Section:
+    """IS-DPO against the mitigations a TRL user has (presets.MITIGATIONS), by the same tests as IS vs base."""
+    if not d.versus:
+        return Section("")
+    md = ["## IS-DPO vs the mitigations\n", "The same tests as IS vs its base method (t over seeds and over "
+          "prompts); `IS helped` means IS-DPO's final win rate is the higher.\n",
+          *[f"- {comparison_sentence(c)}" for c in d.versus], ""]
+    return Section("\n".join(md), tables={"is_versus": Table(comparison_rows(d.versus), COMPARISON_FIELDS)})
+
+
 def groups_section(d) -> Section:
     """Table 1 (the main group) and one table per other group, titled from presets.GROUPS."""
     out = []
@@ -492,5 +502,5 @@ def files_section(d) -> Section:
 
 
 # The report, in order; the first two are written even when no run has finished
-SECTIONS = (summary_section, environment_section, findings_section, regimes_section, groups_section,
+SECTIONS = (summary_section, environment_section, findings_section, regimes_section, versus_section, groups_section,
             drift_report_section, examples_section, figures_section, files_section)
