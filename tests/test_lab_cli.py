@@ -56,7 +56,7 @@ def test_every_stage_ran(lab_run):
     assert result.exit_code == 0, result.output + repr(result.exception)
     for stage in ("task", "sft", "label"):
         assert (out / "stages" / f"{stage}.json").exists()
-    assert (out / "sft" / "final" / "config.json").exists() and (out / "sft" / "summary.json").exists()
+    assert rundir.final_model(out / "sft").exists() and (out / "sft" / "summary.json").exists()
     rows = [json.loads(line) for line in (out / "data" / "golden_train" / "pairs.jsonl").read_text().splitlines()]
     assert len(rows) == 128
     assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps", "ref_chosen_logps",

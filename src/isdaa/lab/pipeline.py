@@ -4,7 +4,7 @@
       lab.json                 the preset (resolved) and the environment's definition
       task/init/               random-init tiny Llama + tokenizer (save_pretrained)
       data/sft.jsonl           demonstrations (prompt, completion)
-      sft/                     the engine's SFT run; sft/final = pi_ref
+      sft/                     the engine's SFT run; its final model (rundir.final_model) = pi_ref
       data/golden_train/       D_golden: label_pairs shards + pairs.jsonl (pi_ref samples at T=1, BT labels),
                                pairs_consistent.jsonl (the training data: see `consistent_pairs`)
       data/golden_eval/        the held-out split (its chosen responses are the win-rate opponents)
@@ -54,7 +54,12 @@ class LabDir:
 
     @property
     def ref_model(self) -> Path:
-        return self.sft_run / "final"
+        """pi_ref: the SFT run's final model, wherever the engine's layout keeps it (`rundir.final_model`);
+        before the SFT stage ran, where this engine will write it."""
+        try:
+            return rundir.final_model(self.sft_run)
+        except FileNotFoundError:
+            return self.sft_run / "final"
 
     @property
     def golden_train(self) -> Path:
@@ -347,7 +352,7 @@ def run_one(root: str, preset: Preset, spec: RunSpec) -> dict:
     torch.set_num_threads(1)
     lab = LabDir(Path(root))
     key = _key_run(preset, spec)
-    done = lab.run(spec) / "lab_done.json"
+    done = lab.run(spec) / rundir.DONE
     if rec := _run_done(done, key):
         return rec
     run_dir = lab.run(spec)
@@ -490,7 +495,7 @@ def stage_sweep(lab: LabDir, p: Preset, jobs: int = 1, progress=None) -> list[di
     Returns one record per run; failed runs carry an "error" (and are retried by the next invocation)."""
     todo, records = [], []
     for spec in p.runs:
-        if rec := _run_done(lab.run(spec) / "lab_done.json", _key_run(p, spec)):
+        if rec := _run_done(lab.run(spec) / rundir.DONE, _key_run(p, spec)):
             records.append(rec)
         else:
             todo.append(spec)

@@ -111,6 +111,15 @@ def checkpoint_step(ck: Path) -> int:
     raise ValueError(f"{ck}: no step in trainer_state.json nor in the folder name")
 
 
+def final_model(run_dir: Path) -> Path:
+    """Where a finished engine run keeps its final model: RUN/final/ (this engine's layout) or the run folder
+    itself (TRL's layout: the model at the output root)."""
+    for path in (Path(run_dir) / "final", Path(run_dir)):
+        if (path / "config.json").exists():
+            return path
+    raise FileNotFoundError(f"{run_dir}: no final model (config.json in final/ or at the root)")
+
+
 def checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     """(step, folder) of the run's checkpoints, as `isdaa.evaluate.evaluator.list_checkpoints` finds them."""
     from isdaa.evaluate.evaluator import list_checkpoints
