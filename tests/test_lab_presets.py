@@ -118,5 +118,9 @@ def test_presets_take_the_task_and_its_calibrated_rate():
     assert {r.lr for r in q.runs} == {presets.PAPER_LR} and "not calibrated for task 'my-task'" in q.calibration.text()
     d = q.to_dict()
     assert d["task"]["task"] == "my-task" and d["calibration"]["lr"] == presets.PAPER_LR
+    from isdaa.lab.length import LengthTask
+
+    length = presets.get_preset("paper", LengthTask())
+    assert length.calibration.calibrated and {r.lr for r in length.runs} == {presets.CALIBRATIONS["length"].lr}
     cal = presets.get_preset("calibrate", custom)
     assert {r.method for r in cal.runs} == {"dpo"} and tuple(sorted(r.lr for r in cal.runs)) == presets.CALIBRATION_LRS
