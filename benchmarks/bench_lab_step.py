@@ -3,7 +3,7 @@
     python benchmarks/bench_lab_step.py --alt-src /work/main/src                  # DPO and IS-DPO, 1 thread
     python benchmarks/bench_lab_step.py --alt-src /work/main/src --methods is-dpo --rounds 3 --steps 40
 
-Drives the real trainer exactly as the lab does: the lab's model (`isdaa.lab.task.save_initial_model`, the
+Drives the real trainer exactly as the lab does: the lab's model (`KeyTokenTask().save_initial_model`, the
 tiny Llama of every lab run), its tokenizer and task (pairs of the key-token summary task with pi_ref's
 log-probs as behaviour columns, like `pairs_consistent.jsonl`), and the lab's own config builder
 (`isdaa.lab.pipeline.pref_config` for the `paper` preset: batch 64 pairs, micro batch 64, max length 28,
@@ -66,10 +66,12 @@ def build_assets(root: Path, n_pairs: int, seed: int = 0) -> None:
 
     from isdaa.data import collate_pref, tokenize_pref
     from isdaa.io import atomic_write_jsonl
-    from isdaa.lab import pipeline, task
+    from isdaa.lab import pipeline
+    from isdaa.lab.keytoken import KeyTokenTask
     from isdaa.logprobs import response_logps
 
     lab = pipeline.LabDir(root)
+    task = KeyTokenTask()
     task.save_initial_model(lab.ref_model, seed=seed)
     model, tok = AutoModelForCausalLM.from_pretrained(lab.ref_model), AutoTokenizer.from_pretrained(lab.ref_model)
     rng = random.Random(seed)
@@ -79,7 +81,7 @@ def build_assets(root: Path, n_pairs: int, seed: int = 0) -> None:
         while r == c:
             r = task.sample_demonstration(prompt, rng)
         rows.append({"prompt": prompt, "chosen": c, "rejected": r})
-    ex = tokenize_pref(rows, tok, task.MAX_LENGTH, task.PROMPT_TOKENS + 2, drop_identical=False)
+    ex = tokenize_pref(rows, tok, task.max_length, task.max_prompt_length, drop_identical=False)
     with torch.no_grad():
         for s in range(0, len(ex), 256):
             b = collate_pref(ex[s: s + 256], tok.pad_token_id)

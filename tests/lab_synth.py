@@ -24,7 +24,7 @@ def make_lab(root: Path, name="synth", overopt_drop=0.05) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     lab = {"preset": preset_dict(name, overopt_drop),
            "environment": {"reward_formula": "coverage - ...", "model": {"num_layers": 2, "hidden_size": 32}},
-           "golden_reward": "isdaa.lab.task:golden_reward"}
+           "task": "isdaa.lab.keytoken:KeyTokenTask"}
     (root / "lab.json").write_text(json.dumps(lab))
     (root / "data" / "golden_eval").mkdir(parents=True, exist_ok=True)
     (root / "data" / "golden_eval" / "pairs.jsonl").write_text(

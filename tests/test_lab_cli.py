@@ -16,6 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from isdaa.cli import main
+from isdaa.lab import rundir
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +56,7 @@ def test_every_stage_ran(lab_run):
     assert result.exit_code == 0, result.output + repr(result.exception)
     for stage in ("task", "sft", "label"):
         assert (out / "stages" / f"{stage}.json").exists()
-    assert (out / "sft" / "config.json").exists() and (out / "sft" / "summary.json").exists()
+    assert rundir.final_model(out / "sft").exists() and (out / "sft" / "summary.json").exists()
     rows = [json.loads(line) for line in (out / "data" / "golden_train" / "pairs.jsonl").read_text().splitlines()]
     assert len(rows) == 128
     assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps", "ref_chosen_logps",
@@ -65,8 +66,9 @@ def test_every_stage_ran(lab_run):
     for name in runs:
         run = out / "runs" / name
         assert (run / "lab_done.json").exists() and (run / "config.yaml").exists()
-        assert len(list(run.glob("checkpoint-*"))) == 2  # fractions 0.5 and 1.0
-        assert len(list((run / "eval").glob("step-*.json"))) == 2 and (run / "eval" / "reference.json").exists()
+        steps = [s for s, _ in rundir.checkpoints(run)]
+        assert len(steps) == 2  # fractions 0.5 and 1.0
+        assert [e["_step"] for e in rundir.evals(run)] == [0] + steps  # pi_ref + every checkpoint
         assert (out / "configs" / f"{name}.yaml").exists()
     # the CLI's closing lines: the report's path and the 5-line summary
     assert f"report: {out / 'report.md'}" in result.output
@@ -95,8 +97,7 @@ def test_report_numbers_match_csv(lab_run):
     assert len(points) == 3 * 3  # reference + 2 checkpoints per run
     # points.csv against the evaluator's per-checkpoint JSON
     for p in points:
-        name = "reference" if p["step"] == "0" else f"step-{int(p['step']):08d}"
-        ev = json.loads((out / "runs" / p["run_id"] / "eval" / f"{name}.json").read_text())
+        ev = {e["_step"]: e for e in rundir.evals(out / "runs" / p["run_id"])}[int(p["step"])]
         assert float(p["win_rate"]) == pytest.approx(ev["win_rate"])
         assert float(p["kl_k1"]) == pytest.approx(ev["kl_k1"])
     # Table 1 rows in report.md against summary.csv

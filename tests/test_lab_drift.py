@@ -112,11 +112,11 @@ def test_heldout_selects_on_seed_0_and_reports_seeds_1_2(lab):
     assert e["fired"] == 0 and e["rule"] == e["no_stop"]
 
 
-def test_drift_section_writes_tables_figures_and_markdown(lab):
-    md, figures, tables = lab_drift.drift_section(lab)
-    assert set(tables) == {"drift_leadlag", "drift_thresholds", "drift_selection", "drift_heldout"}
-    for name in tables:
-        assert (lab / "csv" / f"{name}.csv").exists()
+def test_drift_section_returns_tables_figures_and_markdown(lab):
+    sec = lab_drift.drift_section(lab)
+    md, figures, tables = sec.markdown, sec.figures, sec.tables
+    assert set(tables) == {"drift_signals", "drift_leadlag", "drift_thresholds", "drift_selection", "drift_heldout"}
+    assert all(t.rows for name, t in tables.items() if name != "drift_heldout") and tables["drift_heldout"].rows
     assert [p.name for p in figures] == ["drift_main_adamw_lr_0.002_beta_0.1.png"] and figures[0].exists()
     assert "## Golden-free drift alarm" in md and "Held-out evaluation" in md
     assert "7 runs; 6 of them" in md and "chosen threshold" in md
@@ -125,8 +125,8 @@ def test_drift_section_writes_tables_figures_and_markdown(lab):
 
 def test_one_seed_reports_that_nothing_is_held_out(tmp_path):
     _write_run(tmp_path, "dpo", 0, 0.05, PEAKED)
-    md, _, tables = lab_drift.drift_section(tmp_path)
-    assert "needs at least 2 seeds" in md and tables["drift_heldout"] == []
+    sec = lab_drift.drift_section(tmp_path)
+    assert "needs at least 2 seeds" in sec.markdown and sec.tables["drift_heldout"].rows == []
 
 
 def test_bad_file_is_named(lab):
@@ -144,3 +144,25 @@ def test_regime_names_the_runs_own_pairs_and_schedule():
     spec.update(n_pairs=None, scheduler="constant", warmup_ratio=0.1)
     assert lab_drift.RunData(spec, 100, [0], [0.5]).regime == \
         "regimes, adamw lr 0.0005, beta 0.01, constant, 0.1 warmup"
+
+
+def test_sampled_kl_is_a_signal_and_unlogged_signals_are_not_selected(lab):
+    """sample/kl: the evaluator's k1 at each checkpoint (not pi_ref's step 0), alarm when above the
+    threshold (smoothing 1). With KL = 0.05 * step on the runs of seed 1 only: > 2 first at step 60 (3.0; 2.0
+    at 40 is not above). The held-out selection needs a signal on every pooled run: sample/kl is missing on
+    seeds 0 and 2, so no threshold is chosen for it; drift_signals counts the checks each run logged."""
+    for run_id in ("dpo_b0.1_s1", "is-dpo_b0.1_s1"):
+        for path in (lab / "runs" / run_id / "eval").glob("*.json"):
+            rec = json.loads(path.read_text())
+            rec["kl_k1"] = 0.05 * rec["step"]
+            path.write_text(json.dumps(rec))
+    runs = {r.run_id: r for r in lab_drift.load_runs(lab)}
+    assert runs["dpo_b0.1_s1"].signals["sample/kl"] == (STEPS[1:], [1.0, 2.0, 3.0, 4.0, 5.0])
+    assert "sample/kl" not in runs["dpo_b0.1_s0"].signals
+    rows = lab_drift.leadlag_rows(list(runs.values()), 0.05)
+    assert _row(rows, "dpo_b0.1_s1", "sample/kl", 2.0)["alarm_step"] == 60
+    sel, held, _ = lab_drift.heldout(list(runs.values()))
+    assert "sample/kl" not in {r["signal"] for r in sel} and "drift/log_ratio_mean" in {r["signal"] for r in sel}
+    counts = {r["run_id"]: r for r in lab_drift.signal_rows(list(runs.values()))}
+    assert counts["dpo_b0.1_s1"]["sample/kl"] == 5 and counts["dpo_b0.1_s0"]["sample/kl"] == 0
+    assert counts["dpo_b0.1_s0"]["drift/log_ratio_mean"] == 100 and counts["dpo_b0.1_s0"]["probe/ess"] == 6

@@ -40,7 +40,8 @@ def test_presets_grids():
     main = [r for r in paper.runs if r.group == "main"]
     assert len(main) == 8 * 3 * 3
     clip = [r for r in paper.runs if r.group == "clip"]
-    assert sorted({dict(r.options)["is_clip"] for r in clip}) == [0.5, 2.0, 4.0]  # eps = 1 is the main run
+    # from the authors' release default 0.25 to 4; eps = 1 (the default) is the main grid's run
+    assert sorted({dict(r.options)["is_clip"] for r in clip}) == [0.25, 0.5, 2.0, 4.0]
     assert {r.seed for r in clip} == {0, 1, 2} and {r.beta for r in clip} == {presets.CLIP_BETA}
     regimes = presets.get_preset("regimes")
     assert {r.optimizer for r in regimes.runs} == {"adamw", "sgd"}
@@ -71,5 +72,55 @@ def test_select_runs():
     runs = presets.get_preset("paper").runs
     sel = presets.select_runs(runs, methods=["dpo", "is-dpo"], betas=[0.01], seeds=[1])
     assert {(r.method, r.beta, r.seed) for r in sel} == {("dpo", 0.01, 1), ("is-dpo", 0.01, 1)} and \
-        len(sel) == 2 + 3  # + the clip ablation's is-dpo runs at beta 0.01, seed 1
+        len(sel) == 2 + 4  # + the clip ablation's is-dpo runs at beta 0.01, seed 1 (eps .25, .5, 2, 4)
     assert all("is_clip" in r.run_id for r in presets.select_runs(runs, only=["is_clip"]))
+
+
+def test_methods_declared_once_and_checked_against_the_registry():
+    """The paper grid's methods come from presets.PAPER_METHODS + MITIGATIONS (+ online DPO), each checked
+    against isdaa.losses.METHODS when the preset is built: a name the registry lacks is an error, not a
+    silently empty run."""
+    from isdaa.losses import METHODS
+
+    assert all(m in METHODS for m in presets.PAPER_METHODS)
+    paper = presets.get_preset("paper")
+    main = {(r.method, r.options, r.config) for r in paper.runs if r.group == presets.MAIN}
+    arms = [presets.Arm(m) for m in presets.PAPER_METHODS] + list(presets.MITIGATIONS) + [presets.Arm(presets.ONLINE)]
+    assert main == {(a.method, a.options, a.config) for a in arms}
+    with pytest.raises(ValueError, match="'no-such-loss' is not in isdaa.losses.METHODS"):
+        presets.grid(("dpo", presets.Arm("no-such-loss")), (0.1,), (0,))
+    with pytest.raises(ValueError, match="run group 'nope'"):
+        presets.RunSpec("dpo", 0.1, 0, 1e-3, group="nope")
+
+
+def test_an_arm_with_engine_settings_is_its_own_run():
+    """An Arm's options and engine settings reach the RunSpec, its id (the resume key) and its label."""
+    arm = presets.Arm("dpo", (("rpo_eta", 0.1),), (("ref_sync", {"every": 64, "alpha": 0.6}),))
+    (r,) = presets.grid((arm,), (0.1,), (0,), lrs=(1e-4,))
+    assert r.options == (("rpo_eta", 0.1),) and r.config == (("ref_sync", {"every": 64, "alpha": 0.6}),)
+    assert r.run_id == "dpo_b0.1_lr0.0001_adamw_rpo_eta=0.1_ref_sync=alpha0.6-every64_s0"
+    assert r.label == "dpo[rpo_eta=0.1,ref_sync]"
+    assert r.to_dict()["config"] == {"ref_sync": {"every": 64, "alpha": 0.6}}
+
+
+def test_presets_take_the_task_and_its_calibrated_rate():
+    """get_preset(name, task): the preset carries the task; its main runs use the task's calibrated rate; a
+    task without a calibration runs at the key-token task's rate and its calibration says so."""
+    from dataclasses import replace
+
+    from isdaa.lab.keytoken import KeyTokenTask
+
+    quick = presets.get_preset("quick")
+    assert quick.task == KeyTokenTask() and quick.calibration == presets.CALIBRATIONS["key-token"]
+    custom = replace(KeyTokenTask(), name="my-task")
+    q = presets.get_preset("quick", custom)
+    assert q.task.name == "my-task" and not q.calibration.calibrated
+    assert {r.lr for r in q.runs} == {presets.PAPER_LR} and "not calibrated for task 'my-task'" in q.calibration.text()
+    d = q.to_dict()
+    assert d["task"]["task"] == "my-task" and d["calibration"]["lr"] == presets.PAPER_LR
+    from isdaa.lab.length import LengthTask
+
+    length = presets.get_preset("paper", LengthTask())
+    assert length.calibration.calibrated and {r.lr for r in length.runs} == {presets.CALIBRATIONS["length"].lr}
+    cal = presets.get_preset("calibrate", custom)
+    assert {r.method for r in cal.runs} == {"dpo"} and tuple(sorted(r.lr for r in cal.runs)) == presets.CALIBRATION_LRS

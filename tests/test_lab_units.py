@@ -7,13 +7,14 @@ import math
 import numpy as np
 import pytest
 
-from isdaa.lab import aggregate, task
+from isdaa.lab import aggregate
+from isdaa.lab.keytoken import KeyTokenTask
 
 
 def _pt(run_id, label, step, wr, kl, seed=0, beta=0.1, total=20):
     return {"run_id": run_id, "method": label, "label": label, "name": label, "group": "main", "beta": beta,
             "seed": seed, "lr": 2e-3, "optimizer": "adamw", "options": "{}", "n_pairs": None,
-            "scheduler": "constant", "warmup_ratio": 0.1, "steps": total, "step": step, "fraction": step / total,
+            "scheduler": "constant", "warmup_ratio": 0.1, "steps": total, "config": "{}", "step": step, "fraction": step / total,
             "win_rate": wr, "win_rate_se": 0.02, "kl_k1": kl, "sqrt_kl": math.sqrt(kl)}
 
 
@@ -51,10 +52,12 @@ def test_online_source_rows_and_determinism():
 
     from isdaa.lab.online import OnlineDPOSource
 
+    task = KeyTokenTask()
     tok = task.build_tokenizer()
     model = task.build_model(tok, seed=0).eval()
     prompts = task.make_prompts(10, seed=0)
-    src = OnlineDPOSource(tokenizer=tok, prompts=prompts, prompts_per_step=4, seed=3)
+    src = OnlineDPOSource(tokenizer=tok, prompts=prompts, reward=task.golden_reward,
+                          max_new_tokens=task.max_response_tokens, prompts_per_step=4, seed=3)
     # a permutation per pass over the pool: steps 0-1 cover 8 distinct prompts, step 2 wraps around
     seen = src.prompts_for_step(0) + src.prompts_for_step(1)
     assert len(set(seen)) == 8 and len(src.prompts_for_step(2)) == 4

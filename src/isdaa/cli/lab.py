@@ -54,6 +54,9 @@ class _Bars:
 @click.option("--preset", "preset_name", default="quick", show_default=True,
               type=click.Choice(["micro", "quick", "paper", "regimes", "calibrate"]),
               help="Sizes and grid of the study (isdaa.lab.presets).")
+@click.option("--task", "task_spec", default=None,
+              help="The environment: a built-in task (key-token, length) or module:Name for your own "
+                   "(a subclass of isdaa.lab.task.Task; the working directory is importable). Default key-token.")
 @click.option("--out", "out", required=True, type=click.Path(file_okay=False), help="Output folder (resumable).")
 @click.option("--jobs", type=int, default=None, help="Parallel worker processes for the sweep (default: CPU cores).")
 @click.option("--only", default=None,
@@ -64,7 +67,7 @@ class _Bars:
 @click.option("--seeds", default=None, help="Comma-separated seeds to keep.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--list-runs", is_flag=True, help="Print the selected runs and exit.")
-def lab(preset_name, out, jobs, only, methods, betas, seeds, no_progress, list_runs):
+def lab(preset_name, task_spec, out, jobs, only, methods, betas, seeds, no_progress, list_runs):
     """Run the lab: SFT pi_ref, label D_golden, sweep methods x beta x seeds, evaluate, report.
 
     Every stage is cached in OUT; running again skips what is finished (an interrupted run restarts).
@@ -79,9 +82,14 @@ def lab(preset_name, out, jobs, only, methods, betas, seeds, no_progress, list_r
 
     from isdaa.lab.pipeline import STAGES, default_jobs, run_lab
     from isdaa.lab.presets import get_preset, select_runs, with_runs
+    from isdaa.lab.task import load_task
 
     torch.set_num_threads(1)
-    preset = get_preset(preset_name)
+    try:
+        task = load_task(task_spec) if task_spec else None
+    except (ValueError, TypeError) as err:
+        raise click.BadParameter(str(err), param_hint="--task") from None
+    preset = get_preset(preset_name, task)
     only = _strs(only) or []
     stages = tuple(s for s in STAGES if s in only) or STAGES
     run_filter = [o for o in only if o not in STAGES]

@@ -1,20 +1,24 @@
 """The lab's numbers, aggregated from its saved results (read by isdaa.lab.report and isdaa.lab.figures;
 never the trainer).
 
-A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
+Run folders are read through `isdaa.lab.rundir` only. A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
 optimizer, options, group, n_pairs, scheduler, warmup_ratio, plus its number of optimizer steps
 (summary.json `total_steps`). A configuration is the tuple of every column except seed / run_id / label
 (`CONFIG_COLUMNS`): runs that differ in anything but the seed are never averaged together.
 
 Per run (checkpoints ordered by step, pi_ref at step 0 included):
   peak            max win rate over the checkpoints (biased upwards: a max over noisy points)
-  smoothed peak   max of the centred 3-checkpoint moving average (2 points at the ends)
+  smoothed peak   max of the centred 3-checkpoint moving average (2 points at the ends); its checkpoint
+                  (the window's centre) gives the sqrt KL and fraction "at the smoothed peak"
   final           mean win rate of the last FINAL_K = 2 trained checkpoints; final KL = the last one's
   drop            smoothed peak - final (>= 0); over-optimized when the seed mean exceeds a threshold
 Per configuration: mean and se over seeds (std ddof=1 / sqrt(n); NaN with one seed).
 IS vs base (same columns but the method and the IS options): the difference of the seed means with its
 se over seeds, and a paired difference over the same evaluation prompts (each prompt's final win rate,
-averaged over seeds, from the evaluator's per-prompt records) with its se over prompts.
+averaged over seeds, from the evaluator's per-prompt records) with its se over prompts. Each is tested
+two-sided at level ALPHA against Student-t critical values: over seeds Welch's t with the Welch-
+Satterthwaite degrees of freedom (3 + 3 seeds of equal spread: df 4, t 2.776), over prompts the paired t
+with N - 1 (256 prompts: df 255, t 1.969). See `verdict`.
 """
 
 from __future__ import annotations
@@ -25,16 +29,18 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-import yaml
 
+from isdaa.drift import centered_mean
 from isdaa.io import read_jsonl
-from isdaa.lab import task
+from isdaa.lab import rundir
+from isdaa.lab.presets import CLIP, MAIN, REGIMES
 from isdaa.losses import IS_OPTIONS, METHODS, OPTION_DEFAULTS
 
 CONFIG_COLUMNS = ("group", "method", "beta", "lr", "optimizer", "options", "n_pairs", "scheduler",
-                  "warmup_ratio", "steps")
+                  "warmup_ratio", "steps", "config")
 RUN_COLUMNS = ("run_id", "label", "seed") + CONFIG_COLUMNS
 FINAL_K = 2
+ALPHA = 0.05  # two-sided level of the verdicts' t tests
 SMOOTH = 3  # checkpoints in the centred moving average of the smoothed peak
 MECHANISM_FIELDS = ("is/ess", "is/weight_max", "is/clip_frac", "is/top_share")
 
@@ -42,12 +48,23 @@ POINT_FIELDS = [
     *RUN_COLUMNS, "name", "step", "fraction", "examples_seen",
     "win_rate", "win_rate_se", "tie_rate", "reward_policy", "reward_chosen",
     "kl_k1", "kl_k3", "sqrt_kl", "sqrt_kl_k3", "kl_l_median", "mean_length", "finished_frac",
-    "coverage", "hallucinated", "repeated", "beyond", "no_eos", "length_words",
     "log_ratio_mean", "ratio_mean_log", "weight_mean", "ess", "clip_frac", "logps_chosen", "logps_rejected",
 ]
+
+
+def component_fields(task) -> list[str]:
+    """The points' columns for a task's golden-reward components (`length` -> `length_words`: the response's
+    tokens by the task's rule, next to the evaluator's mean_length in ids, EOS included)."""
+    return [] if task is None else ["length_words" if c == "length" else c for c in task.component_names]
+
+
+def point_fields(task) -> list[str]:
+    return POINT_FIELDS[: POINT_FIELDS.index("log_ratio_mean")] + component_fields(task) + \
+        POINT_FIELDS[POINT_FIELDS.index("log_ratio_mean"):]
 SUMMARY_FIELDS = [
     "name", *CONFIG_COLUMNS, "n_seeds", "ref_win_rate",
     "peak_win_rate", "peak_win_rate_se", "smoothed_peak", "smoothed_peak_se", "peak_sqrt_kl", "peak_fraction",
+    "smoothed_peak_sqrt_kl", "smoothed_peak_fraction",
     "final_win_rate", "final_win_rate_se", "final_win_rate_std", "final_kl", "final_kl_se", "final_sqrt_kl",
     "drop", "drop_se", "over_optimized",
 ]
@@ -69,17 +86,6 @@ def config_key(row: dict) -> tuple:
 # Reading runs
 
 
-def finished_runs(root: Path, specs: dict[str, dict] | None = None) -> list[tuple[Path, dict | None]]:
-    """(run dir, spec) of the finished runs a report covers. `specs` ({run_id: RunSpec.to_dict()}, the
-    preset being reported): only its runs, described by ITS spec (a run shared between presets, e.g. a
-    calibration run that is also a paper run, is reported in this preset's group); None: every finished
-    run of the folder, each described by its own lab_spec.json."""
-    runs = [done.parent for done in sorted(Path(root).glob("runs/*/lab_done.json"))]
-    if specs is None:
-        return [(r, None) for r in runs]
-    return [(r, specs[r.name]) for r in runs if r.name in specs]
-
-
 def preset_specs(preset) -> dict[str, dict] | None:
     """{run_id: spec dict} of a Preset or of a preset dict as lab.json stores it; None for None."""
     if preset is None or (isinstance(preset, dict) and "runs" not in preset):
@@ -92,21 +98,22 @@ def read_run(run_dir: Path, spec: dict | None = None) -> dict:
     """The run's RUN_COLUMNS, from `spec` or else the run's lab_spec.json. Absent optional fields default
     (n_pairs None = all pairs; scheduler / warmup_ratio None = the run's resolved config.yaml; steps:
     the spec's, else lab_done.json's, else summary.json's total_steps)."""
-    path = run_dir / "lab_spec.json"
-    spec = dict(spec) if spec is not None else json.loads(path.read_text())
+    path = run_dir / rundir.SPEC
+    spec = dict(spec) if spec is not None else rundir.spec(run_dir)
     missing = [k for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer") if k not in spec]
     if missing:
         raise ValueError(f"{path}: missing field(s) {', '.join(missing)}")
     optim = {}
-    if (spec.get("scheduler") is None or spec.get("warmup_ratio") is None) and (run_dir / "config.yaml").exists():
-        optim = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("optim") or {}
+    if spec.get("scheduler") is None or spec.get("warmup_ratio") is None:
+        optim = rundir.resolved_optim(run_dir)
     steps = spec.get("steps")
-    if steps is None and (run_dir / "lab_done.json").exists():
-        steps = json.loads((run_dir / "lab_done.json").read_text()).get("steps")
-    if steps is None and (run_dir / "summary.json").exists():
-        steps = json.loads((run_dir / "summary.json").read_text()).get("total_steps")
+    if steps is None:
+        steps = (rundir.done_record(run_dir) or {}).get("steps")
+    if steps is None:
+        steps = rundir.total_steps(run_dir)
     row = {k: spec[k] for k in ("run_id", "label", "seed", "group", "method", "beta", "lr", "optimizer")}
     row.update(options=json.dumps(spec.get("options") or {}, sort_keys=True), n_pairs=spec.get("n_pairs"),
+               config=json.dumps(spec.get("config") or {}, sort_keys=True),
                scheduler=spec.get("scheduler") or optim.get("scheduler"),
                warmup_ratio=spec.get("warmup_ratio") if spec.get("warmup_ratio") is not None
                else optim.get("warmup_ratio"),
@@ -118,39 +125,27 @@ def eval_prompts(root: Path) -> list[str]:
     return [r["prompt"] for r in read_jsonl(root / "data" / "golden_eval" / "pairs.jsonl")]
 
 
-def _components(samples_path: Path, prompts: list[str]) -> dict:
-    if not samples_path.exists():
+def _components(run_dir: Path, name: str, prompts: list[str], task) -> dict:
+    """Mean golden-reward components of a checkpoint's saved samples ({} without a task or samples)."""
+    recs = rundir.samples(run_dir, name) if task is not None else []
+    if not recs:
         return {}
-    recs = read_jsonl(samples_path)
     comps = task.mean_components([prompts[r["prompt_idx"]] for r in recs], [r["response"] for r in recs])
-    comps["length_words"] = comps.pop("length")
     comps.pop("reward", None)
-    return comps
+    return {("length_words" if k == "length" else k): v for k, v in comps.items()}
 
 
-def _evals(run_dir: Path) -> list[dict]:
-    """The evaluator's per-checkpoint records (reference.json = step 0), by step."""
-    out = []
-    for path in (run_dir / "eval").glob("*.json"):
-        if path.name == "reference.json" or path.name.startswith("step-"):
-            e = json.loads(path.read_text())
-            e["_step"] = 0 if e.get("name") == "reference" else int(e["step"])
-            e["_path"] = path
-            out.append(e)
-    return sorted(out, key=lambda e: e["_step"])
-
-
-def collect_points(root: str | Path, specs: dict[str, dict] | None = None) -> list[dict]:
+def collect_points(root: str | Path, specs: dict[str, dict] | None = None, task=None) -> list[dict]:
     """One row per (finished run, evaluated checkpoint), the reference policy at step 0 included;
-    `specs`: see `finished_runs`."""
+    `specs`: see `rundir.finished_runs`; `task`: its golden-reward components of the saved samples."""
     root = Path(root)
     prompts = eval_prompts(root)
     rows = []
-    for run_dir, spec in finished_runs(root, specs):
+    for run_dir, spec in rundir.finished_runs(root, specs):
         base = read_run(run_dir, spec)
-        ratios = {r["step"]: r for r in read_jsonl(run_dir / "ratios.jsonl")} if (run_dir / "ratios.jsonl").exists() else {}
+        ratios = {r["step"]: r for r in rundir.ratios(run_dir)}
         total = base["steps"]
-        for e in _evals(run_dir):
+        for e in rundir.evals(run_dir):
             step = e["_step"]
             row = dict(base, step=step, fraction=(step / total) if total else None,
                        examples_seen=0 if step == 0 else e.get("examples_seen"),
@@ -159,8 +154,7 @@ def collect_points(root: str | Path, specs: dict[str, dict] | None = None) -> li
                        kl_k1=e["kl_k1"], kl_k3=e["kl_k3"], sqrt_kl=math.sqrt(max(e["kl_k1"], 0.0)),
                        sqrt_kl_k3=math.sqrt(max(e["kl_k3"], 0.0)), kl_l_median=e["kl"]["l_median"],
                        mean_length=e["mean_length"], finished_frac=e["finished_frac"])
-            name = "reference" if step == 0 else e["name"]
-            row.update(_components(run_dir / "eval" / "samples" / f"{name}.jsonl", prompts))
+            row.update(_components(run_dir, e["_name"], prompts, task))
             rat = ratios.get(step, {})
             row.update({k: rat.get(k) for k in ("log_ratio_mean", "ratio_mean_log", "weight_mean", "ess",
                                                 "clip_frac", "logps_chosen", "logps_rejected")})
@@ -174,8 +168,8 @@ def collect_per_prompt(root: str | Path, specs: dict[str, dict] | None = None) -
     """{(run_id, step): (N,) per-prompt win rates} from the evaluator's records (`per_prompt.win`: the
     mean over a prompt's samples of 1[r* > r*(chosen)] + 1/2 1[=]; prompt i is the i-th eval prompt)."""
     out = {}
-    for run_dir, _ in finished_runs(Path(root), specs):
-        for e in _evals(run_dir):
+    for run_dir, _ in rundir.finished_runs(Path(root), specs):
+        for e in rundir.evals(run_dir):
             win = (e.get("per_prompt") or {}).get("win")
             if win is not None:
                 out[(run_dir.name, e["_step"])] = np.asarray(win, dtype=float)
@@ -186,11 +180,11 @@ def collect_train_metrics(root: str | Path, specs: dict[str, dict] | None = None
     """The trainer's per-step records (metrics.jsonl) of every finished run, the fields of TRAIN_FIELDS
     (`is/top_share` is absent in runs older than its metric: None)."""
     rows, runs = [], []
-    for run_dir, spec in finished_runs(Path(root), specs):
+    for run_dir, spec in rundir.finished_runs(Path(root), specs):
         base = read_run(run_dir, spec)
         runs.append(base)
         total = base["steps"] or 1
-        for rec in read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True):
+        for rec in rundir.metrics(run_dir):
             if "loss" not in rec:
                 continue
             rows.append({**base, "fraction": rec["step"] / total,
@@ -219,7 +213,7 @@ def _option_tags(options_json: str) -> list[str]:
 
 def short_name(row: dict) -> str:
     """The method and its options, e.g. `is-dpo [self-norm]` (legends where the regime is in the title)."""
-    tags = _option_tags(row["options"])
+    tags = _option_tags(row["options"]) + sorted(json.loads(row.get("config") or "{}"))
     return row["method"] + (f" [{', '.join(tags)}]" if tags else "")
 
 
@@ -285,9 +279,9 @@ def mean_se(values) -> tuple[float, float]:
 
 
 def smoothed(values) -> np.ndarray:
-    """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends)."""
-    x, h = np.asarray(values, dtype=float), SMOOTH // 2
-    return np.array([x[max(0, i - h): i + h + 1].mean() for i in range(len(x))])
+    """Centred moving average over SMOOTH = 3 consecutive checkpoints (2 at the ends): the lab's one
+    smoothing of a curve, `isdaa.drift.centered_mean` (the drift analysis' golden curve uses it too)."""
+    return np.asarray(centered_mean([float(v) for v in values], SMOOTH))
 
 
 def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
@@ -298,9 +292,12 @@ def run_stats(rows: list[dict], k: int = FINAL_K) -> dict:
     trained = [r for r in rows if r["step"] > 0] or rows
     i = int(np.argmax(wr))
     final = float(np.mean([r["win_rate"] for r in trained[-k:]]))
-    sm = float(smoothed(wr).max())
+    sm_curve = smoothed(wr)
+    j = int(np.argmax(sm_curve))  # the smoothed peak's checkpoint (first maximum)
+    sm = float(sm_curve[j])
     return {"peak": float(wr[i]), "peak_sqrt_kl": rows[i]["sqrt_kl"], "peak_fraction": rows[i]["fraction"],
-            "smoothed_peak": sm, "final": final, "final_kl": trained[-1]["kl_k1"],
+            "smoothed_peak": sm, "smoothed_peak_step": rows[j]["step"], "smoothed_peak_sqrt_kl": rows[j]["sqrt_kl"],
+            "smoothed_peak_fraction": rows[j]["fraction"], "final": final, "final_kl": trained[-1]["kl_k1"],
             "final_sqrt_kl": trained[-1]["sqrt_kl"], "drop": sm - final,
             "ref": rows[0]["win_rate"] if rows[0]["step"] == 0 else float("nan"),
             "final_steps": [r["step"] for r in trained[-k:]]}
@@ -344,6 +341,8 @@ def summarize(points: list[dict], drop_threshold: float, k: int = FINAL_K) -> li
         row["final_win_rate_std"] = row["final_win_rate_se"] * math.sqrt(len(stats))
         row["peak_sqrt_kl"] = float(np.mean([s["peak_sqrt_kl"] for s in stats]))
         row["peak_fraction"] = float(np.mean([s["peak_fraction"] or 0.0 for s in stats]))
+        row["smoothed_peak_sqrt_kl"] = float(np.mean([s["smoothed_peak_sqrt_kl"] for s in stats]))
+        row["smoothed_peak_fraction"] = float(np.mean([s["smoothed_peak_fraction"] or 0.0 for s in stats]))
         row["final_sqrt_kl"] = float(np.mean([s["final_sqrt_kl"] for s in stats]))
         row["over_optimized"] = bool(row["drop"] > drop_threshold)
         out.append(row)
@@ -364,7 +363,7 @@ def _base_row(s: dict, summary: list[dict]) -> dict | None:
     the same group first, then any group but the clip ablation (runs are shared across presets)."""
     want = dict(s, method=base_method(s["method"]), options=_base_options(s["options"]))
     match = [b for b in summary if all(b[c] == want[c] for c in CONFIG_COLUMNS if c != "group")
-             and b["group"] != "clip"]
+             and b["group"] != CLIP]
     same = [b for b in match if b["group"] == s["group"]]
     return (same or match or [None])[0]
 
@@ -396,32 +395,100 @@ def attach_final_steps(summary: list[dict], points: list[dict], k: int = FINAL_K
         s["final_steps"] = {rid: run_stats(rows, k)["final_steps"] for rid, rows in runs[config_key(s)].items()}
 
 
+def t_critical(df: float, alpha: float = ALPHA) -> float:
+    """The two-sided Student-t critical value t_{1 - alpha/2, df} (scipy.stats.t.ppf)."""
+    from scipy.stats import t
+
+    return float(t.ppf(1 - alpha / 2, df))
+
+
+def welch_df(se_a: float, n_a: int, se_b: float, n_b: int) -> float:
+    """Welch-Satterthwaite degrees of freedom of a difference of two means with standard errors se_a, se_b
+    over n_a, n_b seeds: (se_a^2 + se_b^2)^2 / (se_a^4 / (n_a - 1) + se_b^4 / (n_b - 1)); n_a + n_b - 2 when
+    both se are 0 (identical seeds: the ratio is undefined)."""
+    va, vb = se_a ** 2, se_b ** 2
+    den = va ** 2 / (n_a - 1) + vb ** 2 / (n_b - 1)
+    return (va + vb) ** 2 / den if den > 0 else float(n_a + n_b - 2)
+
+
+def t_test(diff: float, se: float, df: float) -> str:
+    """`+` / `-` when |diff| exceeds t_{1 - ALPHA/2, df} * se on that side, else `0`."""
+    if math.isnan(se) or math.isnan(df) or df <= 0:
+        return "0"
+    crit = t_critical(df) * se
+    return "+" if diff > crit else "-" if diff < -crit else "0"
+
+
+VERDICTS = ("helped", "hurt", "no clear difference", "untested over seeds", "untested")
+
+
+def verdict(diff: float, se_seeds: float, df_seeds: float, paired_diff: float, paired_se: float,
+            n_prompts: int) -> str:
+    """IS vs base, from the two t tests (ALPHA two-sided). With >= 2 seeds on both sides (df_seeds not NaN):
+    `helped` / `hurt` when the test over seeds and, where per-prompt records exist, the paired test over
+    prompts (df n_prompts - 1) both find a difference on that side, else `no clear difference`. With one
+    seed on a side the run-to-run variation is unknown: `untested over seeds`, whatever the paired test
+    says (its numbers are still reported); `untested` when neither test can be made."""
+    if math.isnan(df_seeds):
+        return "untested over seeds" if n_prompts >= 2 and not math.isnan(paired_se) else "untested"
+    tests = [t_test(diff, se_seeds, df_seeds)]
+    if n_prompts >= 2 and not math.isnan(paired_se):
+        tests.append(t_test(paired_diff, paired_se, n_prompts - 1))
+    if all(t == "+" for t in tests):
+        return "helped"
+    if all(t == "-" for t in tests):
+        return "hurt"
+    return "no clear difference"
+
+
+def compare(s: dict, b: dict, per_prompt: dict | None = None) -> dict:
+    """Configuration `s` ("is") against `b` ("base"): the difference of their final win rates over seeds
+    (Welch) and paired over prompts, with the `verdict`."""
+    diff = s["final_win_rate"] - b["final_win_rate"]
+    se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
+    df_seeds = (welch_df(s["final_win_rate_se"], s["n_seeds"], b["final_win_rate_se"], b["n_seeds"])
+                if not math.isnan(se_seeds) else float("nan"))
+    pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
+                           and "final_steps" in b else (float("nan"), float("nan"), 0))
+    return {"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
+            "diff": diff, "se_seeds": se_seeds, "df_seeds": df_seeds,
+            "t_seeds": t_critical(df_seeds) if not math.isnan(df_seeds) else float("nan"),
+            "paired_diff": pd_, "paired_se": pse, "n_prompts": n_prompts,
+            "t_prompts": t_critical(n_prompts - 1) if n_prompts >= 2 else float("nan"),
+            "verdict": verdict(diff, se_seeds, df_seeds, pd_, pse, n_prompts)}
+
+
 def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[dict]:
     """IS-<m> (any IS option) vs <m> at equal beta / lr / optimizer / schedule / data / steps, outside the
-    clip ablation. Verdict `helped` / `hurt` when the final win rates differ by more than 2 se in the
-    paired comparison over prompts AND (with >= 2 seeds on both sides) in the comparison over seeds;
-    else `no clear difference`."""
+    clip ablation; each with its `verdict` (t tests over seeds and over prompts)."""
     out = []
     for s in summary:
-        if s["group"] == "clip" or base_method(s["method"]) is None:
+        if s["group"] == CLIP or base_method(s["method"]) is None:
             continue
         b = _base_row(s, summary)
-        if b is None:
+        if b is not None:
+            out.append(compare(s, b, per_prompt))
+    return out
+
+
+def arm_key(method: str, options: dict | None = None, config: dict | None = None) -> tuple:
+    """A configuration's method identity as the summary rows hold it: (method, options JSON, config JSON)."""
+    return method, json.dumps(options or {}, sort_keys=True), json.dumps(config or {}, sort_keys=True)
+
+
+def versus_comparisons(summary: list[dict], against: list[tuple], per_prompt: dict | None = None,
+                       method: str = "is-dpo") -> list[dict]:
+    """Plain `method` (no options) of the main group against each configuration whose `arm_key` is in
+    `against` (e.g. presets.MITIGATIONS: WPO, TR-DPO, the SFT term) at the same beta and regime."""
+    regime = [c for c in CONFIG_COLUMNS if c not in ("group", "method", "options", "config")]
+    keys = set(against)
+    out = []
+    for s in summary:
+        if s["group"] != MAIN or (s["method"], s["options"], s["config"]) != arm_key(method):
             continue
-        diff = s["final_win_rate"] - b["final_win_rate"]
-        se_seeds = math.sqrt(s["final_win_rate_se"] ** 2 + b["final_win_rate_se"] ** 2)  # NaN with 1 seed
-        pd_, pse, n_prompts = (paired_final(s, b, per_prompt) if per_prompt is not None and "final_steps" in s
-                               and "final_steps" in b else (float("nan"), float("nan"), 0))
-        tests = [(pd_, pse)] + ([] if math.isnan(se_seeds) else [(diff, se_seeds)])
-        tests = [(d, e) for d, e in tests if not math.isnan(e)]
-        verdict = "no clear difference"
-        if tests and all(d > 2 * e for d, e in tests):
-            verdict = "helped"
-        elif tests and all(d < -2 * e for d, e in tests):
-            verdict = "hurt"
-        out.append({"group": s["group"], "is": s, "base": b, "n_seeds": min(s["n_seeds"], b["n_seeds"]),
-                    "diff": diff, "se_seeds": se_seeds, "paired_diff": pd_, "paired_se": pse,
-                    "n_prompts": n_prompts, "verdict": verdict if tests else "untested"})
+        for b in summary:
+            if (b["method"], b["options"], b["config"]) in keys and all(b[c] == s[c] for c in regime):
+                out.append(compare(s, b, per_prompt))
     return out
 
 
@@ -432,13 +499,13 @@ def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[
 def clip_table(summary: list[dict]) -> list[tuple[float, dict]]:
     """[(eps, summary row)] of the clip ablation (is_clip from the options column), with the main grid's
     matching run at the default eps (no is_clip option) when it exists."""
-    clip = [s for s in summary if s["group"] == "clip"]
+    clip = [s for s in summary if s["group"] == CLIP]
     out = [(float(json.loads(s["options"]).get("is_clip", OPTION_DEFAULTS["is_clip"])), s) for s in clip]
     if out:
         ref = clip[0]
         others = {k: v for k, v in json.loads(ref["options"]).items() if k != "is_clip"}
         for s in summary:
-            if (s["group"] == "main" and s["method"] == ref["method"]
+            if (s["group"] == MAIN and s["method"] == ref["method"]
                     and all(s[c] == ref[c] for c in CONFIG_COLUMNS if c not in ("group", "options"))
                     and json.loads(s["options"]) == others):
                 out.append((float(OPTION_DEFAULTS["is_clip"]), s))
@@ -459,12 +526,12 @@ def regime_title(row: dict) -> str:
 def regime_rows(summary: list[dict]) -> list[dict]:
     """The regimes comparison: its own runs plus identical configurations run under another preset (e.g.
     the main grid's DPO at the same beta and regime; runs are shared across presets)."""
-    reg = [s for s in summary if s["group"] == "regimes"]
+    reg = [s for s in summary if s["group"] == REGIMES]
     if not reg:
         return []
     seen = {config_key(dict(s, group="")) for s in reg}
     methods, betas = {s["method"] for s in reg}, {s["beta"] for s in reg}
-    extra = [s for s in summary if s["group"] == "main" and s["method"] in methods and s["beta"] in betas
+    extra = [s for s in summary if s["group"] == MAIN and s["method"] in methods and s["beta"] in betas
              and config_key(dict(s, group="")) not in seen]
     return reg + extra
 

@@ -2,16 +2,19 @@
 
     markdown, figures, tables = drift_section(lab_root)
 
-Reads only files of finished runs (runs/*/lab_done.json): lab_spec.json, metrics.jsonl (the trainer's
-per-batch `drift/*`, `is/*`), ratios.jsonl (the probe: fixed training pairs scored at every
-checkpoint), eval/step-*.json + eval/reference.json (golden win rate; pi_ref at step 0), summary.json.
-Writes csv/drift_leadlag.csv (every run x signal x threshold: alarm step, golden peak and decline,
-leads), csv/drift_thresholds.csv (the same aggregated), csv/drift_selection.csv and
-csv/drift_heldout.csv (the honest evaluation), figures/drift_<regime>.png.
+Reads only files of finished runs, through `isdaa.lab.rundir`: lab_spec.json, metrics.jsonl (the
+trainer's per-batch `drift/*`, `is/*`), ratios.jsonl (the probe: fixed training pairs scored at every
+checkpoint), the evaluator's records (golden win rate, pi_ref at step 0; the sampled KL from pi_ref of
+every checkpoint), summary.json. Its tables (returned; the report writes them as csv/<name>.csv):
+drift_signals (which signal each run logged), drift_leadlag (every run x signal x threshold: alarm step,
+golden peak and decline, leads), drift_thresholds (the same aggregated), drift_selection and
+drift_heldout (the honest evaluation); figures/drift_<regime>.png.
 
-Definitions (isdaa.drift): the alarm is `DriftRule` with patience 1 and a trailing mean over
-ANALYSIS_SMOOTHING checks (10 batch records for training signals; 1 for the probe, which is only
-measured at checkpoints). Golden peak = first maximum of the win rate over the checkpoints (step 0
+Signals: the engine's (`isdaa.drift.SIGNALS`: trainer-side batch signals and the lab's probe) and
+`sample/kl`, the k1 estimate of KL(pi_theta || pi_ref) from the evaluator's T=1 samples at every
+checkpoint: golden-free, but measured only where the lab evaluates. The alarm is `DriftRule` with patience
+1 and a trailing mean over ANALYSIS_SMOOTHING checks (10 batch records for training signals; 1 for the
+checkpoint signals). Golden peak = first maximum of the win rate over the checkpoints (step 0
 included), smoothed over GOLDEN_WINDOW (3) neighbouring checkpoints first; decline = first later
 checkpoint at least `drop` (the preset's overopt_drop, 0.05) below the peak on that smoothed curve. An alarm "leads" when it fires at or before the decline step.
 
@@ -25,7 +28,6 @@ noisy estimates).
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import statistics
@@ -34,9 +36,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from isdaa import drift
-from isdaa.io import atomic_write_csv, read_jsonl
+from isdaa.lab import rundir
+from isdaa.lab.markdown import Section, Table, dashes, table
 
-ANALYSIS_SMOOTHING = {"train": 10, "probe": 1}
+# The engine's signals plus the sampled KL (source "eval": the evaluator's records)
+SIGNALS: dict[str, drift.Signal] = {**drift.SIGNALS, "sample/kl": drift.Signal(
+    "sample/kl", "eval", "kl_k1", "above", 0.0, math.inf)}
+THRESHOLDS: dict[str, tuple[float, ...]] = {**drift.THRESHOLDS, "sample/kl": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)}
+ANALYSIS_SMOOTHING = {"train": 10, "probe": 1, "eval": 1}
 GOLDEN_WINDOW = 3  # the golden curve is smoothed over 3 checkpoints before its peak and decline are read
 HELDOUT_METHODS = ("dpo", "is-dpo")
 
@@ -67,49 +74,44 @@ class RunData:
 # Reading a lab folder
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: missing (a finished lab run has it)") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}: not valid JSON ({err.msg}, line {err.lineno})") from None
-
-
 def load_run(run_dir: Path, spec: dict | None = None) -> RunData:
-    spec = spec if spec is not None else _read_json(run_dir / "lab_spec.json")
-    total = int(_read_json(run_dir / "summary.json").get("total_steps") or 0)
-    golden = []
-    for path in sorted((run_dir / "eval").glob("*.json")):
-        if path.name == "reference.json" or path.name.startswith("step-"):
-            e = _read_json(path)
-            if "win_rate" not in e:
-                raise ValueError(f"{path}: no 'win_rate' field")
-            golden.append((0 if path.name == "reference.json" else int(e["step"]), float(e["win_rate"])))
-    if not golden:
-        raise ValueError(f"{run_dir / 'eval'}: no evaluated checkpoint (step-*.json)")
-    golden.sort()
-    run = RunData(spec, total, [s for s, _ in golden], [w for _, w in golden])
-    records = read_jsonl(run_dir / "metrics.jsonl", tolerate_partial_tail=True)
-    probe = read_jsonl(run_dir / "ratios.jsonl") if (run_dir / "ratios.jsonl").exists() else []
-    for name, sig in drift.SIGNALS.items():
-        rows, where = (records, run_dir / "metrics.jsonl") if sig.source == "train" else (probe, run_dir / "ratios.jsonl")
-        steps, values = drift.series(rows, name, where=str(where))
+    spec = spec if spec is not None else rundir.spec(run_dir)
+    total = rundir.total_steps(run_dir)
+    if total is None:
+        raise FileNotFoundError(f"{run_dir / 'summary.json'}: missing or without total_steps (a finished run has it)")
+    evals = rundir.evals(run_dir)
+    if not evals:
+        raise ValueError(f"{run_dir / 'eval'}: no evaluated checkpoint")
+    run = RunData(spec, total, [e["_step"] for e in evals], [float(e["win_rate"]) for e in evals])
+    sources = {"train": (rundir.metrics(run_dir), run_dir / "metrics.jsonl"),
+               "probe": (rundir.ratios(run_dir), run_dir / "ratios.jsonl")}
+    for name, sig in SIGNALS.items():
+        if sig.source == "eval":  # the checkpoints' sampled KL (pi_ref itself at step 0 has none)
+            pts = [(e["_step"], float(e[sig.key])) for e in evals if e["_step"] > 0 and e.get(sig.key) is not None]
+            steps, values = [p[0] for p in pts], [p[1] for p in pts]
+        else:
+            rows, where = sources[sig.source]
+            steps, values = drift.series(rows, name, where=str(where))
         if steps:
             run.signals[name] = (steps, values)
     return run
 
 
 def load_runs(root: str | Path, specs: dict[str, dict] | None = None) -> list[RunData]:
-    """The finished runs a report covers (`aggregate.finished_runs`)."""
-    from isdaa.lab.aggregate import finished_runs
-
-    return [load_run(run_dir, spec) for run_dir, spec in finished_runs(Path(root), specs)]
+    """The finished runs a report covers (`rundir.finished_runs`)."""
+    return [load_run(run_dir, spec) for run_dir, spec in rundir.finished_runs(Path(root), specs)]
 
 
 def _drop(root: Path) -> float:
     lab = root / "lab.json"
-    return float(_read_json(lab)["preset"].get("overopt_drop", 0.05)) if lab.exists() else 0.05
+    return float(rundir.read_json(lab)["preset"].get("overopt_drop", 0.05)) if lab.exists() else 0.05
+
+
+def signal_rows(runs: list[RunData]) -> list[dict]:
+    """Which signals each run logged (and how many checks): every signal should be logged on every seed,
+    or a threshold chosen on some seeds is applied to runs that cannot fire it."""
+    return [{"run_id": r.run_id, "method": r.method, "seed": r.seed,
+             **{s: len(r.signals[s][0]) if s in r.signals else 0 for s in SIGNALS}} for r in runs]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,7 +123,7 @@ def _alarm(run: RunData, signal: str, threshold: float | None) -> tuple[int | No
     if signal not in run.signals:
         return None, math.nan, True
     steps, values = run.signals[signal]
-    sig = drift.SIGNALS[signal]
+    sig = SIGNALS[signal]
     if drift.is_constant(values):
         return None, math.nan, True
     if threshold is None:
@@ -139,11 +141,11 @@ def leadlag_rows(runs: list[RunData], drop: float) -> list[dict]:
         base.update(regime=run.regime, total_steps=run.total_steps, peak_step=ev.peak_step,
                     peak_win_rate=ev.peak_win_rate, decline_step=ev.decline_step, final_win_rate=ev.final_win_rate,
                     oracle_win_rate=max(run.golden_wr))
-        for signal, thresholds in drift.THRESHOLDS.items():
+        for signal, thresholds in THRESHOLDS.items():
             for th in thresholds:
                 step, smoothed, constant = _alarm(run, signal, th)
                 out.append({**base, "signal": signal, "threshold": th,
-                            "smoothing": ANALYSIS_SMOOTHING[drift.SIGNALS[signal].source], "constant": constant,
+                            "smoothing": ANALYSIS_SMOOTHING[SIGNALS[signal].source], "constant": constant,
                             "alarm_step": step, "alarm_fraction": step / run.total_steps if step and run.total_steps else None,
                             "smoothed_at_alarm": smoothed if step is not None else None,
                             "lead_peak": drift.lead(step, ev.peak_step), "lead_decline": drift.lead(step, ev.decline_step),
@@ -202,7 +204,7 @@ def predicts(row: dict) -> bool:
 def heldout(runs: list[RunData]) -> tuple[list[dict], list[dict], str | None]:
     """(selection rows, held-out rows, why not) for the DPO / IS-DPO runs without loss options: one
     threshold per signal for all of them, reported per regime (group, optimizer, lr, beta) and method."""
-    pool = [r for r in runs if r.method in HELDOUT_METHODS and not r.spec.get("options")]
+    pool = [r for r in runs if r.method in HELDOUT_METHODS and not r.spec.get("options") and not r.spec.get("config")]
     select_seeds, hold_seeds = drift.split_seeds(r.seed for r in pool)
     if not hold_seeds:
         return [], [], (f"The held-out evaluation needs at least 2 seeds of {'/'.join(HELDOUT_METHODS)} runs; "
@@ -210,7 +212,9 @@ def heldout(runs: list[RunData]) -> tuple[list[dict], list[dict], str | None]:
     select = [r for r in pool if r.seed in select_seeds]
     hold = [r for r in pool if r.seed in hold_seeds]
     sel_rows, held_rows = [], []
-    for signal, thresholds in drift.THRESHOLDS.items():
+    for signal, thresholds in THRESHOLDS.items():
+        if any(signal not in r.signals for r in pool):  # not logged on every seed: no honest choice
+            continue
         scored = [(th, _mean_wr(select, signal, th)) for th in (None, *thresholds)]
         best_th, best = scored[0]
         for th, score in scored[1:]:  # ties keep the earlier: "never stop", then the more lenient
@@ -258,10 +262,10 @@ def fig_regime(runs: list[RunData], chosen: dict, drop: float, path: Path) -> Pa
     """Columns: methods of the regime. Rows: golden win rate (peak o, decline x), the batch log-ratio
     (trailing mean, line) with the probe's (dots), the batch ESS with the probe's. Dotted verticals: the
     alarm of the held-out-selected threshold of drift/log_ratio_mean (or the descriptive best)."""
-    from isdaa.lab.figures import _plt, _save
+    from isdaa.lab.figures import pyplot, save
     from isdaa.plots import method_colors
 
-    plt = _plt()
+    plt = pyplot()
     labels = sorted({r.label for r in runs})
     colors = method_colors(labels)
     fig, axes = plt.subplots(3, len(labels), figsize=(3.6 * len(labels), 7.5), squeeze=False, sharex="col")
@@ -297,14 +301,15 @@ def fig_regime(runs: list[RunData], chosen: dict, drop: float, path: Path) -> Pa
         ax.grid(alpha=0.3)
     th_text = f"{rule_signal} < {th:g}" if th is not None else "no threshold chosen"
     fig.suptitle(f"{runs[0].regime}: seeds as lines; dotted: alarm ({th_text})", fontsize=10)
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _trailing(values, k):
-    out = []
-    for i in range(len(values)):
-        window = [v for v in values[max(0, i - k + 1): i + 1] if not math.isnan(v)]
-        out.append(sum(window) / len(window) if window else math.nan)
+    """The smoothed value the alarm sees at each check: DriftRule's own trailing mean (never firing)."""
+    rule, out = drift.DriftRule(-math.inf, "below", smoothing=k), []
+    for v in values:
+        rule.update(v)
+        out.append(rule.smoothed)
     return out
 
 
@@ -312,22 +317,21 @@ def _trailing(values, k):
 # The report section
 
 
-def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) -> tuple[str, list[Path], dict]:
-    """(markdown, figures, tables) of the drift analysis of a lab folder (the runs of `specs`, see
-    `aggregate.finished_runs`); CSVs written to csv/, figures to figures/. Tables: {"drift_leadlag",
-    "drift_thresholds", "drift_selection", "drift_heldout"}: rows."""
+def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) -> Section:
+    """The drift analysis of a lab folder (the runs of `specs`, see `rundir.finished_runs`) as a report
+    section: markdown, figures (drawn into figures/), tables drift_signals, drift_leadlag,
+    drift_thresholds, drift_selection, drift_heldout."""
     root = Path(lab_root)
     runs = load_runs(root, specs)
     if not runs:
-        return "## Golden-free drift alarm\n\nNo finished runs.\n", [], {}
+        return Section("## Golden-free drift alarm\n\nNo finished runs.\n")
     drop = _drop(root)
     leadlag = leadlag_rows(runs, drop)
     trows = threshold_rows(leadlag)
     sel, held, why_not = heldout(runs)
-    tables = {"drift_leadlag": leadlag, "drift_thresholds": trows, "drift_selection": sel, "drift_heldout": held}
-    for name, rows in tables.items():
-        if rows:
-            atomic_write_csv(root / "csv" / f"{name}.csv", rows)
+    tables = {name: Table(rows) for name, rows in (
+        ("drift_signals", signal_rows(runs)), ("drift_leadlag", leadlag), ("drift_thresholds", trows),
+        ("drift_selection", sel), ("drift_heldout", held))}
     chosen = {r["signal"]: r["threshold"] for r in sel}
     if chosen.get("drift/log_ratio_mean") is None:  # no held-out choice: draw the descriptive best
         best = _best_per_signal(trows).get("drift/log_ratio_mean")
@@ -342,12 +346,10 @@ def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) ->
         slug = re.sub(r"[^A-Za-z0-9.]+", "_", regime).strip("_")
         figures.append(fig_regime(rs, chosen, drop, root / "figures" / f"drift_{slug}.png"))
     md = _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root)
-    return md, figures, tables
+    return Section(md, figures, tables)
 
 
 def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> str:
-    from isdaa.lab.report import _fmt, _table
-
     n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop, GOLDEN_WINDOW).decline_step is not None for r in runs)
     best = _best_per_signal(trows)
     lines = ["## Golden-free drift alarm", "",
@@ -365,13 +367,13 @@ def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> 
             ("gain_in_sample", "WR at alarm - final", "3")]
     lines += ["", "### Lead / lag, each signal at its best threshold (in-sample; all thresholds: "
               "csv/drift_thresholds.csv, every run: csv/drift_leadlag.csv)", "",
-              _table(_dashes([best[s] for s in drift.SIGNALS if s in best]), cols)]
+              table(dashes([best[s] for s in SIGNALS if s in best]), cols)]
     lines += ["### Per regime (each signal at the threshold above)", "", _regime_table(leadlag, best), ""]
     lines += ["### Held-out evaluation: final golden win rate without the rule, with it, and the oracle", ""]
     if why_not:
         lines += [why_not + ".", ""]
     else:
-        lines += _heldout_md(sel, held, _fmt, _table)
+        lines += _heldout_md(sel, held)
     lines += ["", "Figures: " + ", ".join(f"`{p.relative_to(root)}`" for p in figures), ""]
     return "\n".join(lines)
 
@@ -381,10 +383,10 @@ def _findings(best: dict, n_declined: int) -> list[str]:
         return ["No run declined: these runs cannot tell whether any signal predicts over-optimization; "
                 "`stop_on_drift` ships as an option with that caveat."]
     out = []
-    for s, r in sorted(best.items(), key=lambda kv: list(drift.SIGNALS).index(kv[0])):
+    for s, r in sorted(best.items(), key=lambda kv: list(SIGNALS).index(kv[0])):
         verdict = "predicts the decline" if predicts(r) else "does not predict the decline"
         lead = _lead_text(r["median_lead_fraction"])
-        out.append(f"- {s} {'<' if drift.SIGNALS[s].direction == 'below' else '>'} {r['threshold']:g}: {verdict} "
+        out.append(f"- {s} {'<' if SIGNALS[s].direction == 'below' else '>'} {r['threshold']:g}: {verdict} "
                    f"(early in {r['early']}/{r['declined']} declines{lead}, late {r['late']}, missed {r['missed']}; "
                    f"alarms in {r['false_alarms']}/{r['no_decline']} runs without a decline).")
     if not any(predicts(r) for r in best.values()):
@@ -392,17 +394,11 @@ def _findings(best: dict, n_declined: int) -> list[str]:
     return out
 
 
-def _dashes(rows: list[dict]) -> list[dict]:
-    return [{k: "-" if v is None else v for k, v in r.items()} for r in rows]
-
-
 def _lead_text(x):
     return "" if x is None else f", median lead {x:.2f} of training"
 
 
 def _regime_table(leadlag, best) -> str:
-    from isdaa.lab.report import _table
-
     cells = defaultdict(lambda: [0, 0])  # (regime, signal) -> [early, declined]
     for r in leadlag:
         b = best.get(r["signal"])
@@ -414,13 +410,13 @@ def _regime_table(leadlag, best) -> str:
     regimes = sorted({k[0] for k in cells})
     if not regimes:
         return "No run declined in any regime."
-    signals = [s for s in drift.SIGNALS if any((g, s) in cells for g in regimes)]
+    signals = [s for s in SIGNALS if any((g, s) in cells for g in regimes)]
     rows = [{"regime": g, **{s: (f"{cells[(g, s)][0]}/{cells[(g, s)][1]}" if (g, s) in cells else "-")
                              for s in signals}} for g in regimes]
-    return "Early alarms / declined runs:\n\n" + _table(rows, [("regime", "regime", "")] + [(s, s, "") for s in signals])
+    return "Early alarms / declined runs:\n\n" + table(rows, [("regime", "regime", "")] + [(s, s, "") for s in signals])
 
 
-def _heldout_md(sel, held, _fmt, _table) -> list[str]:
+def _heldout_md(sel, held) -> list[str]:
     out = ["Thresholds chosen on seeds " + (sel[0]["selection_seeds"] if sel else "?")
            + " (maximizing the mean golden win rate at the alarm; 'never' = no stopping wins), reported on the "
            "other seeds. Win rate with the rule = the policy at the alarm step (interpolated between evaluated "
@@ -435,18 +431,18 @@ def _heldout_md(sel, held, _fmt, _table) -> list[str]:
                     "oracle": sum(h["oracle"] * h["n"] for h in rows) / n,
                     "beats": sum(h["delta"] > 0 for h in rows), "loses": sum(h["delta"] < 0 for h in rows),
                     "conditions": len(rows), "fired": f"{sum(h['fired'] for h in rows)}/{n}"})
-    out.append(_table(_dashes(agg), [("signal", "signal", ""), ("threshold", "chosen threshold", ""),
+    out.append(table(dashes(agg), [("signal", "signal", ""), ("threshold", "chosen threshold", ""),
                             ("no_stop", "no stop", "3"), ("rule", "rule", "3"), ("oracle", "oracle", "3"),
                             ("beats", "conditions rule > no stop", ""), ("loses", "rule < no stop", ""),
                             ("conditions", "conditions", ""), ("fired", "fired", "")]))
     gain = {s["signal"]: s["selection_rule_win_rate"] - s["selection_no_stop_win_rate"] for s in sel}
-    trainable = [a for a in agg if drift.SIGNALS[a["signal"]].source == "train"]
+    trainable = [a for a in agg if SIGNALS[a["signal"]].source == "train"]
     if trainable:  # the headline signal is chosen on the selection seeds too, never on the held-out ones
         top = max(trainable, key=lambda a: gain[a["signal"]])
         rows = [h for h in held if h["signal"] == top["signal"]]
         out += ["", f"Per regime and method, {top['signal']} (the trainer-side signal with the largest gain on "
                 "the selection seeds):", "",
-                _table(_dashes(rows), [("regime", "regime", ""), ("method", "method", ""), ("heldout_seeds", "seeds", ""),
+                table(dashes(rows), [("regime", "regime", ""), ("method", "method", ""), ("heldout_seeds", "seeds", ""),
                               ("no_stop", "no stop", "3"), ("rule", "rule", "3"), ("oracle", "oracle", "3"),
                               ("delta", "rule - no stop", "3"), ("fired", "fired", ""),
                               ("alarm_fraction", "alarm at (of training)", "2")])]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from isdaa.drift import centered_mean
 from isdaa.lab.aggregate import (
     CONFIG_COLUMNS,
     clip_table,
@@ -19,9 +20,10 @@ from isdaa.lab.aggregate import (
     regime_title,
     short_name,
 )
+from isdaa.lab.presets import MAIN
 
 
-def _plt():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -46,10 +48,10 @@ def fig_winrate_vs_kl(points, out: Path) -> Path | None:
     RL-form fits (isdaa.plots.plot_winrate_vs_sqrt_kl on each panel)."""
     from isdaa.plots import plot_winrate_vs_sqrt_kl
 
-    main = [r for r in points if r["group"] == "main"]
+    main = [r for r in points if r["group"] == MAIN]
     if not main:
         return None
-    plt = _plt()
+    plt = pyplot()
     ref = {r["run_id"]: r["win_rate"] for r in main if r["step"] == 0}
     betas = sorted({r["beta"] for r in main})
     fig, axes = plt.subplots(1, len(betas), figsize=(5.5 * len(betas), 4.4), squeeze=False, sharey=True)
@@ -59,15 +61,15 @@ def fig_winrate_vs_kl(points, out: Path) -> Path | None:
                 "win_rate_minus_ref": r["win_rate"] - ref[r["run_id"]] if r["run_id"] in ref else None}
                for r in main if r["beta"] == beta]
         plot_winrate_vs_sqrt_kl(pts, ax=ax, fit_form="rl", title=f"beta = {beta:g}")
-    return _save(fig, out / "fig3_winrate_vs_sqrtkl.png")
+    return save(fig, out / "fig3_winrate_vs_sqrtkl.png")
 
 
 def fig_dynamics(points, out: Path) -> Path | None:
     """Figure 4 analog: win rate and sqrt KL vs fraction of training, mean +- se over seeds."""
-    main = [r for r in points if r["group"] == "main"]
+    main = [r for r in points if r["group"] == MAIN]
     if not main:
         return None
-    plt = _plt()
+    plt = pyplot()
     betas = sorted({r["beta"] for r in main})
     names = _names(main)
     style = _styles(names)
@@ -85,7 +87,7 @@ def fig_dynamics(points, out: Path) -> Path | None:
             ax.set_title(f"beta = {beta:g}") if row == 0 else ax.set_xlabel("fraction of training")
             ax.grid(alpha=0.3)
     _legend_right(fig, axes[0][-1])
-    return _save(fig, out / "fig4_dynamics.png")
+    return save(fig, out / "fig4_dynamics.png")
 
 
 def fig_clip(summary, out: Path) -> Path | None:
@@ -93,7 +95,7 @@ def fig_clip(summary, out: Path) -> Path | None:
     clip = clip_table(summary)
     if len(clip) < 2:
         return None
-    plt = _plt()
+    plt = pyplot()
     eps = [e for e, _ in clip]
     fig, axes = plt.subplots(1, 2, figsize=(8, 3.3))
     axes[0].errorbar(eps, [s["final_win_rate"] for _, s in clip], yerr=[_se0(s["final_win_rate_se"]) for _, s in clip],
@@ -106,16 +108,16 @@ def fig_clip(summary, out: Path) -> Path | None:
         ax.set_xticks(eps, [f"{e:g}" for e in eps])
         ax.set_xlabel("clip eps (log w <= 2 eps)")
         ax.grid(alpha=0.3)
-    return _save(fig, out / "fig5_clip.png")
+    return save(fig, out / "fig5_clip.png")
 
 
 def fig_importance(points, train_rows, out: Path) -> Path | None:
     """Figure 6 analog: importance ratios of the training pairs under each checkpoint (all methods), and
     the weights the IS methods actually used, step by step (the trainer's is/weight_mean, is/ess)."""
-    main = [r for r in points if r["group"] == "main" and r["log_ratio_mean"] is not None]
+    main = [r for r in points if r["group"] == MAIN and r["log_ratio_mean"] is not None]
     if not main:
         return None
-    plt = _plt()
+    plt = pyplot()
     names = _names(main)
     short = {config_key(r): short_name(r) for r in main}
     colors = _colors(set(short.values()))
@@ -128,7 +130,7 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
         for k, (fr, mean, se, _n) in sorted(curves(main, field).items(), key=lambda kv: names[kv[0]]):
             ax.plot(fr, mean, color=colors[short[k]], ls=styles.get(k[2], "-"), label=f"{names[k]} b={k[2]:g}", lw=1.3)
         ax.set_title(title, fontsize=9)
-    train = [r for r in train_rows if r["group"] == "main" and r["method"].startswith("is-")
+    train = [r for r in train_rows if r["group"] == MAIN and r["method"].startswith("is-")
              and r.get("is/weight_mean") is not None]
     for ax, field in zip(axes[3:], ("is/weight_mean", "is/ess")):
         for k, (fr, mean, se, _n) in sorted(curves(train, field).items()):
@@ -145,16 +147,16 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
     handles, labels = axes[0].get_legend_handles_labels()
     legend_ax.legend(handles, labels, loc="center", fontsize=7, ncol=2 if len(labels) > 12 else 1,
                      title="line style = beta", title_fontsize=8)
-    return _save(fig, out / "fig6_importance.png")
+    return save(fig, out / "fig6_importance.png")
 
 
-def fig_components(points, out: Path) -> Path | None:
-    """The golden reward's components over training: HOW a policy over-optimizes."""
-    main = [r for r in points if r["group"] == "main" and r.get("coverage") is not None]
+def fig_components(points, out: Path, comps: list[str]) -> Path | None:
+    """The golden reward's components (the task's, as point columns) over training: HOW a policy
+    over-optimizes."""
+    main = [r for r in points if r["group"] == MAIN and comps and r.get(comps[0]) is not None]
     if not main:
         return None
-    plt = _plt()
-    comps = ("coverage", "repeated", "hallucinated", "length_words", "no_eos")
+    plt = pyplot()
     betas = sorted({r["beta"] for r in main})
     names = _names(main)
     style = _styles(names)
@@ -172,7 +174,7 @@ def fig_components(points, out: Path) -> Path | None:
     for ax in axes[-1]:
         ax.set_xlabel("fraction of training")
     _legend_right(fig, axes[0][-1])
-    return _save(fig, out / "fig_components.png")
+    return save(fig, out / "fig_components.png")
 
 
 def fig_regimes(summary, out: Path) -> Path | None:
@@ -181,7 +183,7 @@ def fig_regimes(summary, out: Path) -> Path | None:
     reg = regime_rows(summary)
     if not reg:
         return None
-    plt = _plt()
+    plt = pyplot()
     cols = sorted({(s["optimizer"], s["beta"]) for s in reg})
     names = display_names(reg, omit=("lr", "optimizer"))
     lines: dict = {}
@@ -207,7 +209,7 @@ def fig_regimes(summary, out: Path) -> Path | None:
     axes[0][0].set_ylabel("final golden win rate\n(mean of last 2 checkpoints)")
     axes[1][0].set_ylabel("final sqrt KL")
     _legend_right(fig)
-    return _save(fig, out / "fig_regimes.png")
+    return save(fig, out / "fig_regimes.png")
 
 
 MECH_PANELS = (("is/ess", "ESS of the batch weights", "linear"), ("is/weight_max", "max weight w_max", "log"),
@@ -224,7 +226,7 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
     for r in points:
         by_regime.setdefault((r["group"], regime_of(r)), []).append(r)
     out_paths = []
-    plt = _plt()
+    plt = pyplot()
     for old in out.glob("fig_mechanism_*.png"):  # a previous report's, whose regimes may differ
         old.unlink()
     for (group, regime), pts in sorted(by_regime.items(), key=lambda kv: str(kv[0])):
@@ -264,7 +266,7 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
         title = f"{group}: {regime_title(pts[0])}"
         fig.suptitle(title, fontsize=10)
         _legend_right(fig, axes[0][0])
-        out_paths.append((title, _save(fig, out / f"fig_mechanism_{len(out_paths):02d}.png")))
+        out_paths.append((title, save(fig, out / f"fig_mechanism_{len(out_paths):02d}.png")))
     return out_paths
 
 
@@ -274,10 +276,7 @@ def _rolling(cur: dict, window_frac: float = 0.02) -> dict:
     out = {}
     for k, (x, mean, _se, _n) in cur.items():
         h = int(round(window_frac * len(x))) // 2
-        c = np.concatenate([[0.0], np.cumsum(mean)])
-        i = np.arange(len(mean))
-        lo, hi = np.maximum(0, i - h), np.minimum(len(mean), i + h + 1)
-        out[k] = (x, (c[hi] - c[lo]) / (hi - lo))
+        out[k] = (x, np.asarray(centered_mean([float(v) for v in mean], 2 * h + 1)))
     return out
 
 
@@ -320,9 +319,9 @@ def _styles(names: dict) -> dict:
     return {k: (colors[shorts[k]], ("-", "--", ":", "-.")[variants[shorts[k]].index(names[k]) % 4]) for k in names}
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
     fig.savefig(path, dpi=110, bbox_inches="tight")
-    _plt().close(fig)
+    pyplot().close(fig)
     return path

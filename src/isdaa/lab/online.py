@@ -16,8 +16,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from isdaa.lab import task
-
 
 @dataclass
 class OnlineDPOSource:
@@ -31,11 +29,11 @@ class OnlineDPOSource:
 
     tokenizer: object
     prompts: Sequence[str]
+    reward: Callable  # the golden reward protocol: reward(prompts, responses) -> list[float] (the task's)
+    max_new_tokens: int  # the task's generation limit
     prompts_per_step: int = 64
     seed: int = 0
-    reward: Callable = task.golden_reward
     temperature: float = 1.0
-    max_new_tokens: int = task.MAX_RESPONSE_TOKENS
     stats: list = field(default_factory=list)  # per step: mean reward of the samples, label agreement
 
     def prompts_for_step(self, step: int) -> list[str]:

@@ -4,7 +4,7 @@
       lab.json                 the preset (resolved) and the environment's definition
       task/init/               random-init tiny Llama + tokenizer (save_pretrained)
       data/sft.jsonl           demonstrations (prompt, completion)
-      sft/                     the engine's SFT run; sft/final = pi_ref
+      sft/                     the engine's SFT run; its final model (rundir.final_model) = pi_ref
       data/golden_train/       D_golden: label_pairs shards + pairs.jsonl (pi_ref samples at T=1, BT labels),
                                pairs_consistent.jsonl (the training data: see `consistent_pairs`)
       data/golden_eval/        the held-out split (its chosen responses are the win-rate opponents)
@@ -28,11 +28,9 @@ import time
 from pathlib import Path
 
 from isdaa.io import atomic_write_json, atomic_write_jsonl, read_jsonl
-from isdaa.lab import task
+from isdaa.lab import rundir
 from isdaa.lab.presets import Preset, RunSpec
-
-GOLDEN = "isdaa.lab.task:golden_reward"
-
+from isdaa.lab.task import task_ref
 
 # ---------------------------------------------------------------------------------------------------
 # Paths and markers
@@ -56,7 +54,12 @@ class LabDir:
 
     @property
     def ref_model(self) -> Path:
-        return self.sft_run  # the SFT run's final model, at its output root (TRL's layout)
+        """pi_ref: the SFT run's final model, wherever the engine's layout keeps it (`rundir.final_model`);
+        before the SFT stage ran, where this engine will write it."""
+        try:
+            return rundir.final_model(self.sft_run)
+        except FileNotFoundError:
+            return self.sft_run  # TRL's layout: the final model at the run's output root
 
     @property
     def golden_train(self) -> Path:
@@ -102,7 +105,7 @@ def _mark(marker: Path, key: str, **info) -> dict:
 
 # Settings each stage depends on (a change invalidates it and everything after).
 def _key_task(p: Preset) -> str:
-    return settings_hash({"seed": p.task_seed, "n_sft": p.n_sft, "def": task.definition()})
+    return settings_hash({"seed": p.task_seed, "n_sft": p.n_sft, "def": p.task.definition()})
 
 
 def _key_sft(p: Preset) -> str:
@@ -144,10 +147,10 @@ def stage_task(lab: LabDir, p: Preset) -> dict:
     if rec := _done(lab.marker("task"), key):
         return rec
     seeds = _seeds(p)
-    rows = task.make_sft_rows(p.n_sft, seeds["sft"])
+    rows = p.task.make_sft_rows(p.n_sft, seeds["sft"])
     atomic_write_jsonl(lab.sft_data, rows)
-    task.save_initial_model(lab.init_model, seed=seeds["model"])
-    atomic_write_json(lab.root / "task" / "definition.json", task.definition())
+    p.task.save_initial_model(lab.init_model, seed=seeds["model"])
+    atomic_write_json(lab.root / "task" / "definition.json", p.task.definition())
     return _mark(lab.marker("task"), key, n_sft=len(rows))
 
 
@@ -160,8 +163,8 @@ def sft_config(lab: LabDir, p: Preset):
 
     cfg = load_config({
         "model": {"name_or_path": str(lab.init_model)},
-        "data": {"train": str(lab.sft_data), "max_length": task.MAX_LENGTH,
-                 "max_prompt_length": task.PROMPT_TOKENS + 2},
+        "data": {"train": str(lab.sft_data), "max_length": p.task.max_length,
+                 "max_prompt_length": p.task.max_prompt_length},
         "optim": {"lr": p.sft_lr, "scheduler": "cosine", "warmup_ratio": 0.03, "weight_decay": 0.0},
         "output_dir": str(lab.sft_run), "seed": p.task_seed, "epochs": p.sft_epochs,
         "batch_size": p.sft_batch, "micro_batch_size": p.sft_batch, "mixed_precision": "no",
@@ -226,12 +229,12 @@ def stage_label(lab: LabDir, p: Preset, progress=None) -> dict:
     ):
         if folder.exists():
             shutil.rmtree(folder)  # label_pairs resumes shards, but a changed preset must not reuse them
-        rows = label_pairs(model, tok, task.make_prompts(n, pseed), task.golden_reward, n=2, temperature=1.0,
+        rows = label_pairs(model, tok, p.task.make_prompts(n, pseed), p.task.golden_reward, n=2, temperature=1.0,
                            labeling="bt", seed=seeds["label"] + (0 if name == "train" else 10_000),
-                           max_new_tokens=task.MAX_RESPONSE_TOKENS, out_dir=folder,
+                           max_new_tokens=p.task.max_response_tokens, out_dir=folder,
                            progress=(lambda k, t: progress(k, t)) if progress else None)
         if name == "train":
-            rows, dropped = consistent_pairs(model, tok, rows)
+            rows, dropped = consistent_pairs(model, tok, rows, p.task)
             atomic_write_jsonl(folder / TRAIN_PAIRS, rows)
             stats["dropped_pairs"] = dropped
         stats[name] = _pair_stats(rows)
@@ -241,16 +244,16 @@ def stage_label(lab: LabDir, p: Preset, progress=None) -> dict:
 TRAIN_PAIRS = "pairs_consistent.jsonl"
 
 
-def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tuple[list[dict], dict]:
+def consistent_pairs(ref, tokenizer, rows: list[dict], task, tol: float = 1e-3) -> tuple[list[dict], dict]:
     """The training pairs of D_golden the engine can take exactly as sampled; returns (rows, dropped counts).
 
     - A response that is only EOS decodes to "" and the engine refuses blank responses (data/rows.py), so
       pairs with an empty response are dropped (`empty_response`).
-    - label_pairs stores pi_ref's log-probs of the exact sampled ids, but the text is decoded without
-      special tokens; a response in which pi_ref sampled e.g. <unk> or <bos> re-tokenizes to other ids,
-      so the trainer would see another sequence than the behaviour log-probs describe (an IS ratio far
-      from 1 at pi_theta = pi_ref). Detected by recomputing pi_ref's log-probs through the engine's
-      tokenization; dropped (`not_reproducible`).
+    - label_pairs stores pi_ref's log-probs of the exact sampled ids; a response whose text does not
+      re-tokenize to those ids (a tokenizer that merges or splits differently) would show the trainer
+      another sequence than the behaviour log-probs describe (an IS ratio far from 1 at pi_theta =
+      pi_ref). Detected by recomputing pi_ref's log-probs through the engine's tokenization; dropped
+      (`not_reproducible`).
     - Pairs of two identical responses carry no preference (zero DPO/IPO gradient) and the engine drops
       them from a training set anyway (with a warning); dropped here so that the file is exactly what
       is trained on (`identical`).
@@ -261,7 +264,7 @@ def consistent_pairs(ref, tokenizer, rows: list[dict], tol: float = 1e-3) -> tup
     nonblank = [r for r in rows if r["chosen"].strip() and r["rejected"].strip()]
     distinct = [r for r in nonblank if r["chosen"] != r["rejected"]]
     finished = [r for r in distinct if r.get("chosen_finished", True) and r.get("rejected_finished", True)]
-    gaps = behavior_gaps(ref, tokenizer, finished) if finished else []
+    gaps = behavior_gaps(ref, tokenizer, finished, task) if finished else []
     keep = [r for r, d in zip(finished, gaps) if d <= tol]
     return keep, {"empty_response": len(rows) - len(nonblank), "identical": len(nonblank) - len(distinct),
                   "unfinished": len(distinct) - len(finished), "not_reproducible": len(finished) - len(keep)}
@@ -300,8 +303,8 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
     cfg = {
         "model": {"name_or_path": str(lab.ref_model), **({"attn_implementation": "eager"} if fast else {})},
         "compile": fast,
-        "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": task.MAX_LENGTH,
-                 "max_prompt_length": task.PROMPT_TOKENS + 2, "max_train_examples": spec.n_pairs},
+        "data": {"train": str(lab.golden_train / TRAIN_PAIRS), "max_length": p.task.max_length,
+                 "max_prompt_length": p.task.max_prompt_length, "max_train_examples": spec.n_pairs},
         "optim": {"lr": spec.lr, "scheduler": scheduler, "warmup_ratio": warmup, "weight_decay": 0.0,
                   "max_grad_norm": 1.0},
         "output_dir": str(lab.run(spec)), "seed": spec.seed, "epochs": p.epochs,
@@ -310,6 +313,7 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
         "save_fractions": list(p.save_fractions), "save_initial": False, "save_resume_state": False,
         "method": method, "beta": spec.beta, "loss": dict(spec.options),
         "ref_cache_dir": str(lab.cache / "ref_logps"), "run_name": spec.run_id,
+        **dict(spec.config),  # the arm's engine settings (e.g. a reference-sync block)
     }
     if spec.online:  # the offline runs' steps and pairs per step; the pairs come from the policy
         cfg["max_steps"] = offline_steps(lab, p, spec)
@@ -336,7 +340,7 @@ def eval_config(p: Preset, seed: int = 0):
 
     e = p.evaluation
     return EvalConfig(n_prompts=e.n_prompts, n_samples=e.n_samples, temperature=e.temperature, top_p=e.top_p,
-                      max_new_tokens=task.MAX_RESPONSE_TOKENS, seed=seed, batch_size=512,
+                      max_new_tokens=p.task.max_response_tokens, seed=seed, batch_size=512,
                       kl_source="separate", kl_n_samples=e.n_kl_samples, plot_kl="k1")
 
 
@@ -348,7 +352,7 @@ def run_one(root: str, preset: Preset, spec: RunSpec) -> dict:
     torch.set_num_threads(1)
     lab = LabDir(Path(root))
     key = _key_run(preset, spec)
-    done = lab.run(spec) / "lab_done.json"
+    done = lab.run(spec) / rundir.DONE
     if rec := _run_done(done, key):
         return rec
     run_dir = lab.run(spec)
@@ -361,8 +365,9 @@ def run_one(root: str, preset: Preset, spec: RunSpec) -> dict:
         from isdaa.train import train
 
         _, tok = load_ref(lab)
-        source = OnlineDPOSource(tokenizer=tok, prompts=task.make_prompts(
-            preset.n_pairs, _seeds(preset)["pref_prompts"]), prompts_per_step=preset.batch, seed=spec.seed)
+        source = OnlineDPOSource(tokenizer=tok, prompts=preset.task.make_prompts(
+            preset.n_pairs, _seeds(preset)["pref_prompts"]), reward=preset.task.golden_reward,
+            max_new_tokens=preset.task.max_response_tokens, prompts_per_step=preset.batch, seed=spec.seed)
         summary = train(cfg, batch_source=source)
         atomic_write_jsonl(run_dir / "online_labels.jsonl", source.stats)  # per step: pairs, sample reward
     else:
@@ -380,23 +385,23 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
     """evaluate_run (win rate, KL, lengths per checkpoint) + importance ratios on the training pairs."""
     from transformers import AutoModelForCausalLM
 
-    from isdaa.evaluate.evaluator import checkpoint_info, evaluate_run, list_checkpoints
+    from isdaa.evaluate.evaluator import evaluate_run
     from isdaa.train.models import safe_from_pretrained
 
     ref, tok = load_ref(lab)
     ev = golden_pairs(lab, "eval")
     evaluate_run(lab.run(spec), ref, tok, [r["prompt"] for r in ev], [r["chosen"] for r in ev],
-                 task.golden_reward, eval_config(p, seed=spec.seed))
+                 p.task.golden_reward, eval_config(p, seed=spec.seed))
     pairs = golden_pairs(lab, "train")[: p.evaluation.n_ratio_pairs]
     options = dict(spec.options)  # the run's IS options (clip, normalizations); the registry fills defaults
-    rows = [{"step": 0, **importance_stats(ref, tok, pairs, options)}]  # pi_theta = pi_ref: ratio ~ 1
-    for ck in list_checkpoints(lab.run(spec)):
+    rows = [{"step": 0, **importance_stats(ref, tok, pairs, p.task, options)}]  # pi_theta = pi_ref: ratio ~ 1
+    for step, ck in rundir.checkpoints(lab.run(spec)):
         policy = safe_from_pretrained(AutoModelForCausalLM, str(ck)).eval()
-        rows.append({"step": checkpoint_info(ck)["step"], **importance_stats(policy, tok, pairs, options)})
+        rows.append({"step": step, **importance_stats(policy, tok, pairs, p.task, options)})
     atomic_write_jsonl(lab.run(spec) / "ratios.jsonl", rows)
 
 
-def pair_logps(policy, tokenizer, pairs: list[dict], batch_pairs: int = 256):
+def pair_logps(policy, tokenizer, pairs: list[dict], task, batch_pairs: int = 256):
     """pi_theta's summed log-probs of each pair's chosen and rejected response through the engine's own
     tokenization (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at
     pi_theta = pi_b they equal the behaviour columns up to float error. Returns (P,) float64 tensors
@@ -407,7 +412,7 @@ def pair_logps(policy, tokenizer, pairs: list[dict], batch_pairs: int = 256):
     from isdaa.logprobs import causal_lm_logps
 
     # one example per pair, identical pairs included (the engine drops those from a training set)
-    examples = tokenize_pref(pairs, tokenizer, task.MAX_LENGTH, task.PROMPT_TOKENS + 2, drop_identical=False)
+    examples = tokenize_pref(pairs, tokenizer, task.max_length, task.max_prompt_length, drop_identical=False)
     lp_c, lp_r, len_c, len_r = [], [], [], []
     was_training = policy.training
     policy.eval()
@@ -432,7 +437,7 @@ def _behavior_logps(pairs: list[dict]):
             torch.tensor([r["rejected_logps"] for r in pairs], dtype=torch.float64))
 
 
-def importance_stats(policy, tokenizer, pairs: list[dict], options: dict | None = None) -> dict:
+def importance_stats(policy, tokenizer, pairs: list[dict], task, options: dict | None = None) -> dict:
     """Figure 6's quantities on training pairs under the run's IS options (`loss` config; defaults
     filled in by the registry): the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(y_c) pi_b(y_r) with
     pi_b's log-probs from the data (behaviour columns), through `isdaa.importance` -- the same code as
@@ -441,16 +446,16 @@ def importance_stats(policy, tokenizer, pairs: list[dict], options: dict | None 
     from isdaa import importance
     from isdaa.losses import validate_options
 
-    lp_c, lp_r, len_c, len_r = pair_logps(policy, tokenizer, pairs)
+    lp_c, lp_r, len_c, len_r = pair_logps(policy, tokenizer, pairs, task)
     beh_c, beh_r = _behavior_logps(pairs)
     return importance.importance_stats(lp_c, lp_r, beh_c, beh_r, validate_options(options or {}),
                                        chosen_lengths=len_c, rejected_lengths=len_r)
 
 
-def behavior_gaps(policy, tokenizer, pairs: list[dict]) -> list[float]:
+def behavior_gaps(policy, tokenizer, pairs: list[dict], task) -> list[float]:
     """Per pair, |log pi(y_c) - behaviour column| + |log pi(y_r) - behaviour column|: 0 when the stored
     behaviour log-probs describe exactly the sequences the engine trains on."""
-    lp_c, lp_r, _, _ = pair_logps(policy, tokenizer, pairs)
+    lp_c, lp_r, _, _ = pair_logps(policy, tokenizer, pairs, task)
     beh_c, beh_r = _behavior_logps(pairs)
     return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()
 
@@ -490,7 +495,7 @@ def stage_sweep(lab: LabDir, p: Preset, jobs: int = 1, progress=None) -> list[di
     Returns one record per run; failed runs carry an "error" (and are retried by the next invocation)."""
     todo, records = [], []
     for spec in p.runs:
-        if rec := _run_done(lab.run(spec) / "lab_done.json", _key_run(p, spec)):
+        if rec := _run_done(lab.run(spec) / rundir.DONE, _key_run(p, spec)):
             records.append(rec)
         else:
             todo.append(spec)
@@ -534,8 +539,8 @@ STAGES = ("task", "sft", "label", "sweep", "report")
 
 
 def write_lab_json(lab: LabDir, p: Preset) -> None:
-    atomic_write_json(lab.root / "lab.json", {"preset": p.to_dict(), "environment": task.definition(),
-                                              "golden_reward": GOLDEN})
+    atomic_write_json(lab.root / "lab.json", {"preset": p.to_dict(), "environment": p.task.definition(),
+                                              "task": task_ref(p.task)})
 
 
 def run_lab(out: str | Path, preset: Preset, jobs: int | None = None, reporter=None,

@@ -1,285 +1,261 @@
-"""The lab's synthetic environment: the "key-token summary" task and its analytic golden reward r*.
+"""The lab's task interface: what a synthetic environment of the controlled study must provide.
 
-A prompt is 10 tokens holding 2-4 distinct KEY tokens among FILLER tokens, then the separator `=`:
+A task is data (a frozen dataclass subclassing `Task`): its `definition()` is hashed into the cache keys
+of every stage and written to lab.json, and it is pickled to the sweep's worker processes. It provides
 
-    prompt    f3 k5 f0 f0 k1 f7 k9 f2 f1 f6 =
-    ideal     k5 k1 k9 <eos>
+    name, words              its short name and vocabulary (the word tokenizer adds <pad> <eos> <bos> <unk>)
+    summary                  one sentence for the report (optional)
+    prompt_words             words per prompt string (fixed: prompts need no left padding)
+    max_response_tokens      the generation limit, EOS included
+    component_names          the golden reward's parts the report tabulates and plots
+    reward_formula           r*(x, y) in one line, for the report
+    model                    the shape of pi_ref (`ModelShape`)
+    sample_prompt(rng), sample_demonstration(prompt, rng)   the prompt and SFT data generators
+    reward_components(prompt, response) -> {"reward": r*, **components}
+    example_cells(prompt) -> {column: text}                  the report's example table (optional)
 
-The response should list exactly the prompt's keys (any order) and stop. The golden reward, standing in
-for the paper's golden reward model (Section 4.1), scores a response y for a prompt x with K keys:
+and gets the rest from `Task`: `golden_reward(prompts, responses) -> list[float]` (the golden reward
+protocol of `isdaa.evaluate`), data sets, the tokenizer and the random-init model. Built-in tasks:
+`key-token` (`isdaa.lab.keytoken`) and `length` (`isdaa.lab.length`); `isdaa lab --task module:Name`
+loads a user's own (`load_task`), checked by `check_task` before any stage runs.
 
-    r*(x, y) = 3 * coverage - 0.5 * hallucinated - 0.5 * repeated - 0.4 * beyond - 2 * no_eos
-
-    coverage      distinct prompt keys present in y / K                         (in [0, 1])
-    hallucinated  tokens of y that are not keys of this prompt (fillers, other keys, unknown words)
-    repeated      occurrences of a prompt key after its first
-    beyond        max(0, |y| - (K + 2)), |y| = response tokens without EOS
-    no_eos        1 when y was cut at the length limit instead of ending with EOS
-
-Every response token is exactly one of: a first occurrence of a key (covers), a repeated key, a
-hallucination. The ideal response scores 3; the reward is deterministic, so ties are common and the
-win rate counts them as 1/2 (METHOD.md).
-
-Demonstrations (the SFT data) are mediocre to good: each key kept with probability 0.75, in prompt
-order, sometimes a filler or two, occasionally a hallucinated key or a repetition. pi_ref therefore
-makes the penalized mistakes occasionally: out-of-distribution behaviour that an offline DAA can
-amplify once probability mass leaves the data (repetition is the usual route; LAB-NOTES.md).
-
-"No EOS" from a string: the golden reward protocol passes decoded strings, which lose EOS when decoded
-with `skip_special_tokens=True`. A response of MAX_RESPONSE_TOKENS words or more was necessarily cut by
-the lab's generation limit (the model's tokens are whole words), so it counts as no EOS; an explicit
-`<eos>` in the string (decoding with special tokens) ends the response there.
+Responses reach a golden reward as text that holds every sampled token, special ones included, except the
+terminating EOS (`isdaa.evaluate.sampling.response_text`; sampling cuts at the first EOS, so padding after
+it never reaches the reward). `response_tokens` reads that text back token by token.
 """
 
 from __future__ import annotations
 
+import abc
+import importlib
 import math
+import os
 import random
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-# ---------------------------------------------------------------------------------------------------
-# Vocabulary and sizes
-
-N_KEYS_VOCAB = 14  # key tokens k0..k13
-N_FILLERS = 8  # filler tokens f0..f7
-KEYS = tuple(f"k{i}" for i in range(N_KEYS_VOCAB))
-FILLERS = tuple(f"f{i}" for i in range(N_FILLERS))
-SEP = "="
-WORDS = KEYS + FILLERS + (SEP,)  # plus 4 specials (<pad> <eos> <bos> <unk>) = 27 tokens
-PROMPT_TOKENS = 10  # content tokens; the prompt string adds SEP, the tokenizer adds BOS -> 12 ids
-MIN_PROMPT_KEYS, MAX_PROMPT_KEYS = 2, 4
-MAX_RESPONSE_TOKENS = 16  # generation limit (EOS included): prompt 12 + response 16 = 28 = max length
-MAX_LENGTH = PROMPT_TOKENS + 2 + MAX_RESPONSE_TOKENS
-SPECIAL_WORDS = {"<pad>", "<eos>", "<bos>", "<unk>"}
-
-_KEY_SET = frozenset(KEYS)
-
-# Reward coefficients (the docstring's formula).
-W_COVERAGE, W_HALLUCINATED, W_REPEATED, W_BEYOND, W_NO_EOS = 3.0, 0.5, 0.5, 0.4, 2.0
-SLACK = 2  # tokens allowed beyond the number of keys before the length penalty starts
-
-
-@dataclass(frozen=True)
-class DemoStyle:
-    """How the SFT demonstrations deviate from the ideal response (probabilities per demonstration
-    unless said otherwise)."""
-
-    p_keep_key: float = 0.75  # each prompt key is listed with this probability (at least one is)
-    p_filler: float = 0.3  # insert a filler token (twice with p_filler**2)
-    p_hallucinate: float = 0.1  # insert a key that is not in the prompt
-    p_repeat: float = 0.1  # repeat one listed key
-    p_shuffle: float = 0.2  # list the keys in random order instead of prompt order
-
-
-# ---------------------------------------------------------------------------------------------------
-# The golden reward
-
-
-def _tokens(text: str) -> list[str]:
-    return text.split()
-
-
-def prompt_keys(prompt: str) -> list[str]:
-    """The distinct key tokens of a prompt, in order of appearance."""
-    seen: list[str] = []
-    for tok in _tokens(prompt):
-        if tok in _KEY_SET and tok not in seen:
-            seen.append(tok)
-    return seen
-
-
-def _response_tokens(response: str) -> tuple[list[str], bool]:
-    """(content tokens, ended_with_eos). An explicit <eos> ends the response; padding is dropped; any
-    other special token (<bos>, <unk>) is a content token (hallucinated)."""
-    toks: list[str] = []
-    for tok in _tokens(response):
-        if tok == "<eos>":
-            return toks, True
-        if tok == "<pad>":
-            continue
-        toks.append(tok)
-    return toks, len(toks) < MAX_RESPONSE_TOKENS
-
-
-def reward_components(prompt: str, response: str) -> dict:
-    """The golden reward and its parts for one (prompt, response): see the module docstring."""
-    keys = prompt_keys(prompt)
-    key_set = set(keys)
-    toks, ended = _response_tokens(response)
-    covered: set[str] = set()
-    hallucinated = repeated = 0
-    for tok in toks:
-        if tok not in key_set:
-            hallucinated += 1
-        elif tok in covered:
-            repeated += 1
-        else:
-            covered.add(tok)
-    n_keys = max(len(keys), 1)
-    coverage = len(covered) / n_keys
-    beyond = max(0, len(toks) - (len(keys) + SLACK))
-    no_eos = 0 if ended else 1
-    reward = (
-        W_COVERAGE * coverage
-        - W_HALLUCINATED * hallucinated
-        - W_REPEATED * repeated
-        - W_BEYOND * beyond
-        - W_NO_EOS * no_eos
-    )
-    return {
-        "reward": round(reward, 10),  # exact ties stay ties (e.g. 3*2/3 vs 2.0)
-        "coverage": coverage,
-        "n_keys": len(keys),
-        "covered": len(covered),
-        "hallucinated": hallucinated,
-        "repeated": repeated,
-        "beyond": beyond,
-        "no_eos": no_eos,
-        "length": len(toks),
-    }
-
-
-def golden_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    """The golden reward protocol: r*(x, y) for each (prompt, response) pair."""
-    if len(prompts) != len(responses):
-        raise ValueError(f"golden_reward: {len(prompts)} prompts but {len(responses)} responses")
-    return [reward_components(p, r)["reward"] for p, r in zip(prompts, responses)]
-
-
-COMPONENT_NAMES = ("coverage", "hallucinated", "repeated", "beyond", "no_eos", "length")
-
-
-def mean_components(prompts: list[str], responses: list[str]) -> dict[str, float]:
-    """Means of the reward components over samples (the report's 'how it over-optimizes')."""
-    comps = [reward_components(p, r) for p, r in zip(prompts, responses)]
-    n = max(len(comps), 1)
-    return {k: sum(c[k] for c in comps) / n for k in ("reward",) + COMPONENT_NAMES}
-
-
-# ---------------------------------------------------------------------------------------------------
-# Data generation (explicit seeds; nothing random at import)
-
-
-def sample_prompt(rng: random.Random) -> str:
-    """10 tokens: 2-4 distinct keys at random positions, fillers elsewhere, then SEP."""
-    n_keys = rng.randint(MIN_PROMPT_KEYS, MAX_PROMPT_KEYS)
-    keys = rng.sample(KEYS, n_keys)
-    positions = set(rng.sample(range(PROMPT_TOKENS), n_keys))
-    key_iter = iter(keys)
-    toks = [next(key_iter) if i in positions else rng.choice(FILLERS) for i in range(PROMPT_TOKENS)]
-    return " ".join(toks + [SEP])
-
-
-def ideal_response(prompt: str) -> str:
-    return " ".join(prompt_keys(prompt))
-
-
-def sample_demonstration(prompt: str, rng: random.Random, style: DemoStyle = DemoStyle()) -> str:
-    """A mediocre-to-good response: a subset of the keys, maybe fillers, hallucinations, repeats."""
-    keys = prompt_keys(prompt)
-    listed = [k for k in keys if rng.random() < style.p_keep_key] or [rng.choice(keys)]
-    if rng.random() < style.p_shuffle:
-        rng.shuffle(listed)
-    out = list(listed)
-    if rng.random() < style.p_repeat:
-        out.insert(rng.randint(0, len(out)), rng.choice(listed))
-    if rng.random() < style.p_hallucinate:
-        out.insert(rng.randint(0, len(out)), rng.choice([k for k in KEYS if k not in keys]))
-    for _ in range(2):
-        if rng.random() < style.p_filler:
-            out.insert(rng.randint(0, len(out)), rng.choice(FILLERS))
-        else:
-            break
-    return " ".join(out)
-
-
-def make_prompts(n: int, seed: int) -> list[str]:
-    rng = random.Random(seed)
-    return [sample_prompt(rng) for _ in range(n)]
-
-
-def make_sft_rows(n: int, seed: int, style: DemoStyle = DemoStyle()) -> list[dict]:
-    """SFT data in the engine's prompt/completion format."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        prompt = sample_prompt(rng)
-        rows.append({"prompt": prompt, "completion": sample_demonstration(prompt, rng, style)})
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------------
-# Tokenizer and model (real Hugging Face objects)
+SPECIALS = ("<pad>", "<eos>", "<bos>", "<unk>")  # the word tokenizer's special tokens (isdaa.tiny)
+EOS = "<eos>"
 
 
 @dataclass(frozen=True)
 class ModelShape:
-    """The tiny Llama of the lab (about 160k parameters)."""
+    """The tiny Llama of pi_ref (about 160k parameters at the defaults)."""
 
     hidden_size: int = 64
     num_layers: int = 3
     num_heads: int = 4
     intermediate_size: int = 192  # SwiGLU: 3 matrices, ~ the parameters of a 4x GELU MLP
-    max_position_embeddings: int = 32  # >= MAX_LENGTH
+    max_position_embeddings: int = 32  # >= the task's max_length
 
 
-def build_tokenizer():
-    """The word-level tokenizer over the task's fixed vocabulary; BOS prepended like Llama's."""
-    from isdaa.tiny import build_word_tokenizer
-
-    return build_word_tokenizer(words=list(WORDS), add_bos=True)
-
-
-def build_model(tokenizer, shape: ModelShape = ModelShape(), seed: int = 0):
-    from isdaa.tiny import build_tiny_llama
-
-    return build_tiny_llama(
-        vocab_size=len(tokenizer),
-        hidden_size=shape.hidden_size,
-        num_layers=shape.num_layers,
-        num_heads=shape.num_heads,
-        intermediate_size=shape.intermediate_size,
-        max_position_embeddings=shape.max_position_embeddings,
-        seed=seed,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+def response_tokens(response: str, limit: int) -> tuple[list[str], bool]:
+    """(the response's tokens, ended with EOS) from its sampled text. An explicit `<eos>` ends the
+    response (what follows, e.g. padding, is not part of it); every other token, `<pad>`, `<bos>` and
+    `<unk>` included, is a token the policy sampled; a response of `limit` tokens or more without
+    `<eos>` was cut at the generation limit (the text of a finished response drops its EOS, so it holds
+    at most limit - 1 tokens)."""
+    toks: list[str] = []
+    for tok in response.split():
+        if tok == EOS:
+            return toks, True
+        toks.append(tok)
+    return toks, len(toks) < limit
 
 
-def save_initial_model(out_dir: str | Path, shape: ModelShape = ModelShape(), seed: int = 0) -> Path:
-    """Random-init model + tokenizer saved with save_pretrained: the SFT stage's starting point."""
-    from isdaa.tiny import save_tiny
+class Task(abc.ABC):
+    """The interface (module docstring). Subclasses are frozen dataclasses whose fields include the
+    attributes below."""
 
-    tok = build_tokenizer()
-    return save_tiny(build_model(tok, shape, seed), tok, out_dir)
+    name: str
+    summary: str = ""
+    words: tuple[str, ...]
+    prompt_words: int
+    max_response_tokens: int
+    component_names: tuple[str, ...]
+    reward_formula: str
+    model: ModelShape
+
+    # --- what a task implements
+
+    @abc.abstractmethod
+    def sample_prompt(self, rng: random.Random) -> str:
+        """One prompt: `prompt_words` words of the vocabulary, separated by spaces."""
+
+    @abc.abstractmethod
+    def sample_demonstration(self, prompt: str, rng: random.Random) -> str:
+        """One SFT demonstration for `prompt` (the response, without EOS)."""
+
+    @abc.abstractmethod
+    def reward_components(self, prompt: str, response: str) -> dict:
+        """{"reward": r*(x, y), **parts}: the golden reward of one response and its parts (at least
+        `component_names`)."""
+
+    def example_cells(self, prompt: str) -> dict[str, str]:
+        """Extra columns of the report's example table for one prompt (e.g. the keys it holds)."""
+        return {}
+
+    def describe(self) -> dict:
+        """The task's own settings for `definition()` (demonstration style, reward coefficients, ...)."""
+        return {}
+
+    # --- provided
+
+    @property
+    def max_prompt_length(self) -> int:
+        """Prompt ids: BOS + the prompt's words."""
+        return self.prompt_words + 1
+
+    @property
+    def max_length(self) -> int:
+        return self.max_prompt_length + self.max_response_tokens
+
+    def golden_reward(self, prompts: list[str], responses: list[str]) -> list[float]:
+        """The golden reward protocol: r*(x, y) for each (prompt, response) pair."""
+        if len(prompts) != len(responses):
+            raise ValueError(f"golden_reward: {len(prompts)} prompts but {len(responses)} responses")
+        return [float(self.reward_components(p, r)["reward"]) for p, r in zip(prompts, responses)]
+
+    def mean_components(self, prompts: list[str], responses: list[str]) -> dict[str, float]:
+        """Means of the reward and its components over samples (the report's 'how it over-optimizes')."""
+        comps = [self.reward_components(p, r) for p, r in zip(prompts, responses)]
+        n = max(len(comps), 1)
+        return {k: sum(float(c[k]) for c in comps) / n for k in ("reward",) + tuple(self.component_names)}
+
+    def make_prompts(self, n: int, seed: int) -> list[str]:
+        rng = random.Random(seed)
+        return [self.sample_prompt(rng) for _ in range(n)]
+
+    def make_sft_rows(self, n: int, seed: int) -> list[dict]:
+        """SFT data in the engine's prompt/completion format."""
+        rng = random.Random(seed)
+        rows = []
+        for _ in range(n):
+            prompt = self.sample_prompt(rng)
+            rows.append({"prompt": prompt, "completion": self.sample_demonstration(prompt, rng)})
+        return rows
+
+    def expected_demo_reward(self, n: int = 2000, seed: int = 0) -> float:
+        """Mean golden reward of the demonstrations (a sanity number)."""
+        rows = self.make_sft_rows(n, seed)
+        rewards = self.golden_reward([r["prompt"] for r in rows], [r["completion"] for r in rows])
+        return math.fsum(rewards) / len(rewards)
+
+    def build_tokenizer(self):
+        """The word-level tokenizer over the task's vocabulary; BOS prepended like Llama's."""
+        from isdaa.tiny import build_word_tokenizer
+
+        return build_word_tokenizer(words=list(self.words), add_bos=True)
+
+    def build_model(self, tokenizer, seed: int = 0):
+        from isdaa.tiny import build_tiny_llama
+
+        s = self.model
+        return build_tiny_llama(
+            vocab_size=len(tokenizer), hidden_size=s.hidden_size, num_layers=s.num_layers, num_heads=s.num_heads,
+            intermediate_size=s.intermediate_size, max_position_embeddings=s.max_position_embeddings, seed=seed,
+            pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+            bos_token_id=tokenizer.bos_token_id,
+        )
+
+    def save_initial_model(self, out_dir: str | Path, seed: int = 0) -> Path:
+        """Random-init model + tokenizer saved with save_pretrained: the SFT stage's starting point."""
+        from isdaa.tiny import save_tiny
+
+        tok = self.build_tokenizer()
+        return save_tiny(self.build_model(tok, seed), tok, out_dir)
+
+    def definition(self) -> dict:
+        """Everything that defines the environment, as JSON (lab.json, task/definition.json, cache keys)."""
+        return {"task": self.name, "class": task_ref(self), "vocabulary": list(self.words),
+                "specials": list(SPECIALS), "prompt_words": self.prompt_words,
+                "max_response_tokens": self.max_response_tokens, "max_length": self.max_length,
+                "reward_formula": self.reward_formula, "components": list(self.component_names),
+                "model": asdict(self.model), **self.describe()}
 
 
-# ---------------------------------------------------------------------------------------------------
-# Documentation for the report
+def task_ref(task) -> str:
+    """`module:Class` of a task (lab.json; `load_task` reads it back)."""
+    return f"{type(task).__module__}:{type(task).__qualname__}"
 
 
-def definition(style: DemoStyle = DemoStyle(), shape: ModelShape = ModelShape()) -> dict:
-    """Everything that defines the environment, as JSON (written next to the report)."""
-    return {
-        "task": "key-token summary",
-        "vocabulary": {"keys": list(KEYS), "fillers": list(FILLERS), "separator": SEP,
-                       "specials": sorted(SPECIAL_WORDS)},
-        "prompt_tokens": PROMPT_TOKENS,
-        "keys_per_prompt": [MIN_PROMPT_KEYS, MAX_PROMPT_KEYS],
-        "max_response_tokens": MAX_RESPONSE_TOKENS,
-        "max_length": MAX_LENGTH,
-        "reward": {"coverage": W_COVERAGE, "hallucinated": -W_HALLUCINATED, "repeated": -W_REPEATED,
-                   "beyond_keys_plus_2": -W_BEYOND, "no_eos": -W_NO_EOS},
-        "reward_formula": "3*coverage - 0.5*hallucinated - 0.5*repeated - 0.4*max(0,|y|-(K+2)) - 2*no_eos",
-        "demonstrations": asdict(style),
-        "model": asdict(shape),
-    }
+BUILTIN = {"key-token": "isdaa.lab.keytoken:KeyTokenTask", "length": "isdaa.lab.length:LengthTask"}
 
 
-def expected_demo_reward(n: int = 2000, seed: int = 0) -> float:
-    """Mean golden reward of the demonstrations (a sanity number for the report)."""
-    rows = make_sft_rows(n, seed)
-    rewards = golden_reward([r["prompt"] for r in rows], [r["completion"] for r in rows])
-    return math.fsum(rewards) / len(rewards)
+def load_task(spec) -> Task:
+    """A task from a built-in name (`key-token`, `length`), `module:Name` (a Task subclass, instantiated
+    without arguments, or an instance), or a Task itself; checked by `check_task`. The working directory
+    is on the import path, as `python -m` would have it."""
+    if isinstance(spec, Task):
+        return check_task(spec)
+    if not isinstance(spec, str) or not spec:
+        raise ValueError(f"task: expected a built-in name ({', '.join(BUILTIN)}) or module:Name, got {spec!r}")
+    ref = BUILTIN.get(spec, spec)
+    module, sep, name = ref.partition(":")
+    if not sep or not module or not name:
+        raise ValueError(f"task {spec!r}: expected a built-in name ({', '.join(BUILTIN)}) or module:Name")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        obj = getattr(importlib.import_module(module), name)
+    except ImportError as err:
+        raise ValueError(f"task {spec!r}: cannot import module {module!r} ({err})") from None
+    except AttributeError:
+        raise ValueError(f"task {spec!r}: module {module!r} has no {name!r}") from None
+    if isinstance(obj, type) and issubclass(obj, Task):
+        obj = obj()
+    if not isinstance(obj, Task):
+        raise TypeError(f"task {spec!r} is a {type(obj).__name__}, not a subclass or instance of "
+                        "isdaa.lab.task.Task")
+    return check_task(obj)
+
+
+def check_task(task: Task, n: int = 64) -> Task:
+    """Loud on a task the lab cannot run: its attributes, and `n` seeded prompts, demonstrations and
+    rewards (each prompt `prompt_words` words of the vocabulary, each demonstration at most
+    max_response_tokens - 1 words of it, every reward part a finite number). Returns the task."""
+    where = f"task {getattr(task, 'name', type(task).__name__)!r} ({task_ref(task)})"
+    for attr in ("name", "words", "prompt_words", "max_response_tokens", "component_names", "reward_formula",
+                 "model"):
+        if not hasattr(task, attr):
+            raise TypeError(f"{where}: no attribute {attr!r}")
+    words = list(task.words)
+    bad = [w for w in words if not isinstance(w, str) or not w or w != w.strip() or len(w.split()) != 1
+           or w in SPECIALS]
+    if bad or len(set(words)) != len(words) or not words:
+        raise ValueError(f"{where}: `words` must be distinct single words, none of {', '.join(SPECIALS)}"
+                         + (f"; bad: {bad[:5]}" if bad else "; duplicates or empty"))
+    if int(task.prompt_words) < 1 or int(task.max_response_tokens) < 2:
+        raise ValueError(f"{where}: prompt_words must be >= 1 and max_response_tokens >= 2")
+    if task.model.max_position_embeddings < task.max_length:
+        raise ValueError(f"{where}: model.max_position_embeddings {task.model.max_position_embeddings} < "
+                         f"max_length {task.max_length} (prompt + response ids)")
+    vocab = set(words)
+    rng = random.Random(0)
+    for i in range(n):
+        prompt = task.sample_prompt(rng)
+        toks = prompt.split()
+        if len(toks) != task.prompt_words or not set(toks) <= vocab:
+            raise ValueError(f"{where}: sample_prompt #{i} {prompt!r} must be {task.prompt_words} words of "
+                             f"the vocabulary (unknown: {sorted(set(toks) - vocab)[:5]})")
+        demo = task.sample_demonstration(prompt, rng)
+        dtoks = demo.split()
+        if len(dtoks) >= task.max_response_tokens or not set(dtoks) <= vocab:
+            raise ValueError(f"{where}: sample_demonstration #{i} {demo!r} must be < {task.max_response_tokens} "
+                             f"words of the vocabulary (unknown: {sorted(set(dtoks) - vocab)[:5]})")
+        comps = task.reward_components(prompt, demo)
+        for key in ("reward", *task.component_names):
+            v = comps.get(key) if isinstance(comps, dict) else None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"{where}: reward_components({prompt!r}, {demo!r}) field {key!r} must be a "
+                                 f"finite number, got {v!r}")
+    return task
+
+
+# The key-token task's golden reward under its historical name, as a reward spec for the commands
+# (`isdaa label --reward isdaa.lab.task:golden_reward`); the lab itself calls a task's method.
+def golden_reward(prompts: list[str], responses: list[str]) -> list[float]:
+    from isdaa.lab.keytoken import KeyTokenTask
+
+    return KeyTokenTask().golden_reward(prompts, responses)
