@@ -53,7 +53,9 @@ def test_loss_front_door_gives_a_result_or_a_clear_error(args):
     except (ValueError, TypeError) as err:
         assert str(err)  # a message, not an empty error
         return
-    assert out.loss.dtype == torch.float32 and out.loss.dim() == 0
+    given = [t for t in [*tensors, *kw.values()] if torch.is_tensor(t) and t.is_floating_point()]
+    expected = torch.float64 if any(t.dtype == torch.float64 for t in given) else torch.float32
+    assert out.loss.dtype == expected and out.loss.dim() == 0  # float32, float64 for float64 inputs
     inputs_finite = all(torch.isfinite(t.float()).all() for t in tensors) and all(
         torch.isfinite(v.float()).all() for v in kw.values() if torch.is_tensor(v))
     if not inputs_finite:  # documented: non-finite in, non-finite may come out; the trainer skips the step
