@@ -117,8 +117,8 @@ def lab_config(root: Path, method: str, steps: int, out_dir: Path, overrides: di
 def worker(root: str, method: str, warmup: int, steps: int, out_dir: str, overrides: str) -> dict:
     import torch
 
+    from isdaa.api import train
     from isdaa.io import read_jsonl
-    from isdaa.train import train
     from isdaa.train.callbacks import TrainerCallback
 
     ends: list[float] = []

@@ -92,7 +92,7 @@ def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path) -> StepClock
 
 
 # --------------------------------------------------------------------------------------------------
-# isdaa: the real engine, `isdaa.train.train(cfg, callbacks=...)`, timed by its step-end callback
+# isdaa: the real engine, `isdaa.api.train(cfg, callbacks=...)`, timed by its step-end callback
 
 
 def run_isdaa(work: Workload, assets: dict, method: str, ref_mode: str, tmp: Path) -> StepClock:

@@ -1,6 +1,6 @@
 """Step-1 `is/weight_mean` and loss of IS-DPO (before any update: pi_theta = pi_b, so the weight must be
 exactly 1 and the loss log 2 = 0.6931) for the cases of issue 11, each run through the public paths a
-user takes: `isdaa label` (CLI) then `isdaa.train.train`.
+user takes: `isdaa label` (CLI) then `isdaa.api.train`.
 
     PYTHONPATH=src python benchmarks/is_weight_step1.py            # this tree
     PYTHONPATH=/other/src python benchmarks/is_weight_step1.py     # another version, same script
@@ -47,7 +47,7 @@ def label(model_dir: Path, prompts: list, out: Path, max_new_tokens: int) -> Pat
 
     data = out.with_suffix(".prompts.jsonl")
     data.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    args = ["label", "--policy", str(model_dir), "--reward", "isdaa.lab.task:golden_reward", "--data", str(data),
+    args = ["label", "--policy", str(model_dir), "--reward", "isdaa.lab.keytoken:golden_reward", "--data", str(data),
             "--out", str(out), "--n", "2", "--max-new-tokens", str(max_new_tokens), "--batch-size", "16"]
     opts = {p.name for p in label_cmd.params}
     if "max_length" in opts:
@@ -93,8 +93,8 @@ def trl_scored(model_dir: Path, tok, out: Path) -> Path:
 
 def step1(model_dir: Path, data: Path, out: Path, **extra) -> dict:
     """Train one step of is-dpo; the step's logged metrics."""
+    from isdaa.api import train
     from isdaa.config import PrefConfig, load_config
-    from isdaa.train import train
 
     fields = {f.name for f in dataclasses.fields(PrefConfig)}
     cfg = {"model": {"name_or_path": str(model_dir)}, "output_dir": str(out), "method": "is-dpo", "beta": 0.1,

@@ -1,4 +1,4 @@
-"""Drive isdaa's real preference trainer (`isdaa.train.train(cfg, callbacks)`) on the benchmark workload.
+"""Drive isdaa's real preference trainer (`isdaa.api.train(cfg, callbacks)`) on the benchmark workload.
 
 The only file of the benchmark that knows isdaa's config names. Settings mirror the TRL contender: one optimizer
 step per `batch_size` pairs (micro batch = batch, no accumulation), constant learning rate without warm-up,
@@ -48,8 +48,8 @@ def isdaa_config(work, assets: dict, method: str, ref_mode: str, out_dir: Path, 
 
 def isdaa_train(work, assets: dict, method: str, ref_mode: str, out_dir: Path,
                 on_step_end: Callable[[], None], micro_batch_size: int | None = None) -> dict:
-    """Run `isdaa.train.train` and call `on_step_end()` after every optimizer step (the benchmark's clock)."""
-    from isdaa.train import train
+    """Run `isdaa.api.train` and call `on_step_end()` after every optimizer step (the benchmark's clock)."""
+    from isdaa.api import train
     from isdaa.train.callbacks import TrainerCallback
 
     class Clock(TrainerCallback):

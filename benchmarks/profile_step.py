@@ -87,7 +87,7 @@ def profile_lab(args):
     """The lab's preference step (bench_lab_step.py's assets and the lab's own config)."""
     import bench_lab_step
 
-    from isdaa.train import train
+    from isdaa.api import train
     from isdaa.train.callbacks import TrainerCallback
 
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="isdaa-prof-"))

@@ -156,8 +156,8 @@ def test_documented_rules_identical_pairs_dropped_and_long_prompts_counted(tok, 
 
 
 def test_dropped_pairs_reach_the_summary(tiny_dir, tmp_path):
+    from isdaa.api import train
     from isdaa.config import load_config
-    from isdaa.train import train
 
     rows = [{"prompt": f"w{i}", "chosen": "good yes", "rejected": "bad no"} for i in range(8)]
     rows += [{"prompt": "w9", "chosen": "same", "rejected": "same"}]

@@ -16,9 +16,9 @@ import random
 import pytest
 import torch
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.train import reference as reference_mod
-from isdaa.train import train
 
 
 def pairs(n=32, seed=0):

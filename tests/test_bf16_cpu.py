@@ -7,9 +7,9 @@ import json
 import pytest
 import torch
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.io import read_jsonl
-from isdaa.train import train
 from isdaa.train.callbacks import TrainerCallback
 
 ROWS = [{"prompt": f"w{i} w{i + 1} w{i + 2}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i + 3}"}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from test_train import make_cfg, metrics, weights
 
-from isdaa.train import models, train
+from isdaa.api import train
+from isdaa.train import models
 
 needs_compile = pytest.mark.skipif(models.compile_unavailable() is not None,
                                    reason=f"torch.compile unavailable: {models.compile_unavailable()}")

@@ -9,9 +9,9 @@ import pytest
 import torch
 from test_train import make_cfg, metrics, pref_rows
 
+from isdaa.api import train
 from isdaa.importance import control_log_weights, ess_from_log, matched_sigma
 from isdaa.losses import preference_loss
-from isdaa.train import train
 from isdaa.train.callbacks import StopAtStep
 from isdaa.train.pref import PrefTask, _check_whole_batch
 

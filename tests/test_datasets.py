@@ -113,7 +113,7 @@ def test_trainer_reads_a_slice_and_a_saved_folder(tiny_dir, tmp_path):
     import datasets
     from test_train import make_cfg
 
-    from isdaa.train import train
+    from isdaa.api import train
 
     path = write_jsonl(tmp_path / "big.jsonl", pairs(64))
     cfg = make_cfg(tiny_dir, tmp_path, "sliced", max_steps=2, data={"train": path, "train_split": "train[:16]",

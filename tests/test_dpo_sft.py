@@ -9,7 +9,7 @@ import pytest
 from test_train import make_cfg, metrics, pref_rows
 from test_wpo import naive_sums
 
-from isdaa.train import train
+from isdaa.api import train
 from isdaa.train.pref import _check_whole_batch
 
 

@@ -26,7 +26,7 @@ import torch
 from isdaa.config import load_config
 from isdaa.data import collate_pref, tokenize_pref
 from isdaa.logprobs import causal_lm_logps
-from isdaa.train import train
+from isdaa.api import train
 
 PAIRS = [{"prompt": f"w{i} w{i + 1}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i + 2}"} for i in range(4)]
 

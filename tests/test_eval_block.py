@@ -6,8 +6,8 @@ from __future__ import annotations
 from accelerate.tracking import GeneralTracker, register_tracker_class
 from test_train import make_cfg, pref_rows, write_jsonl
 
+from isdaa.api import train
 from isdaa.io import read_jsonl
-from isdaa.train import train
 
 REWARD_MODULE = '''
 def count_good(prompts, responses):

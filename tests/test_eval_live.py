@@ -57,10 +57,10 @@ def test_live_callback_in_a_real_training_run(tiny_dir, tmp_path):
 
     from transformers import AutoModelForCausalLM
 
+    from isdaa.api import train
     from isdaa.config import load_config
     from isdaa.evaluate.live import LiveEvalCallback
     from isdaa.io import read_jsonl
-    from isdaa.train import train
 
     rows = [{"prompt": f"w{i} w{i + 3}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i}"} for i in range(48)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -88,10 +88,10 @@ def test_live_kl_of_an_unchanged_policy_is_zero_under_bf16_mixed_precision(tiny_
 
     from transformers import AutoModelForCausalLM
 
+    from isdaa.api import train
     from isdaa.config import load_config
     from isdaa.evaluate.live import LiveEvalCallback
     from isdaa.io import read_jsonl
-    from isdaa.train import train
 
     rows = [{"prompt": f"w{i} w{i + 3}", "chosen": f"good yes w{i}", "rejected": f"bad no w{i}"} for i in range(16)]
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))

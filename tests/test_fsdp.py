@@ -36,9 +36,9 @@ import yaml
 from safetensors.torch import load_file
 from test_train import make_cfg, pref_rows, write_jsonl
 
+from isdaa.api import train
 from isdaa.config import to_dict
 from isdaa.io import read_jsonl
-from isdaa.train import train
 
 FSDP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "accelerate" / "fsdp.yaml"
 REWARD_MODULE = '''

@@ -11,8 +11,8 @@ import yaml
 from click.testing import CliRunner
 from test_train import make_cfg
 
+from isdaa.api import train
 from isdaa.cli import main
-from isdaa.train import train
 
 
 class FakeHub:

@@ -12,9 +12,9 @@ import math
 import pytest
 from conftest import CHAT_FAMILIES, chat_family_tokenizer, generated_corpus
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.data import load_rows, tokenize_pref
-from isdaa.train import train
 
 LOG2 = math.log(2.0)
 MAX_LENGTH, MAX_PROMPT_LENGTH = 24, 12
@@ -80,7 +80,7 @@ def label_cli(model, prompts, out, max_length=MAX_LENGTH, max_prompt_length=MAX_
     from isdaa.cli import main
 
     data = write_jsonl(out.with_suffix(".jsonl"), [{"prompt": p} for p in prompts])
-    r = CliRunner().invoke(main, ["label", "--policy", model, "--reward", "isdaa.lab.task:golden_reward",
+    r = CliRunner().invoke(main, ["label", "--policy", model, "--reward", "isdaa.lab.keytoken:golden_reward",
                                   "--data", data, "--out", str(out), "--max-new-tokens", str(max_new_tokens),
                                   "--max-length", str(max_length), "--max-prompt-length", str(max_prompt_length)])
     assert r.exit_code == 0, r.output

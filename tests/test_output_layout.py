@@ -172,7 +172,7 @@ def test_old_layout_runs_stay_readable(trl_run, tiny_dir, tmp_path):
     shutil.rmtree(old / "checkpoints" / "step-00000006")
     assert list_checkpoints(old, include_final=True)[-1] == final
     r = CliRunner().invoke(main, ["eval", "--run", str(old), "--ref", str(tiny_dir), "--reward",
-                                  "isdaa.lab.task:golden_reward", "--data", str(src / "data" / "test.jsonl"),
+                                  "isdaa.lab.keytoken:golden_reward", "--data", str(src / "data" / "test.jsonl"),
                                   "--n-prompts", "2", "--n-samples", "1", "--max-new-tokens", "3", "--no-fit"])
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (old / "eval").glob("*.json") if p.name != "chosen_rewards.json") == [
@@ -191,7 +191,7 @@ def test_eval_run_reads_the_new_layout(trl_run, tiny_dir):
     run = tmp / "evaluated"
     shutil.copytree(tmp / "run", run)
     r = CliRunner().invoke(main, ["eval", "--run", str(run), "--ref", str(tiny_dir), "--reward",
-                                  "isdaa.lab.task:golden_reward", "--data", str(tmp / "data" / "test.jsonl"),
+                                  "isdaa.lab.keytoken:golden_reward", "--data", str(tmp / "data" / "test.jsonl"),
                                   "--n-prompts", "2", "--n-samples", "1", "--max-new-tokens", "3", "--no-fit"])
     assert r.exit_code == 0, r.output
     rows = list(map(json.loads, [p.read_text() for p in sorted((run / "eval").glob("step-*.json"))]))

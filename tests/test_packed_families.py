@@ -15,10 +15,10 @@ import random
 import pytest
 import torch
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.io import read_jsonl
 from isdaa.logprobs import packed_pairs_supported, pair_response_logps, response_logps, row_index_attention
-from isdaa.train import train
 
 
 def family(name, vocab, tok):

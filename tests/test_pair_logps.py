@@ -145,9 +145,10 @@ def test_trainer_packed_equals_concatenated(tiny_dir, tmp_path, ref_logps, monke
     round-off is not amplified the way Adam's first steps amplify it), step by step."""
     import json
 
+    from isdaa.api import train
     from isdaa.config import load_config
     from isdaa.io import read_jsonl
-    from isdaa.train import pref, train
+    from isdaa.train import pref
 
     calls = []
     monkeypatch.setattr(pref, "pair_response_logps", lambda *a, **k: calls.append(1) or pair_response_logps(*a, **k))

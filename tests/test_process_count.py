@@ -19,9 +19,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from isdaa.api import train
 from isdaa.config import load_config, to_dict
 from isdaa.io import read_jsonl
-from isdaa.train import train
 
 VOLATILE = {"tokens_per_s", "elapsed_s"}
 

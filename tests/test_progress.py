@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from test_train import make_cfg, pref_rows, write_jsonl
 
-from isdaa.train import train
+from isdaa.api import train
 
 
 def test_reference_and_sampling_bars_follow_progress(tiny_dir, tmp_path, capfd):

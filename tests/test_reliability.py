@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.io import atomic_write_text, read_jsonl
 from isdaa.train import checkpoint as ckpt
-from isdaa.train import train
 from isdaa.train.loop import NonFiniteError, epoch_permutation
 from isdaa.train.pref import PrefTask
 

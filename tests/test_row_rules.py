@@ -71,7 +71,7 @@ def pref_cfg(tiny_dir, tmp_path, n_rows, **over):
 
 
 def test_batch_larger_than_the_data_says_what_to_set(tiny_dir, tmp_path):
-    from isdaa.train import train
+    from isdaa.api import train
 
     with pytest.raises(ValueError, match=r"6 training examples make no full batch of batch_size=8: set batch_size "
                                          r"<= 6 \(and micro_batch_size, now 4, dividing it\)"):
@@ -80,7 +80,7 @@ def test_batch_larger_than_the_data_says_what_to_set(tiny_dir, tmp_path):
 
 def test_warmup_longer_than_the_run_is_warned(tiny_dir, tmp_path):
     """Defaults lr 1e-6 and warmup_steps 100 on a 6-step run (12 pairs, batch 2): the lr never gets there."""
-    from isdaa.train import train
+    from isdaa.api import train
 
     with pytest.warns(UserWarning, match=r"warmup \(100 steps\) >= the run's 6 steps.*optim.warmup_steps below 6"):
         train(pref_cfg(tiny_dir, tmp_path, 12, batch_size=2, micro_batch_size=2))

@@ -24,9 +24,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.io import read_jsonl
-from isdaa.train import train
 
 REL = 1e-9
 METRICS = ("loss", "grad_norm", "rewards/margins", "logps/chosen", "is/weight_mean", "is/weight_max",

@@ -12,9 +12,9 @@ from safetensors.torch import load_file
 from test_data_loading import datasets_cache  # noqa: F401 -- fixture: a per-test datasets cache
 from test_train import make_cfg
 
+from isdaa.api import train
 from isdaa.data import DataError
 from isdaa.io import read_jsonl
-from isdaa.train import train
 from isdaa.train.callbacks import StopAtStep
 
 VOLATILE = {"tokens_per_s", "elapsed_s"}

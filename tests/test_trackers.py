@@ -8,7 +8,7 @@ import pytest
 from accelerate.tracking import GeneralTracker, register_tracker_class
 from test_train import make_cfg, metrics
 
-from isdaa.train import train
+from isdaa.api import train
 
 
 class RecordingTracker(GeneralTracker):

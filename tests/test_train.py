@@ -9,10 +9,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.io import read_jsonl
 from isdaa.losses import METHODS
-from isdaa.train import train
 from isdaa.train.callbacks import StopAtStep, TrainerCallback
 
 VOLATILE = {"tokens_per_s", "elapsed_s"}

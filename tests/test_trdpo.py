@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from test_train import make_cfg, metrics, pref_rows, weights
 
-from isdaa.train import train
+from isdaa.api import train
 from isdaa.train.callbacks import StopAtStep
 
 ON_THE_FLY = {"ref_logps": "on_the_fly"}

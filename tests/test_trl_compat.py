@@ -472,7 +472,7 @@ def test_evaluation_on_the_training_file_only_when_asked(tiny_dir, tmp_path):
         load_config(base)
     cfg = load_config({**base, "dataset_test_split": "train", "max_steps": 1, "per_device_train_batch_size": 4,
                        "max_length": 32, "max_prompt_length": 16, "progress": False, "bf16": False})
-    from isdaa.train import train
+    from isdaa.api import train
 
     with pytest.warns(UserWarning, match=r"data.eval is the training data .*pairs.jsonl, split train"):
         train(cfg)

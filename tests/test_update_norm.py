@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_train import make_cfg, metrics, weights
 
-from isdaa.train import train
+from isdaa.api import train
 
 
 def test_update_norm_is_the_distance_between_consecutive_checkpoints(tiny_dir, tmp_path):

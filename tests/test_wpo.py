@@ -10,10 +10,10 @@ import pytest
 import torch
 from test_train import make_cfg, metrics, pref_rows
 
+from isdaa.api import train
 from isdaa.config import load_config
 from isdaa.logprobs import pair_response_logps, response_logps
 from isdaa.losses import METHODS, preference_loss
-from isdaa.train import train
 
 
 @pytest.fixture

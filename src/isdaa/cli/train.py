@@ -137,8 +137,8 @@ def _command(kind: str, help_text: str):
     @click.option("--overwrite", is_flag=True, help="replace a run already in output_dir")
     @click.argument("overrides", nargs=-1, type=click.UNPROCESSED)
     def command(config_path, resume, overwrite, overrides):
+        from isdaa.api import train as run_training
         from isdaa.config import load_config
-        from isdaa.train import train as run_training
         from isdaa.train.console import user_warnings
 
         if resume and overwrite:

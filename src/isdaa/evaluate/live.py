@@ -7,7 +7,7 @@ exceeds a budget (`ctx.request_stop`).
 Logged keys: eval/kl_k1, eval/kl_k3, eval/sqrt_kl (estimator `kl_estimator`), eval/kl_l_median,
 eval/win_rate, eval/win_rate_se, eval/reward, eval/mean_length, eval/seconds.
 
-From a training config's `eval` block (`LiveEvalCallback.from_config`, added by `isdaa.train.train`): the
+From a training config's `eval` block (`LiveEvalCallback.from_config`, added by `isdaa.api.train`): the
 reward is imported and checked when the callback is built (before any model loads; a `module:function`
 is found in the working directory, as `python -m` would find it), and the reference model, prompts,
 chosen responses and reward model are loaded before step 1 (`on_train_begin`); a few

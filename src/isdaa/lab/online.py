@@ -19,7 +19,7 @@ import torch
 
 @dataclass
 class OnlineDPOSource:
-    """`batch_source(step, model, tokenizer) -> rows` for `isdaa.train.train`.
+    """`batch_source(step, model, tokenizer) -> rows` for `isdaa.api.train`.
 
     Rows are the standard preference format (prompt, chosen, rejected) plus `chosen_logps` /
     `rejected_logps` (the sampling policy's log-probs: pi_b = pi_theta at this step; plain DPO ignores

@@ -176,7 +176,7 @@ def sft_config(lab: LabDir, p: Preset):
 
 
 def stage_sft(lab: LabDir, p: Preset, progress=None) -> dict:
-    from isdaa.train import train
+    from isdaa.api import train
 
     key = _key_sft(p)
     if rec := _done(lab.marker("sft"), key):
@@ -361,8 +361,8 @@ def run_one(root: str, preset: Preset, spec: RunSpec) -> dict:
     t0 = time.perf_counter()
     cfg = pref_config(lab, preset, spec)
     if spec.online:
+        from isdaa.api import train
         from isdaa.lab.online import OnlineDPOSource
-        from isdaa.train import train
 
         _, tok = load_ref(lab)
         source = OnlineDPOSource(tokenizer=tok, prompts=preset.task.make_prompts(
@@ -371,7 +371,7 @@ def run_one(root: str, preset: Preset, spec: RunSpec) -> dict:
         summary = train(cfg, batch_source=source)
         atomic_write_jsonl(run_dir / "online_labels.jsonl", source.stats)  # per step: pairs, sample reward
     else:
-        from isdaa.train import train
+        from isdaa.api import train
 
         summary = train(cfg)
     t_train = time.perf_counter() - t0

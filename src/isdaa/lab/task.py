@@ -251,11 +251,3 @@ def check_task(task: Task, n: int = 64) -> Task:
                 raise ValueError(f"{where}: reward_components({prompt!r}, {demo!r}) field {key!r} must be a "
                                  f"finite number, got {v!r}")
     return task
-
-
-# The key-token task's golden reward under its historical name, as a reward spec for the commands
-# (`isdaa label --reward isdaa.lab.task:golden_reward`); the lab itself calls a task's method.
-def golden_reward(prompts: list[str], responses: list[str]) -> list[float]:
-    from isdaa.lab.keytoken import KeyTokenTask
-
-    return KeyTokenTask().golden_reward(prompts, responses)
