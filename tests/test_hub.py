@@ -60,7 +60,7 @@ def test_run_writes_card_and_pushes_final(tiny_dir, tmp_path, monkeypatch):
                                                         "isdaa_state.json") for n in up["files"])
     card = up["files"]["README.md"].decode()
     assert card.startswith("---\n") and "library_name: transformers" in card and "- is-dpo" in card
-    assert "- Method: `is-dpo`, beta = 0.05" in card
+    assert "- Method: `is-dpo` (logistic DAA, base `dpo`), beta = 0.05" in card
     assert "clip eps = 0.5 (log-weights <= 2 eps), self-normalized = False" in card
     assert f"`{tmp_path / 'pushed.jsonl'}` (split `train`)" in card
     loss = summary["final_metrics"]["loss"]

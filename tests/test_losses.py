@@ -137,7 +137,7 @@ def test_dpo_norm_value_and_gradient():
     assert gr.item() == pytest.approx(0.04563613127629212, rel=1e-5)
     ones = {"chosen_lengths": t(1.0), "rejected_lengths": t(1.0)}
     assert losses.dpo_norm(*PAIR.values(), beta=0.5, **ones).item() == pytest.approx(0.4740769841801067, rel=1e-6)
-    assert METHODS["dpo-norm"].needs_lengths and METHODS["dpo-norm"].needs_reference
+    assert METHODS["dpo-norm"].requires_lengths({}) and METHODS["dpo-norm"].needs_reference
 
 
 # Two pairs for the batch-level SFT term: PAIR (h = 1) and a pair with u_c = -0.5, u_r = 0.5 (h = -1).
@@ -218,7 +218,8 @@ def test_gradcheck_float64(name, length_options):
     logps = [(-5 * torch.rand(6, generator=gen, dtype=torch.float64)).requires_grad_(True) for _ in names]
     lengths = {"chosen_lengths": torch.tensor([1.0, 3, 5, 7, 9, 11], dtype=torch.float64),
                "rejected_lengths": torch.tensor([2.0, 2, 4, 8, 6, 10], dtype=torch.float64)}
-    options = {o: True for o in METHODS[name].length_options} if length_options else {}
+    when = METHODS[name].lengths.when
+    options = {o: True for o in when} if length_options and isinstance(when, tuple) else {}
     entry = METHODS[name]
     assert torch.autograd.gradcheck(lambda *x: entry.base_losses(0.3, options, {**dict(zip(names, x)), **lengths}),
                                     logps)
@@ -398,7 +399,7 @@ def test_registry_declares_needs():
         assert weighted.requires_reference(has_behavior_logps=False)
         assert plain.requires_reference(True) == plain.requires_reference(False) == plain.needs_reference
         assert set(plain.options) <= set(OPTION_DEFAULTS)
-    assert METHODS["rdpo"].needs_lengths and METHODS["is-rdpo"].needs_lengths
+    assert METHODS["rdpo"].requires_lengths({}) and METHODS["is-rdpo"].requires_lengths({})
     assert not METHODS["dpo"].requires_lengths({}) and not METHODS["ipo"].requires_lengths({})
     assert METHODS["ipo"].requires_lengths({"ipo_length_normalize": True})
     assert METHODS["is-dpo"].requires_lengths({"is_length_normalize": True})

@@ -328,7 +328,8 @@ def test_wpo_and_tr_dpo_switches_map_to_their_blocks():
       "gradient_accumulation_steps": 2},  # TRL's token mean would be per micro-batch: isdaa refuses the split
      r"method 'dpo-sft' computes its loss over the whole optimizer step's batch: set micro_batch_size = batch_size"),
     ({"loss_type": ["sigmoid"], "loss_weights": [2.0]}, r"isdaa has no loss scale"),
-    ({"loss_type": ["hinge"]}, r"TRL loss_type 'hinge' is not supported: isdaa maps sigmoid, ipo"),
+    ({"loss_type": ["hinge"]}, r"TRL loss_type 'hinge' is not supported: isdaa maps sigmoid -> dpo, ipo -> ipo, "
+                                r"sigmoid_norm -> dpo-norm, sft\+sigmoid -> dpo-sft; its other methods \(rpo, "),
     ({"loss_type": ["sigmoid", "bco_pair", "sft"]}, r"loss_type \['sigmoid', 'bco_pair', 'sft'\] is not supported"),
     ({"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0]}, r"loss_weights has 1 values for 2 loss_type"),
     ({"loss_weights": [1.0, 2.0]}, r"TRL key 'loss_weights' is not supported"),

@@ -16,6 +16,7 @@ import math
 from pathlib import Path
 
 from isdaa.io import atomic_write_text
+from isdaa.registry import METHODS
 from isdaa.train.callbacks import TrainerCallback
 
 CARD_METRICS = ("loss", "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected",
@@ -31,14 +32,24 @@ def _method_lines(cfg) -> list[str]:
     method = getattr(cfg, "method", None)
     if method is None:
         return [f"- Objective: {'supervised fine-tuning' if cfg.kind == 'sft' else 'Bradley-Terry reward model'}"]
-    lines = [f"- Method: `{method}`, beta = {cfg.beta}"]
-    if method.startswith("is-"):
+    entry = METHODS[method]
+    lines = [f"- Method: `{method}` ({entry.family} DAA, base `{entry.base}`), beta = {cfg.beta}"]
+    if METHODS[method].importance_weighted:
         o = cfg.loss
         lines.append(f"- Importance sampling (IS-DAA, arXiv 2506.08681 Eq. 11-13): clip eps = {o.is_clip} "
                      f"(log-weights <= 2 eps), self-normalized = {o.is_self_normalize}, "
                      f"length-normalized = {o.is_length_normalize}")
     lines.append(f"- Reference log-probs: {cfg.ref_logps}; reference model: {cfg.ref_model or cfg.model.name_or_path}")
     return lines
+
+
+def _method_tags(method: str) -> list[str]:
+    """Hub tags of a run's objective: its config name, its base DAA and `is-daa` for an importance-weighted
+    method (registry facts); sft / rm runs are tagged with their kind."""
+    entry = METHODS.get(method)
+    if entry is None:
+        return [method]
+    return list(dict.fromkeys([method, entry.base, *(["is-daa"] if entry.importance_weighted else [])]))
 
 
 def model_card(cfg, summary: dict, config_yaml: str, merged: bool = False) -> str:
@@ -51,7 +62,7 @@ def model_card(cfg, summary: dict, config_yaml: str, merged: bool = False) -> st
     base = cfg.model.name_or_path
     data = ModelCardData(library_name="peft" if cfg.model.lora and not merged else "transformers",
                          base_model=base if _is_hub_name(base) else None, datasets=names or None,
-                         tags=["isdaa", method, *(["lora"] if cfg.model.lora else [])],
+                         tags=["isdaa", *_method_tags(method), *(["lora"] if cfg.model.lora else [])],
                          pipeline_tag="text-generation" if cfg.kind != "rm" else "text-classification")
     name = cfg.hub_model_id or Path(cfg.output_dir).name
     adapter = cfg.model.lora is not None

@@ -15,14 +15,18 @@ from pathlib import Path
 
 import numpy as np
 
-# One colour per method in every figure of the project (tab10 hex codes): a base DAA and its IS variant
-# are neighbours in the list but distinct; online DPO, the on-policy reference line, is black.
-METHOD_COLORS = {
-    "dpo": "#1f77b4", "is-dpo": "#ff7f0e", "ipo": "#2ca02c", "is-ipo": "#d62728", "rpo": "#9467bd",
-    "is-rpo": "#c5b0d5", "chipo": "#8c564b", "is-chipo": "#c49c94", "rdpo": "#e377c2", "is-rdpo": "#f7b6d2",
-    "online-dpo": "#000000",
-}
-_EXTRA_COLORS = ["#17becf", "#bcbd22", "#7f7f7f", "#9edae5", "#dbdb8d", "#aec7e8", "#ffbb78", "#98df8a"]
+from isdaa.registry import METHODS
+
+# One colour per method in every figure of the project, from the registry's order (`Method.order`): the
+# base method at order k takes colour 2k of PALETTE and its IS variant colour 2k + 1 (tab10, then tab20's
+# light shades), so DPO / IS-DPO are blue / orange and IPO / IS-IPO green / red; online DPO, the on-policy
+# reference line, is black.
+PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
+           "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#c7c7c7",
+           "#dbdb8d", "#9edae5")
+METHOD_COLORS = {name: PALETTE[(2 * m.order + m.importance_weighted) % len(PALETTE)] for name, m in METHODS.items()}
+METHOD_COLORS["online-dpo"] = "#000000"
+_EXTRA_COLORS = ["#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#5254a3", "#8ca252", "#bd9e39"]  # tab20b
 
 
 def method_colors(labels) -> dict:

@@ -24,6 +24,8 @@ import os
 import typing
 import warnings
 
+from isdaa.registry import BASE_METHODS, METHODS
+
 # TRL name -> isdaa dotted key, value unchanged
 ALIASES = {
     "model_name_or_path": "model.name_or_path",
@@ -135,23 +137,26 @@ SWITCHES = {
 SWITCH_EXTRA = {"sync_ref_model": {"ref_logps": "on_the_fly"}}
 MEMBER_DEFAULTS = {"ref_model_mixup_alpha": 0.6, "ref_model_sync_steps": 512}  # harmless with sync_ref_model off
 
+def _trl_loss(method) -> object:
+    """The TRL_LOSSES entry of a registry method: its keys as a mapping (every loss weight must then be 1), or,
+    when a TRL loss weight becomes one of its options (`Method.trl_weights`), a function of the weights
+    returning them (None: a weight isdaa cannot express, refused)."""
+    fixed = {"method": method.name, **{f"loss.{k}": v for k, v in method.trl_options.items()}}
+    if not method.trl_weights:
+        return fixed
+
+    def with_weights(weights: dict) -> dict | None:
+        if any(float(w) != 1.0 for t, w in weights.items() if t not in method.trl_weights):
+            return None
+        return {**fixed, **{f"loss.{opt}": float(weights[t]) for t, opt in method.trl_weights.items()}}
+
+    return with_weights
+
+
 # loss_type (a list in TRL 1.x; a sum, so sorted here) -> isdaa keys, for the combinations isdaa has exactly:
-# a mapping (every loss_weight must be 1), or a function of {loss type: weight} returning one (e.g. a weight
-# that becomes a loss option). TRL's ipo divides each log-ratio by its response's token count
-# (dpo_trainer.py, "ipo"): isdaa's ipo_length_normalize (tests/test_trl_compat.py checks it against TRL's code).
-def _dpo_sft(weights: dict) -> dict | None:
-    """[sigmoid, sft] with loss_weights [1, alpha]: isdaa's dpo-sft (DPO + alpha x TRL's batch token-mean NLL
-    of the chosen responses; tests/test_trl_compat.py checks it against TRL's loss code). A sigmoid weight != 1
-    has no equivalent: None (refused)."""
-    if float(weights["sigmoid"]) != 1.0:
-        return None
-    return {"method": "dpo-sft", "loss.dpo_sft_weight": float(weights["sft"])}
-
-
-TRL_LOSSES = {("sigmoid",): {"method": "dpo"},
-              ("ipo",): {"method": "ipo", "loss.ipo_length_normalize": True},
-              ("sigmoid_norm",): {"method": "dpo-norm"},
-              ("sft", "sigmoid"): _dpo_sft}
+# from the registry (`Method.trl_loss_type`, `trl_options`, `trl_weights`); tests/test_trl_compat.py checks
+# each against TRL's own loss code. [sigmoid, sft] -> dpo-sft (its sft weight -> dpo_sft_weight).
+TRL_LOSSES = {m.trl_loss_type: _trl_loss(m) for m in METHODS.values() if m.trl_loss_type and not m.importance_weighted}
 SCHEDULERS = {"cosine": "cosine", "linear": "linear", "constant": "constant", "constant_with_warmup": "constant"}
 OPTIMIZERS = {"adamw_torch": "adamw", "adamw_torch_fused": "adamw", "adamw_hf": "adamw", "adamw": "adamw",
               "sgd": "sgd"}
@@ -421,10 +426,10 @@ def _loss_type(trl: dict, tree: _Tree, rank: int, where: str) -> None:
             "(equal to TRL's when a micro-batch's chosen responses have equal lengths)"
             + ("" if float(mixture["sigmoid"]) == 1.0 else "; a sigmoid weight != 1 has no isdaa equivalent"))
         return
-    known = ", ".join(t[0] for t in TRL_LOSSES)
+    known = ", ".join(f"{'+'.join(METHODS[m].trl_loss_type)} -> {m}" for m in BASE_METHODS if METHODS[m].trl_loss_type)
+    others = ", ".join(m for m in BASE_METHODS if not METHODS[m].trl_loss_type)
     tree.problems.append(f"{where}TRL loss_type {types if len(types) > 1 else types[0]!r} is not supported: isdaa "
-                         f"maps {known} (sigmoid -> dpo, ipo -> ipo length-normalized); its other methods (rpo, chipo, "
-                         "rdpo, simpo, is-*) are set with `method`")
+                         f"maps {known}; its other methods ({others}, is-*) are set with `method`")
 
 
 def _switch(switch: str, trl: dict, tree: _Tree) -> None:

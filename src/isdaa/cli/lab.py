@@ -6,6 +6,8 @@ import time
 
 import click
 
+from isdaa.lab.presets import PRESETS
+
 
 def _floats(text):
     return [float(x) for x in text.split(",") if x.strip()] if text else None
@@ -52,7 +54,7 @@ class _Bars:
 
 @click.command(name="lab")
 @click.option("--preset", "preset_name", default="quick", show_default=True,
-              type=click.Choice(["micro", "quick", "paper", "regimes", "calibrate"]),
+              type=click.Choice(list(PRESETS)),
               help="Sizes and grid of the study (isdaa.lab.presets).")
 @click.option("--task", "task_spec", default=None,
               help="The environment: a built-in task (key-token, length) or module:Name for your own "
