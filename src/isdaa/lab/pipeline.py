@@ -331,8 +331,10 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
 
 def offline_steps(lab: LabDir, p: Preset, spec: RunSpec) -> int:
     """The optimizer steps of an offline run of `spec` (the engine drops the last partial batch)."""
+    from isdaa.config import total_steps
+
     n = len(golden_pairs(lab, "train")[: spec.n_pairs])  # pairs_consistent.jsonl holds no identical pairs
-    return max(1, int(p.epochs * (n // p.batch)))
+    return total_steps(n, p.batch, p.epochs)
 
 
 def eval_config(p: Preset, seed: int = 0):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from isdaa.data import load_rows
+from isdaa.train.step_metrics import StepMetrics, self_normalizer, to_floats
 
 
 class Task:
@@ -62,8 +63,6 @@ class Task:
     # -- evaluation: the loss's metrics averaged over the eval set (no gradients)
     @torch.no_grad()
     def evaluate(self, model, accelerator) -> dict:
-        from isdaa.train.loop import StepMetrics, self_normalizer, to_floats
-
         model.eval()
         world, rank = accelerator.num_processes, accelerator.process_index
         size = self.cfg.eval_batch_size or self.cfg.micro_batch_size

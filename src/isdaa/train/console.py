@@ -22,6 +22,23 @@ POSTFIX = {"loss": "loss", "rewards/accuracies": "acc", "rewards/margins": "marg
            "is/ess": "ess", "accuracy": "acc"}
 
 
+class NoBar:
+    """A stand-in for the progress bar where none is shown (a failed step's record)."""
+
+    disable = True
+
+    def set_postfix(self, *args, **kwargs):
+        pass
+
+
+def progress(cfg, total: int, initial: int, accelerator):
+    """The run's one tqdm bar (main process, `progress: true`)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not (cfg.progress and accelerator.is_main_process),
+                desc=f"{cfg.kind}", dynamic_ncols=True)
+
+
 def _fmt(v):
     return f"{v:.4g}" if isinstance(v, float) else v
 

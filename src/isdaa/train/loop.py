@@ -31,8 +31,6 @@ A `task` (sft.py, rm.py, pref.py) supplies the model, the pre-tokenized examples
 
 from __future__ import annotations
 
-import math
-import shutil
 import time
 import warnings
 from contextlib import nullcontext
@@ -40,215 +38,31 @@ from pathlib import Path
 
 import torch
 
-from isdaa.config import to_dict, to_yaml
-from isdaa.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text, read_jsonl
-from isdaa.train import accel_compat, console, models
+from isdaa.config import to_yaml, total_steps
+from isdaa.io import append_jsonl, atomic_write_json, atomic_write_text
+from isdaa.train import accel_compat, console, launch, models
 from isdaa.train import checkpoint as ckpt
 from isdaa.train.callbacks import TrainContext
+from isdaa.train.optim import make_optimizer, make_scheduler
+from isdaa.train.run_dir import cut_logs, prepare_run_dir, read_summary
+from isdaa.train.step_metrics import (
+    TOKENS_WINDOW,
+    StepMetrics,
+    at_least_f32,
+    scale_gradients,
+    self_normalizer,
+    to_floats,
+    units_per_process,
+)
 
 
 class NonFiniteError(RuntimeError):
     """The loss or gradients stayed non-finite for `max_nonfinite_steps` steps in a row."""
 
 
-RUNTIME_KEYS = {"progress", "report_to", "num_threads", "logging_steps", "run_name", "eval_batch_size",
-                "push_to_hub", "hub_model_id", "hub_private", "eval", "resume_from_checkpoint", "save_total_limit",
-                "output_dir"}  # a run folder moved elsewhere resumes
-
-
-# ---------------------------------------------------------------- run directory
-
-
-def prepare_run_dir(cfg, resume: bool, overwrite: bool) -> bool:
-    """Refuse / clear / continue an output dir. Returns True when there is something to resume."""
-    out = Path(cfg.output_dir)
-    summary, config = out / "summary.json", out / "config.yaml"
-    has_run = config.exists() or bool(ckpt.checkpoint_folders(out)) or ckpt.final_model_dir(out) is not None
-    if overwrite:
-        for path in [*ckpt.checkpoint_folders(out), out / ckpt.LEGACY_DIR, out / "eval"]:
-            shutil.rmtree(path, ignore_errors=True)
-        ckpt.remove_final(out)
-        for name in ("summary.json", "config.yaml", "metrics.jsonl"):
-            (out / name).unlink(missing_ok=True)
-        return False
-    if resume:
-        if config.exists():
-            from isdaa.config import load_run_config
-
-            old, new = to_dict(load_run_config(config)), to_dict(cfg)
-            diff = sorted(k for k in set(old) | set(new) if k not in RUNTIME_KEYS and old.get(k) != new.get(k))
-            if diff:
-                raise ValueError(f"--resume: the config differs from the run's config.yaml in {diff}")
-        return has_run
-    if summary.exists() and read_summary(out).get("status") == "finished":
-        raise FileExistsError(f"{out} holds a finished run (summary.json); use --overwrite to replace it "
-                              "or --resume to continue it")
-    if has_run:
-        raise FileExistsError(f"{out} holds an unfinished run; use --resume to continue it or --overwrite")
-    return False
-
-
 def epoch_permutation(seed: int, epoch: int, n: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
     return torch.randperm(n, generator=g)
-
-
-def make_scheduler(optimizer, ocfg, total_steps: int):
-    import transformers
-
-    warmup = math.ceil(ocfg.warmup_ratio * total_steps) if ocfg.warmup_ratio > 0 else ocfg.warmup_steps
-    if ocfg.scheduler == "cosine":
-        return transformers.get_cosine_schedule_with_warmup(optimizer, warmup, total_steps)
-    if ocfg.scheduler == "linear":
-        return transformers.get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
-    return transformers.get_constant_schedule_with_warmup(optimizer, warmup)
-
-
-def make_optimizer(model, ocfg):
-    params = [p for p in model.parameters() if p.requires_grad]
-    if ocfg.weight_decay > 0:  # no decay on biases and norms (1-D parameters)
-        params = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": ocfg.weight_decay},
-                  {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    if ocfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=ocfg.lr, momentum=ocfg.sgd_momentum, weight_decay=ocfg.weight_decay)
-    # fused: one kernel over all parameters instead of a dozen foreach ops; the same update up to round-off
-    return torch.optim.AdamW(params, lr=ocfg.lr, betas=(ocfg.adam_beta1, ocfg.adam_beta2), eps=ocfg.adam_eps,
-                             weight_decay=ocfg.weight_decay, fused=_fusable(model))
-
-
-def _fusable(model) -> bool:
-    """torch's fused AdamW takes floating-point parameters on CPU or CUDA (where `prepare` moves them)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
-
-
-def resolve_mixed_precision(value: str) -> str:
-    if value != "auto":
-        return value
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-
-
-# ---------------------------------------------------------------- metrics of one step
-
-
-class StepMetrics:
-    """Accumulates one optimizer step's metric tensors over micro-batches, on the device (no sync):
-    means weighted by the micro-batch's share of units, maxima for `*_max` keys. The log-weights behind
-    batch-level metrics (`<prefix>/ess`, `<prefix>/top_share`; the loss's `log_weights`) are reduced to
-    their sums (`importance.log_weight_sums`), so those metrics are the whole batch's, not a mean over
-    micro-batches; `to_floats` combines the sums of every process."""
-
-    def __init__(self):
-        self.values: dict[str, torch.Tensor] = {}
-        self.log_weights: dict[str, list[torch.Tensor]] = {}
-        self.weight_sums: dict[str, torch.Tensor] = {}
-
-    def add(self, metrics: dict, share: float, log_weights: dict | None = None):
-        for k, v in metrics.items():
-            v = _at_least_f32(v.detach())
-            if k.endswith("_max"):
-                self.values[k] = torch.maximum(self.values[k], v) if k in self.values else v
-            else:
-                self.values[k] = self.values[k] + v * share if k in self.values else v * share
-        for prefix, lw in (log_weights or {}).items():
-            self.log_weights.setdefault(prefix, []).append(lw.detach())
-
-    def add_placeholder(self, metrics: dict, log_weights: dict | None = None):
-        """A process with no data left (an uneven eval split) still holds every key, so that the reduction
-        over processes lines up: means 0 (share 0), maxima -inf, weight prefixes with no weights."""
-        for k, v in metrics.items():
-            if k not in self.values:
-                v = _at_least_f32(v.detach())
-                self.values[k] = torch.full_like(v, -math.inf) if k.endswith("_max") else torch.zeros_like(v)
-        for prefix in log_weights or {}:
-            self.log_weights.setdefault(prefix, [])
-
-    def finalize(self) -> dict:
-        from isdaa.importance import log_weight_sums
-
-        self.weight_sums = {p: log_weight_sums(torch.cat(lws)) if lws else _NO_WEIGHTS.clone()
-                            for p, lws in self.log_weights.items()}
-        self.values.update(_pooled(self.values, self.weight_sums))
-        return self.values
-
-    def scale_weights(self, prefix: str, factor: float) -> None:
-        """The `prefix` weights were all multiplied by `factor` (self-normalization over the step): rescale
-        the metrics that carry their scale (mean, max); ESS and top share are scale-free."""
-        from isdaa.importance import SCALED_METRICS
-
-        for name in SCALED_METRICS:
-            if f"{prefix}/{name}" in self.values:
-                self.values[f"{prefix}/{name}"] = self.values[f"{prefix}/{name}"] * factor
-
-
-TOKENS_WINDOW = "tokens_window"  # not a metric: this process's tokens since the last record, reduced with them
-_NO_WEIGHTS = torch.tensor([-math.inf, -math.inf, -math.inf, 0.0], dtype=torch.float64)  # log_weight_sums of none
-
-
-def _at_least_f32(t: torch.Tensor) -> torch.Tensor:
-    """float32, or float64 for a float64 run (numerical checks keep their precision in the metrics)."""
-    return t if t.dtype == torch.float64 else t.float()
-
-
-def _pooled(values: dict, weight_sums: dict) -> dict:
-    """The batch-level weight metrics (`importance.pooled_weight_metrics`) the loss logged, recomputed
-    from the whole batch's log-weight sums: no metric is named here."""
-    from isdaa.importance import pooled_weight_metrics
-
-    out = {}
-    for prefix, sums in weight_sums.items():
-        for name, v in pooled_weight_metrics(sums).items():
-            if f"{prefix}/{name}" in values:
-                key = f"{prefix}/{name}"
-                out[key] = v.to(values[key].device, values[key].dtype)
-    return out
-
-
-def global_weight_sums(weight_sums: dict, accelerator) -> dict:
-    """Each prefix's `log_weight_sums` combined over processes (one gather; local when not distributed)."""
-    if accelerator.num_processes == 1 or not weight_sums:
-        return weight_sums
-    from isdaa.importance import combine_log_weight_sums
-
-    keys = sorted(weight_sums)
-    local = torch.stack([weight_sums[k].to(accelerator.device) for k in keys])  # (K, 4)
-    every = accelerator.gather(local[None]).reshape(-1, len(keys), 4)           # (P, K, 4)
-    return {k: combine_log_weight_sums(every[:, i]) for i, k in enumerate(keys)}
-
-
-def to_floats(values: dict, accelerator, weight_sums: dict | None = None) -> dict:
-    """One host sync for all metrics. Distributed: means averaged over processes, `*_max` maxed, and
-    the pooled weight metrics (ESS, top share) recomputed from the log-weight sums of the global batch."""
-    if not values:
-        return {}
-    keys = sorted(values)
-    stacked = torch.stack([values[k].reshape(()).double() for k in keys])
-    if accelerator.num_processes > 1:
-        is_max = torch.tensor([k.endswith("_max") for k in keys], device=stacked.device)
-        means = accelerator.reduce(stacked.clone(), reduction="mean")
-        maxes = accelerator.gather(stacked[None]).max(0).values
-        stacked = torch.where(is_max, maxes, means)
-        for k, v in _pooled(values, global_weight_sums(weight_sums or {}, accelerator)).items():
-            stacked[keys.index(k)] = v
-    return dict(zip(keys, stacked.tolist()))
-
-
-def self_normalizer(metrics_acc: StepMetrics, prefix: str, accelerator) -> float:
-    """n / sum w over the whole step (every micro-batch and process) of the `prefix` weights: the factor
-    that turns the gradient of sum_i w_i L_i / n into that of the self-normalized sum_i (w_i / mean w) L_i / n
-    (w detached: the normalizer is a constant of the step)."""
-    from isdaa.importance import log_mean_weight
-
-    sums = global_weight_sums(metrics_acc.weight_sums, accelerator)[prefix]
-    return math.exp(-float(log_mean_weight(sums)))
-
-
-def scale_gradients(model, factor: float) -> None:
-    """Multiply every accumulated gradient by `factor` (before clipping; linear, so under an fp16 grad
-    scaler too)."""
-    grads = [p.grad for p in model.parameters() if p.grad is not None]
-    if grads:
-        torch._foreach_mul_(grads, factor)
 
 
 # ---------------------------------------------------------------- the loop
@@ -267,7 +81,7 @@ def run(cfg, task, callbacks=(), batch_source=None, resume: bool = False, overwr
 
         transformers.utils.logging.disable_progress_bar()
     accel_compat.reset_state()
-    state = PartialState(cpu=_use_cpu())
+    state = PartialState(cpu=launch.use_cpu())
     if cfg.batch_size % (cfg.micro_batch_size * state.num_processes):
         raise ValueError(f"batch_size {cfg.batch_size} is not a multiple of micro_batch_size "
                          f"{cfg.micro_batch_size} x {state.num_processes} processes")
@@ -289,32 +103,13 @@ class _Run:
     """One training run: setup in __init__, then `train()` = steps, logging, checkpoints, summary."""
 
     def __init__(self, cfg, task, callbacks, batch_source, resume_from, world: int):
-        from accelerate import Accelerator
-        from accelerate.utils import set_seed
-
         self.cfg, self.task, self.callbacks, self.batch_source = cfg, task, callbacks, batch_source
         self.out = Path(cfg.output_dir)
         self.accum = cfg.batch_size // (cfg.micro_batch_size * world)
         self.local_batch = cfg.batch_size // world
-        from isdaa.train import tracking
-
-        accel_compat.check_fsdp_launch(_use_cpu())
-        self.accelerator = acc = Accelerator(cpu=_use_cpu(), gradient_accumulation_steps=self.accum,
-                                             mixed_precision=resolve_mixed_precision(cfg.mixed_precision),
-                                             **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
-        accel_compat.fsdp_on_cpu(acc)  # an FSDP launch on CPU runs FSDP2, not DDP
-        _configure_deepspeed(acc, cfg)
-        # DeepSpeed's engine runs the optimizer step inside the last micro-batch's backward (accelerate's wrapper):
-        # the non-finite guard below can no longer skip a step there, only stop the run at the first one
-        self.engine_steps_in_backward = getattr(acc.state, "deepspeed_plugin", None) is not None
-        self.tracker = _trackers(cfg, self.out, acc)  # fails early when a tracker is not installed
-        from isdaa.train import notices
-
-        notices.at_start(cfg, acc)  # TRL default differences, bf16 measured slow on this CPU
-        set_seed(cfg.seed)
-
+        self.accelerator = acc = self._accelerator()
         task.build(acc, online=batch_source is not None)
-        if task.normalize_over_step and getattr(acc.state, "deepspeed_plugin", None) is not None:
+        if task.normalize_over_step and self.engine_steps_in_backward:
             raise ValueError("loss.is_self_normalize normalizes the weights over the whole optimizer step by "
                              "rescaling the accumulated gradients, which DeepSpeed's engine keeps to itself: "
                              "use DDP or FSDP (configs/accelerate/), or turn is_self_normalize off")
@@ -322,18 +117,59 @@ class _Run:
         self.steps_per_epoch = self.n_train // cfg.batch_size
         if batch_source is None and self.steps_per_epoch == 0:
             raise ValueError(f"{self.n_train} training examples make no full batch of {cfg.batch_size}")
-        self.total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * self.steps_per_epoch))
+        self.total_steps = total_steps(self.n_train, cfg.batch_size, cfg.epochs, cfg.max_steps)
+        self._prepare()
+        self._restore(resume_from)
+        self.save_at = ckpt.checkpoint_steps(cfg, self.total_steps)
+        self.perm_epoch = self.perm = None
+        self.last_record: dict = {}
+        self.tokens_window = 0
 
+    def _accelerator(self):
+        """The Accelerator of this run (its trackers, FSDP on a CPU launch, DeepSpeed's batch), the notices
+        printed at start, the seed set."""
+        from accelerate import Accelerator
+        from accelerate.utils import set_seed
+
+        from isdaa.train import notices, tracking
+
+        cfg = self.cfg
+        accel_compat.check_fsdp_launch(launch.use_cpu())
+        acc = Accelerator(cpu=launch.use_cpu(), gradient_accumulation_steps=self.accum,
+                          mixed_precision=launch.resolve_mixed_precision(cfg.mixed_precision),
+                          **tracking.accelerator_kwargs(cfg, self.out))  # log_with: trackers
+        accel_compat.fsdp_on_cpu(acc)  # an FSDP launch on CPU runs FSDP2, not DDP
+        launch.configure_deepspeed(acc, cfg)
+        # DeepSpeed's engine runs the optimizer step inside the last micro-batch's backward (accelerate's wrapper):
+        # the non-finite guard below can no longer skip a step there, only stop the run at the first one
+        self.engine_steps_in_backward = getattr(acc.state, "deepspeed_plugin", None) is not None
+        self.tracker = tracking.Trackers(acc, cfg, self.out)  # fails early when a tracker is not installed
+        notices.at_start(cfg, acc)  # TRL default differences, bf16 measured slow on this CPU
+        set_seed(cfg.seed)
+        return acc
+
+    def _prepare(self) -> None:
+        """Optimizer and schedule; the model and optimizer through accelerate; the task's one-time passes with
+        the initial policy (reference log-probs, log-prob checks); compilation after them."""
+        cfg, acc, task = self.cfg, self.accelerator, self.task
         optimizer = make_optimizer(task.model, cfg.optim)
         self.scheduler = make_scheduler(optimizer, cfg.optim, self.total_steps)
         self.model, self.optimizer = acc.prepare(task.model, optimizer)
         task.model = self.model
         task.after_prepare(acc)  # e.g. reference log-probs, computed with the initial policy
-        self.update_norm = _update_norm(cfg, self.model, acc)  # log_update_norm: ||theta_after - theta_before||
+        self.update_norm = None
+        if cfg.log_update_norm:  # ||theta_after - theta_before|| of every step
+            from isdaa.train.update_norm import UpdateNorm
+
+            self.update_norm = UpdateNorm(self.model, acc)
         self.unwrapped = acc.unwrap_model(self.model)
         if cfg.compile:  # after the reference pass and log-prob check: they run once, uncompiled
             models.compile_blocks(self.unwrapped)
 
+    def _restore(self, resume_from) -> None:
+        """The counters of a fresh run, or a resumed run's from its checkpoint; the run folder's logs cut at
+        the restart step (later records are replayed) and its config written."""
+        acc = self.accelerator
         self.step, self.examples_seen, self.epoch = 0, 0, 0.0
         self.nonfinite_steps = self.nonfinite_streak = 0
         self.batch_rows: list = []
@@ -353,21 +189,9 @@ class _Run:
         self.start_step = self.step
         if acc.is_main_process:
             ckpt.remove_stale_temporaries(self.out)
-            metrics_file = self.out / "metrics.jsonl"
-            if metrics_file.exists():  # records past the restart point are replayed
-                rows = read_jsonl(metrics_file, tolerate_partial_tail=True)
-                atomic_write_jsonl(metrics_file, [r for r in rows if r.get("step", 0) <= self.step])
-                self.tracker.sent_through = max([r.get("step", 0) for r in rows], default=0)  # sent once
-            generations = self.out / "eval_generations.jsonl"  # the live eval's samples: replayed too
-            if generations.exists():
-                rows = read_jsonl(generations, tolerate_partial_tail=True)
-                atomic_write_jsonl(generations, [r for r in rows if r.get("step", 0) <= self.step])
-            atomic_write_text(self.out / "config.yaml", to_yaml(cfg))
+            self.tracker.sent_through = cut_logs(self.out, self.step)  # steps the trackers had: sent once
+            atomic_write_text(self.out / "config.yaml", to_yaml(self.cfg))
             (self.out / "summary.json").unlink(missing_ok=True)
-        self.save_at = ckpt.checkpoint_steps(cfg, self.total_steps)
-        self.perm_epoch = self.perm = None
-        self.last_record: dict = {}
-        self.tokens_window = 0
 
     # -- data
     def local_examples(self) -> list:
@@ -403,7 +227,7 @@ class _Run:
         # the loss denominator: units (pairs, or response tokens for SFT) of the GLOBAL batch, shared out per
         # process (DDP averages the processes' gradients): each process backpropagates sum of its unit losses
         # x world / global units, so unequal token counts across processes still give the global per-unit mean
-        local_units = self._units_per_process(sum(task.units(m) for m in micro))
+        local_units = units_per_process(acc, sum(task.units(m) for m in micro))
         metrics_acc = StepMetrics()
         loss_total = torch.zeros((), device=acc.device)
         for j, mb in enumerate(micro):
@@ -414,7 +238,7 @@ class _Run:
                 loss_sum, metrics, log_weights = task.loss(model, batch)
                 # accelerate divides by `accum`: the net scale is 1 / (units of the whole local batch)
                 acc.backward(loss_sum * (self.accum / local_units))
-            loss_total = loss_total + _at_least_f32(loss_sum.detach()) / local_units
+            loss_total = loss_total + at_least_f32(loss_sum.detach()) / local_units
             metrics_acc.add(metrics, task.units(mb) / local_units, log_weights)
             self.tokens_window += batch["n_tokens"]
         metrics_acc.finalize()
@@ -424,7 +248,7 @@ class _Run:
             loss_total = loss_total * factor
             metrics_acc.scale_weights(task.normalize_over_step, factor)
         grad_norm = acc.clip_grad_norm_(model.parameters(), self.cfg.optim.max_grad_norm or float("inf"))
-        finite = self._all_finite(loss_total, grad_norm)
+        finite = launch.all_finite(loss_total, grad_norm, acc)
         before = self.update_norm.snapshot() if self.update_norm else None
         if finite:
             self.optimizer.step()
@@ -442,29 +266,10 @@ class _Run:
         metrics_acc.values["loss"] = loss_total
         metrics_acc.values["nonfinite_steps"] = torch.tensor(float(self.nonfinite_steps), device=acc.device)
         if grad_norm is not None:  # the PRE-clip norm
-            metrics_acc.values["grad_norm"] = _at_least_f32(torch.as_tensor(grad_norm, device=acc.device))
+            metrics_acc.values["grad_norm"] = at_least_f32(torch.as_tensor(grad_norm, device=acc.device))
         if before is not None:
             metrics_acc.values["update_norm"] = self.update_norm.norm(before).to(acc.device)
         return metrics_acc
-
-    def _units_per_process(self, local: int) -> float:
-        """Global units / processes (one small all-reduce per step with several processes)."""
-        acc = self.accelerator
-        if acc.num_processes == 1:
-            return local
-        total = acc.reduce(torch.tensor([float(local)], device=acc.device), reduction="sum")
-        return float(total.item()) / acc.num_processes
-
-    def _all_finite(self, loss, grad_norm) -> bool:
-        """Whether the step's loss and gradient norm are finite on every process (one host sync)."""
-        acc = self.accelerator
-        bad = ~torch.isfinite(loss)
-        if grad_norm is not None and getattr(acc, "scaler", None) is None:  # fp16: the scaler's business
-            bad = bad | ~torch.isfinite(torch.as_tensor(grad_norm, device=acc.device).float())
-        bad = bad.float().reshape(1)
-        if acc.num_processes > 1:
-            bad = acc.reduce(bad, reduction="sum")
-        return bool(bad.item() == 0)
 
     def nonfinite_message(self) -> str:
         rows = [str(r) for r in self.batch_rows]
@@ -500,7 +305,7 @@ class _Run:
         if is_log_step or ctx.logged:
             self._write_record({**ctx.metrics, **ctx.logged}, bar)
         bar.update(1)
-        stop_reason = _agree_stop(ctx.stop_reason, acc)
+        stop_reason = launch.agree_stop(ctx.stop_reason, acc)
         if stop_reason is None and step in self.save_at and step < self.total_steps:
             self.save(resumable=cfg.save_resume_state)
         return stop_reason
@@ -559,12 +364,10 @@ class _Run:
 
     def hf_state(self, state: dict, final: dict | None = None) -> dict:
         """transformers' TrainerState of the run at this step (log_history from metrics.jsonl)."""
-        from isdaa.train.trainer_state import hf_trainer_state
+        from isdaa.train.trainer_state import run_state
 
-        metrics_file = self.out / "metrics.jsonl"
-        records = read_jsonl(metrics_file, tolerate_partial_tail=True) if metrics_file.exists() else []
-        return hf_trainer_state(records, step=self.step, epoch=self.epoch, cfg=self.cfg, total_steps=self.total_steps,
-                                tokens_seen=state["tokens_seen"], final=final)
+        return run_state(self.out, step=self.step, epoch=self.epoch, cfg=self.cfg, total_steps=self.total_steps,
+                         tokens_seen=state["tokens_seen"], final=final)
 
     def save(self, resumable: bool) -> None:
         acc, state = self.accelerator, self.trainer_state()
@@ -598,7 +401,7 @@ class _Run:
         with models.eager():  # e.g. the live eval loads its prompts, reward and reference
             for cb in self.callbacks:
                 cb.on_train_begin(begin)
-        bar = _progress(cfg, self.total_steps, self.step, self.accelerator)
+        bar = console.progress(cfg, self.total_steps, self.step, self.accelerator)
         self.t_start = self.t_window = time.perf_counter()
         stop_reason = None
         while self.step < self.total_steps and stop_reason is None:
@@ -618,104 +421,40 @@ class _Run:
     def fail(self, metrics_acc: StepMetrics, message: str):
         """Record the failing step's metrics and a "failed" summary.json, then raise NonFiniteError
         (the last checkpoint stays resumable; nothing non-finite was saved)."""
-        acc = self.accelerator
-        self._write_record(self._floats(metrics_acc), _NoBar())
-        summary = {"status": "failed", "stop_reason": message, "kind": self.cfg.kind, "step": self.step,
-                   "total_steps": self.total_steps, "examples_seen": self.examples_seen,
-                   "nonfinite_steps": self.nonfinite_steps, "final_metrics": self.last_record,
-                   **self.task.summary_extra()}
-        if acc.is_main_process:
-            atomic_write_json(self.out / "summary.json", summary)
-        self.tracker.close()
-        acc.end_training()
-        accel_compat.reset_state()
+        self._write_record(self._floats(metrics_acc), console.NoBar())
+        self._end(self._summary("failed", message), callbacks=False)
         raise NonFiniteError(message)
 
     def finish(self, stop_reason) -> dict:
-        acc, elapsed = self.accelerator, time.perf_counter() - self.t_start
-        summary = {"status": "stopped" if stop_reason else "finished", "stop_reason": stop_reason,
-                   "kind": self.cfg.kind, "step": self.step, "total_steps": self.total_steps,
-                   "examples_seen": self.examples_seen, "train_examples": self.n_train,
-                   "nonfinite_steps": self.nonfinite_steps,
-                   "resumed_from_step": self.start_step if self.resumed_from else None, "wall_s": elapsed,
-                   "steps_per_s": (self.step - self.start_step) / max(elapsed, 1e-9),
-                   "final_metrics": self.last_record, **self.task.summary_extra()}
+        summary = self._summary("stopped" if stop_reason else "finished", stop_reason)
+        if self.accelerator.is_main_process and self.cfg.progress and self.closing:  # transformers' closing dict
+            console.write(console.NoBar(), str({k: console._fmt(v) for k, v in
+                                                {**self.closing, "epoch": self.epoch}.items()}))
+        return self._end(summary, callbacks=True)
+
+    def _summary(self, status: str, reason) -> dict:
+        """summary.json of this run, whatever its end: status (finished | stopped | failed), the reason,
+        the counts and timings, the last logged metrics, the task's data counts."""
+        elapsed = time.perf_counter() - self.t_start
+        return {"status": status, "stop_reason": reason, "kind": self.cfg.kind, "step": self.step,
+                "total_steps": self.total_steps, "examples_seen": self.examples_seen, "train_examples": self.n_train,
+                "nonfinite_steps": self.nonfinite_steps,
+                "resumed_from_step": self.start_step if self.resumed_from else None, "wall_s": elapsed,
+                "steps_per_s": (self.step - self.start_step) / max(elapsed, 1e-9),
+                "final_metrics": self.last_record, **self.task.summary_extra()}
+
+    def _end(self, summary: dict, callbacks: bool) -> dict:
+        """Write summary.json, let the callbacks see the end (not after a failure), close the trackers and
+        accelerate's state."""
+        acc = self.accelerator
         if acc.is_main_process:
             atomic_write_json(self.out / "summary.json", summary)
-            if self.cfg.progress and self.closing:  # transformers' closing dict
-                console.write(_NoBar(), str({k: console._fmt(v) for k, v in
-                                             {**self.closing, "epoch": self.epoch}.items()}))
-        end_ctx = self._context(summary=summary, _metrics=self.last_record)
-        with models.eager():
-            for cb in self.callbacks:
-                cb.on_train_end(end_ctx)
+        if callbacks:
+            end_ctx = self._context(summary=summary, _metrics=self.last_record)
+            with models.eager():
+                for cb in self.callbacks:
+                    cb.on_train_end(end_ctx)
         self.tracker.close()
         acc.end_training()
         accel_compat.reset_state()
         return summary
-
-
-def _use_cpu() -> bool:
-    """CPU-only, several processes (`accelerate launch --cpu`, torchrun on CPU): accelerate's MULTI_CPU
-    (gloo) needs cpu=True; otherwise leave the device choice to accelerate."""
-    import os
-
-    flag = os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
-    return flag or (not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1)
-
-
-def _configure_deepspeed(accelerator, cfg) -> None:
-    """We prepare no dataloader, so DeepSpeed learns the micro batch and clipping from the run config."""
-    plugin = getattr(accelerator.state, "deepspeed_plugin", None)
-    if plugin is None:
-        return
-    ds = plugin.deepspeed_config
-    ds["train_micro_batch_size_per_gpu"] = cfg.micro_batch_size
-    ds["train_batch_size"] = cfg.batch_size
-    if ds.get("gradient_clipping", "auto") == "auto":
-        ds["gradient_clipping"] = cfg.optim.max_grad_norm or 0.0
-
-
-def read_summary(out) -> dict:
-    import json
-
-    return json.loads((Path(out) / "summary.json").read_text(encoding="utf-8"))
-
-
-def _agree_stop(reason, accelerator):
-    """All processes stop together when any one was asked to (one small all-reduce per step, only
-    when distributed)."""
-    if accelerator.num_processes == 1:
-        return reason
-    flag = torch.tensor([1.0 if reason else 0.0], device=accelerator.device)
-    if accelerator.reduce(flag, reduction="sum").item() > 0:
-        return reason or "stop requested on another process"
-    return None
-
-
-class _NoBar:
-    disable = True
-
-    def set_postfix(self, *args, **kwargs):
-        pass
-
-
-def _progress(cfg, total, initial, accelerator):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not (cfg.progress and accelerator.is_main_process),
-                desc=f"{cfg.kind}", dynamic_ncols=True)
-
-
-def _update_norm(cfg, model, accelerator):
-    if not cfg.log_update_norm:
-        return None
-    from isdaa.train.update_norm import UpdateNorm
-
-    return UpdateNorm(model, accelerator)
-
-
-def _trackers(cfg, out, accelerator):
-    from isdaa.train.tracking import Trackers
-
-    return Trackers(accelerator, cfg, out)

@@ -35,6 +35,17 @@ def log_entries(record: dict) -> list[dict]:
     return [{**d, **tail} for d in (train, evaluation) if d]
 
 
+def run_state(out, **kw) -> dict:
+    """`hf_trainer_state` of the run in folder `out`, from its metrics.jsonl (keywords: see there)."""
+    from pathlib import Path
+
+    from isdaa.io import read_jsonl
+
+    metrics_file = Path(out) / "metrics.jsonl"
+    return hf_trainer_state(read_jsonl(metrics_file, tolerate_partial_tail=True) if metrics_file.exists() else [],
+                            **kw)
+
+
 def hf_trainer_state(records: list[dict], *, step: int, epoch: float, cfg, total_steps: int, tokens_seen: int,
                      final: dict | None = None) -> dict:
     """transformers' TrainerState fields for a run at `step`: `records` are metrics.jsonl's records up to
