@@ -126,7 +126,7 @@ class DataConfig:
             _check(v is None or v > 0, f"data.{name} must be > 0")
         _check_choices(self, "data.")
         _check(self.num_proc is None or self.num_proc > 0, "data.num_proc must be > 0")
-        from isdaa.data.loading import one_split
+        from isdaa.data.files import one_split
 
         _check(not (self.eval == self.train and self.eval_split != self.train_split and one_split(self.train)),
                f"data.eval is the training file {self.train}: a local file has one split, so eval_split "
