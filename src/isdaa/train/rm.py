@@ -1,4 +1,4 @@
-"""Reward model (Eq. 2, Bradley-Terry): loss = -log sigmoid(r(x, y_w) - r(x, y_l)) on a one-label
+"""Reward model (Eq. 2, Bradley-Terry): loss = -log sigmoid(r(x, y_c) - r(x, y_r)) on a one-label
 sequence classifier; chosen and rejected go through the model in one concatenated forward."""
 
 from __future__ import annotations
