@@ -324,18 +324,9 @@ def evaluate_run(
     chosen_rewards = _cached_chosen_rewards(eval_dir, reward, prompts[:n], chosen[:n], cfg)
 
     def _eval(name, policy_fn, meta, skip_kl=False):
-        path = eval_dir / f"{name}.json"
-        if path.exists():
-            old = json.loads(path.read_text())
-            if old.get("settings", {}).get("key") == cfg.key():
-                return old
-        policy = policy_fn()
-        res = evaluate_policy(policy, ref, tokenizer, prompts, chosen, reward, cfg,
-                              chosen_rewards=chosen_rewards, skip_kl=skip_kl)
-        res.update(meta)
-        atomic_write_jsonl(eval_dir / "samples" / f"{name}.jsonl", res.pop("samples"))
-        atomic_write_json(path, res)
-        return res
+        return _evaluated(eval_dir, name, cfg, meta, lambda: evaluate_policy(
+            policy_fn(), ref, tokenizer, prompts, chosen, reward, cfg, chosen_rewards=chosen_rewards,
+            skip_kl=skip_kl))
 
     rows = []
     if include_reference:
@@ -355,6 +346,20 @@ def evaluate_run(
     atomic_write_csv(eval_dir / "table.csv", rows, fields)
     atomic_write_text(eval_dir / "table.md", table_markdown(rows, ref_res if include_reference else None))
     return rows
+
+
+def _evaluated(eval_dir: Path, name: str, cfg: EvalConfig, meta: dict, evaluate) -> dict:
+    """RUN/eval/<name>.json when it holds these settings (`cfg.key()`), else `evaluate()` + `meta`, written
+    with its samples (RUN/eval/samples/<name>.jsonl)."""
+    path = eval_dir / f"{name}.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("settings", {}).get("key") == cfg.key():
+            return old
+    res = {**evaluate(), **meta}
+    atomic_write_jsonl(eval_dir / "samples" / f"{name}.jsonl", res.pop("samples"))
+    atomic_write_json(path, res)
+    return res
 
 
 def _cached_chosen_rewards(eval_dir: Path, reward, prompts, chosen, cfg) -> list[float]:

@@ -181,14 +181,7 @@ def label_pairs(
                 _label_shard(model, ref, tokenizer, prompts[lo: lo + shard_size], reward, s, seed + k, batch_size,
                              behavior_name)]
     out_dir = Path(out_dir)
-    meta = {**dataclasses.asdict(s), "n_prompts": len(prompts)}
-    meta_path = out_dir / "settings.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old != meta:
-            raise ValueError(f"{out_dir} holds shards made with other settings ({old}); use a new folder")
-    else:
-        atomic_write_json(meta_path, meta)
+    _claim_folder(out_dir, {**dataclasses.asdict(s), "n_prompts": len(prompts)})
     rows = []
     for k, lo in enumerate(bounds):
         path = out_dir / f"shard-{k:05d}.jsonl"
@@ -203,3 +196,15 @@ def label_pairs(
             progress(k + 1, len(bounds))
     atomic_write_jsonl(out_dir / "pairs.jsonl", rows)
     return rows
+
+
+def _claim_folder(out_dir: Path, meta: dict) -> None:
+    """settings.json of a labelling folder: written on first use; a folder holding shards made with other
+    settings is refused (its shards would be mixed into these)."""
+    meta_path = out_dir / "settings.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old != meta:
+            raise ValueError(f"{out_dir} holds shards made with other settings ({old}); use a new folder")
+    else:
+        atomic_write_json(meta_path, meta)

@@ -15,6 +15,7 @@ runs the same calls (same number of batches) on every process (`collective_forwa
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -156,56 +157,66 @@ def sample_responses(
     prompt_ids = encode_prompts(tokenizer, prompts)
     eos = _eos_ids(model, tokenizer)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
-    # each prompt repeated n times, consecutively
-    flat = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(n)]
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    from transformers import GenerationConfig, LogitsProcessorList
-
+    flat = [(i, p) for i, p in enumerate(prompt_ids) for _ in range(n)]  # each prompt n times, consecutively
     gen_kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": pad_id, "eos_token_id": sorted(eos),
                   "synced_gpus": collective_forwards(model)}
     if temperature > 0:
         gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p), top_k=0)
     else:
         gen_kwargs.update(do_sample=False)
-    # A clean generation config: a checkpoint's own defaults (repetition_penalty, top_k, ...) would
-    # otherwise be merged in by `generate` and change the sampling distribution (KL estimates assume
-    # samples of pi_theta at exactly the given temperature / top-p).
-    saved_config = model.generation_config
+    from tqdm.auto import tqdm
+
+    samples: list[Sample] = []
+    bar = tqdm(total=len(flat), desc=f"sampling (T={temperature})", unit="seq", disable=not progress, leave=False)
+    with _sampling_mode(model), bar:
+        for b, start in enumerate(range(0, len(flat), batch_size)):
+            chunk = flat[start: start + batch_size]
+            samples += _generate(model, chunk, pad_id, eos, seed + b, gen_kwargs)
+            bar.update(len(chunk))
+    for s in samples:
+        s.text = response_text(tokenizer, s.response_ids, s.finished)
+    return samples
+
+
+@contextmanager
+def _sampling_mode(model):
+    """Eval mode and a clean generation config for the call (a checkpoint's own defaults, e.g.
+    repetition_penalty or top_k, would otherwise be merged in by `generate` and change the sampling
+    distribution: KL estimates assume samples of pi_theta at exactly the given temperature / top-p)."""
+    from transformers import GenerationConfig
+
+    was_training, saved_config = model.training, model.generation_config
+    model.eval()
     model.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        model.generation_config = saved_config
+        model.train(was_training)
+
+
+def _generate(model, chunk, pad_id: int, eos: set, seed: int, gen_kwargs: dict) -> list[Sample]:
+    """One batch of `chunk` = [(prompt index, prompt ids)], left-padded, under a forked RNG seeded with `seed`;
+    each sample with its untempered log-prob read from the raw logits (`_RawLogpRecorder`)."""
+    from transformers import LogitsProcessorList
+
+    device = next(model.parameters()).device
     # fork_rng also saves/restores the CUDA generator of the model's GPU (untested here: CPU-only CI)
     devices = [device.index if device.index is not None else torch.cuda.current_device()] \
         if device.type == "cuda" else []
-    samples: list[Sample] = []
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(flat), desc=f"sampling (T={temperature})", unit="seq", disable=not progress, leave=False)
-    try:
-        for b, start in enumerate(range(0, len(flat), batch_size)):
-            chunk = flat[start: start + batch_size]
-            padded = pad_batch([p for _, p in chunk], pad_id, side="left")
-            input_ids, mask = padded["input_ids"], padded["attention_mask"]  # (B, P) each
-            recorder = _RawLogpRecorder()
-            with torch.random.fork_rng(devices=devices):
-                torch.manual_seed(seed + b)
-                out = model.generate(
-                    input_ids=input_ids.to(device), attention_mask=mask.to(device),
-                    logits_processor=LogitsProcessorList([recorder]), **gen_kwargs,
-                )
-            new_t = out[:, input_ids.shape[1]:]  # (B, L <= max_new_tokens)
-            token_logps = recorder.finish(new_t).double().cumsum(dim=1).cpu()  # (B, L) running sums
-            for row, ((i, _), ids) in enumerate(zip(chunk, new_t.tolist())):
-                ids, finished = _cut_at_eos(ids, eos)
-                logp = float(token_logps[row, len(ids) - 1]) if ids else 0.0
-                samples.append(Sample(i, ids, "", finished, logp))
-            bar.update(len(chunk))
-    finally:
-        bar.close()
-        model.generation_config = saved_config
-        model.train(was_training)
-    for s in samples:
-        s.text = response_text(tokenizer, s.response_ids, s.finished)
+    padded = pad_batch([p for _, p in chunk], pad_id, side="left")
+    input_ids, mask = padded["input_ids"], padded["attention_mask"]  # (B, P) each
+    recorder = _RawLogpRecorder()
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        out = model.generate(input_ids=input_ids.to(device), attention_mask=mask.to(device),
+                             logits_processor=LogitsProcessorList([recorder]), **gen_kwargs)
+    new_t = out[:, input_ids.shape[1]:]  # (B, L <= max_new_tokens)
+    token_logps = recorder.finish(new_t).double().cumsum(dim=1).cpu()  # (B, L) running sums
+    samples = []
+    for row, ((i, _), ids) in enumerate(zip(chunk, new_t.tolist())):
+        ids, finished = _cut_at_eos(ids, eos)
+        samples.append(Sample(i, ids, "", finished, float(token_logps[row, len(ids) - 1]) if ids else 0.0))
     return samples
 
 
