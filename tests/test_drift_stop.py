@@ -3,12 +3,7 @@ whose ratios stay at 1 never stops, keep-best saves the alarm step's policy, and
 (torchrun, gloo on CPU) take the same decision at the same step."""
 
 import json
-import os
 import runpy
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 from safetensors.torch import load_file
@@ -155,25 +150,11 @@ def test_keep_best_saves_the_alarm_step_and_trains_on(tiny_dir, tmp_path, script
 
 
 @pytest.mark.slow
-def test_two_processes_take_the_same_decision(tiny_dir, tmp_path, script):
+def test_two_processes_take_the_same_decision(tiny_dir, tmp_path, script, torchrun):
     """Process 1 alone sees log-ratio 0 (it would never stop); the loop's reduce and the callback's
     broadcast make both processes stop at step 7, like the single-process run."""
     one = _run(script, str(tiny_dir), str(tmp_path / "one"), 0.25)
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), str(script), str(tiny_dir), str(tmp_path / "two"), "0.25"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun([script, tiny_dir, tmp_path / "two", "0.25"])
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
     assert two["status"] == "stopped" and two["step"] == one["step"] == 7
     for k in ("fired", "step", "checks"):

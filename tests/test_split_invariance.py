@@ -13,12 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
-import signal
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -160,33 +155,15 @@ def test_step_one_gradient_is_the_definition(tiny_dir, data, tmp_path):
     assert logged["is/weight_max"] == pytest.approx(float(out.metrics["is/weight_max"]), rel=1e-9)
 
 
-def test_two_processes_equal_one(tiny_dir, data, tmp_path):
+def test_two_processes_equal_one(tiny_dir, data, tmp_path, torchrun):
     """`torchrun --nproc_per_node 2` (gloo, CPU), 8 pairs per process in micro-batches of 4, self-normalized
     and length-normalized IS-DPO: every metric and the final weights equal the one-process 16 x 1 run's."""
+    from isdaa.config import to_dict
+
     one = cfg_for(tiny_dir, data, tmp_path / "one", 1, OPTIONS["self+len"])
     train(one)
     two = cfg_for(tiny_dir, data, tmp_path / "two", 4, OPTIONS["self+len"])
     path = tmp_path / "two.yaml"
-    path.write_text(json.dumps({"kind": "pref", **_as_dict(two)}))
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "isdaa.cli", "train", "pref", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    path.write_text(json.dumps({"kind": "pref", **to_dict(two)}))
+    torchrun(["-m", "isdaa.cli", "train", "pref", "--config", path])
     assert_same_run(one.output_dir, two.output_dir)
-
-
-def _as_dict(cfg):
-    from isdaa.config import to_dict
-
-    return to_dict(cfg)

@@ -209,14 +209,10 @@ def test_sft_on_completions(tiny_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path, monkeypatch):
+def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path, monkeypatch, torchrun):
     """`torchrun --nproc_per_node 2` (gloo, CPU): the same global batch gives the same curve and metrics
     (gradients averaged over processes; IS metrics reduced over the global batch). Both sides on the CPU, also
     on a machine with a GPU (where accelerate would otherwise put the one-process run there)."""
-    import os
-    import subprocess
-    import sys
-
     import yaml
 
     from isdaa.config import to_dict
@@ -226,24 +222,7 @@ def test_two_process_ddp_on_cpu_matches_one_process(tiny_dir, tmp_path, monkeypa
     train(single)
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump({**to_dict(single), "output_dir": str(tmp_path / "two")}))
-    import signal
-    import socket
-
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "isdaa.cli", "train", "pref", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun(["-m", "isdaa.cli", "train", "pref", "--config", path], timeout=120)
     two = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert len(two) == 3
     for x, y in zip(metrics(single), two):
