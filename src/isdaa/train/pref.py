@@ -180,9 +180,9 @@ class PrefTask(Task):
         head_only = self.cfg.response_only_head and response_head_supported(model)
         if head_only and self.cfg.pack_pairs and packed_pairs_supported(model):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                       batch["n_pairs"])
+                                       batch["n_pairs"], head_chunk_mb=self.cfg.head_chunk_mb)
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                              response_only_head=head_only)
+                              response_only_head=head_only, head_chunk_mb=self.cfg.head_chunk_mb)
 
     # -- the loop's interface
     def examples_from_source(self, rows):
