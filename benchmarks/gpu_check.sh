@@ -2,7 +2,8 @@
 # The GPU checks, in one script for a short lease on a GPU machine (run from the repository root):
 #   1. the engine's tests on a machine where accelerate picks the GPU (training, packed pairs, IS weight 1, compile);
 #   2. the harness in bf16 on the GPU at 40m and 200m against TRL, both reference modes;
-#   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off.
+#   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off;
+#   4. issue 22's rows (benchmarks/gpu_check_issue22.sh; ISSUE22=0 skips them; run that script alone on a short lease).
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR   (env: DEVICE=cuda SIZES=40m,200m PACK_SIZES=200m BATCH=32 ROUNDS=1,
 # TEST_S/HARNESS_S/PACK_S time limits). On an H200: ~100 s per harness size, ~15 s per process of the A/B.
 set -u
@@ -40,4 +41,10 @@ timeout "${PACK_S:-200}" $py benchmarks/bench_train.py --device "$device" --dtyp
   --alt-src /tmp/alt-pack --workdir /tmp/gpu-pack > "$out/pack.log" 2>&1
 echo "pack exit $?"; sed -n '/^Measured/,$p' "$out/pack.log"
 cp /tmp/gpu-pack/results.json "$out/pack.json" 2>/dev/null
+
+# issue 22 (real vocabularies, long rows, the chunked head): its own script, runnable alone on a short lease
+if [ "${ISSUE22:-1}" = 1 ]; then
+  echo "== issue 22: chunked head, 800m at vocabulary 128256, long rows"
+  bash benchmarks/gpu_check_issue22.sh "$out/issue22"
+fi
 exit 0
