@@ -171,3 +171,29 @@ def test_trainer_packed_equals_concatenated(tiny_dir, tmp_path, ref_logps, monke
     for a, b in zip(packed, concatenated):
         for k in ("loss", "grad_norm", "rewards/margins", "is/weight_mean", "is/ess"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_mask_is_kept_once_not_per_layer(tiny_dir, autocast):
+    """sdpa given a boolean 4D mask converts it to floats in every layer and saves each copy for the backward;
+    the packed path builds it additive, in the dtype attention runs in (bf16 under autocast), so all layers
+    save the one tensor."""
+    model, tok = _model(tiny_dir)
+    model = model.float()
+    batch = _batch(tok)
+    masks = {}
+
+    def pack(t):
+        if t.dim() == 4 and t.shape[1] == 1 and t.shape[-1] == t.shape[-2]:  # (B, 1, L, L), or rotary tables
+            if t.dtype == torch.bool or (t == torch.finfo(t.dtype).min).any():  # a mask, not cos / sin
+                masks[t.untyped_storage().data_ptr()] = t.dtype
+        return t
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with ctx, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logps = pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                    batch["n_pairs"])
+    assert model.config.num_hidden_layers == 2 and list(masks.values()) == [torch.bfloat16 if autocast else torch.float32]
+    with torch.no_grad():
+        plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    torch.testing.assert_close(logps.detach(), plain, rtol=5e-2 if autocast else 1e-5, atol=5e-2 if autocast else 1e-4)

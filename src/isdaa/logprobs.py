@@ -310,7 +310,11 @@ def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temp
 # instead of 2B * (longest prompt + response): in the lab (12-token prompts, responses of a few tokens) about
 # 60% of the concatenated batch's tokens, in one forward.
 
-MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}  # attention implementations given the (B, 1, L, L) mask
+# Attention implementations given the (B, 1, L, L) mask, and the dtype it is built in. Both take it additive
+# (0 / finfo.min), built once: sdpa turns a boolean mask into floats in every layer and keeps each copy for the
+# backward (L x L per pair and layer: at 2 x (1,024+1,024) tokens 75 MB per layer in float32), whereas a float
+# mask in the dtype attention runs in (autocast's, for sdpa) is used as is by every layer and saved once.
+MASK_FORMATS = {"sdpa": "attention dtype", "eager": "weight dtype"}
 
 
 def packed_pairs_supported(model) -> bool:
@@ -360,9 +364,10 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     causal = (k[0, :, None] >= k[0, None, :])[None]                        # (1, L, L)
     mask = (causal & ~((seg[:, :, None] == 2) & (seg[:, None, :] == 1)))[:, None]  # (B, 1, L, L) query x key
     inner = _unwrap(model)
-    if MASK_FORMATS[inner.config._attn_implementation] == "additive":
-        dtype = inner.get_input_embeddings().weight.dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+    dtype = inner.get_input_embeddings().weight.dtype                     # eager: the weights dtype, as its scores
+    if MASK_FORMATS[inner.config._attn_implementation] == "attention dtype" and torch.is_autocast_enabled(dev.type):
+        dtype = torch.get_autocast_dtype(dev.type)                         # sdpa under autocast: no cast per layer
+    mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
     # positions whose logits are needed: p-1 .. p+c-2 (chosen tokens) and p+c .. p+c+r-2 (rejected after the first)
     keep = (k >= p - 1) & real & (k != p + c - 1) & (k != p + c + r - 1)   # (B, L)
     index = (keep.flatten().cumsum(0) - 1).view(keep.shape)               # (B, L) row of the kept logits per position
