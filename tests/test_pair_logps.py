@@ -197,3 +197,22 @@ def test_packed_mask_is_kept_once_not_per_layer(tiny_dir, autocast):
     with torch.no_grad():
         plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     torch.testing.assert_close(logps.detach(), plain, rtol=5e-2 if autocast else 1e-5, atol=5e-2 if autocast else 1e-4)
+
+
+def test_rows_padded_for_the_mask_alignment_give_the_same_values(tiny_dir, float64_rmsnorm, monkeypatch):
+    """On CUDA packed rows are padded to a multiple of 16 positions (MASK_ALIGN); the extra positions are padding:
+    the values and gradients equal the unpadded layout's (simulated on the CPU with 7), in float64."""
+    from isdaa import logprobs
+
+    model, tok = _model(tiny_dir)
+    batch = _batch(tok)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch["n_pairs"])
+    widths = []
+    model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    plain, plain_grads = _values_and_grads(model, lambda: pair_response_logps(model, *args))
+    monkeypatch.setitem(logprobs.MASK_ALIGN, "cpu", 7)  # this batch packs to 16 positions: 21 with padding
+    padded, padded_grads = _values_and_grads(model, lambda: pair_response_logps(model, *args))
+    assert widths == [16, 21]
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    for n, g in padded_grads.items():
+        torch.testing.assert_close(g, plain_grads[n], rtol=1e-10, atol=1e-12, msg=n)

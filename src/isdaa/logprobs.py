@@ -315,6 +315,9 @@ def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temp
 # backward (L x L per pair and layer: at 2 x (1,024+1,024) tokens 75 MB per layer in float32), whereas a float
 # mask in the dtype attention runs in (autocast's, for sdpa) is used as is by every layer and saved once.
 MASK_FORMATS = {"sdpa": "attention dtype", "eager": "weight dtype"}
+# Packed rows padded to a multiple of this many positions, by device: CUDA's memory-efficient sdpa kernel copies a
+# mask whose rows are not 16-aligned into a padded one in every layer (and keeps each copy for the backward).
+MASK_ALIGN = {"cuda": 16}
 
 
 def packed_pairs_supported(model) -> bool:
@@ -355,7 +358,8 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
         return response_logps(model, input_ids, attention_mask, response_mask, fused=fused,
                               with_sq_logsumexp=with_sq_logsumexp, head_chunk_mb=head_chunk_mb)
     p, c, r = plen[:n, None], rlen[:n, None], rlen[n:, None]               # (B, 1) each
-    k = torch.arange(int((p + c + r).max()), device=dev)[None, :]          # (1, L) packed positions
+    align = MASK_ALIGN.get(dev.type, 1)
+    k = torch.arange(-(-int((p + c + r).max()) // align) * align, device=dev)[None, :]  # (1, L) packed positions
     in_chosen_row, real = k < p + c, k < p + c + r                         # (B, L)
     src = torch.where(in_chosen_row, k, k - c).clamp(0, width - 1)         # column in the source row
     ids = torch.where(in_chosen_row, input_ids[:n].gather(1, src), input_ids[n:].gather(1, src))  # (B, L)
