@@ -205,6 +205,8 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
             **({"saved_mb": max((r["saved_mb"] for r in runs), key=lambda d: sum(d.values())),
                 "rss_start_mb": min(r["rss_start_mb"] for r in runs)} if "saved_mb" in runs[0] else {}),
             **({"ref_pass_s": median([r["ref_pass_s"] for r in runs])} if all("ref_pass_s" in r for r in runs) else {}),
+            **({"cpu_step_s": median([s for r in runs for s in r["cpu_step_s"]])}
+               if all("cpu_step_s" in r for r in runs) else {}),
         })
     by = {(r["contender"], r["ref_mode"]): r for r in rows}
     for r in rows:
@@ -246,6 +248,12 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
     return head + "\n".join(lines) + "\n"
 
 
+def fmt_cpu(r: dict) -> str:
+    """Median process CPU seconds per step (all threads): less sensitive than wall time to other processes on
+    the machine, but it counts threads spinning while they wait for each other."""
+    return f"{r['cpu_step_s']:.2f}" if "cpu_step_s" in r else "-"
+
+
 def format_breakdown(rows: list[dict], work: Workload, assets: dict, tokens_per_step: float) -> str:
     """Each process's peak memory, in MiB: weights + gradients + AdamW state (16 B per parameter, float32;
     + 4 B per parameter for an in-memory reference model), what the step saves for its backward (measured,
@@ -256,9 +264,9 @@ def format_breakdown(rows: list[dict], work: Workload, assets: dict, tokens_per_
         return ""
     gpu = "peak_gpu_mb" in rows[0]
     lines = ["Peak memory, MiB" + (" (GPU)" if gpu else "") + ": weights + grads + AdamW (computed), saved for the "
-             "backward (measured), runtime, rest = peak - the others\n",
+             "backward (measured), runtime, rest = peak - the others; median process CPU s per step (all threads)\n",
              "| contender | ref | weights+grads+Adam | saved: logits | saved: attention | saved: other | runtime "
-             "| rest | peak |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| rest | peak | CPU s/step |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         static = assets["params"] * (16 + (4 if r["ref_mode"] == "mem" else 0)) / 2**20
         saved = r["saved_mb"]
@@ -267,7 +275,7 @@ def format_breakdown(rows: list[dict], work: Workload, assets: dict, tokens_per_
         rest = peak - static - sum(saved.values()) - runtime
         lines.append(f"| {r['contender']} | {r['ref_mode']} | {static:,.0f} | {saved['logits']:,.0f} | "
                      f"{saved['attention']:,.0f} | {saved['activations']:,.0f} | {runtime:,.0f} | {rest:,.0f} | "
-                     f"{peak:,.0f} |")
+                     f"{peak:,.0f} | {fmt_cpu(r)} |")
     passes = [r for r in rows if "ref_pass_s" in r]
     if passes:
         tokens_per_pair = tokens_per_step / work.batch_size

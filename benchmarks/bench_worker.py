@@ -36,16 +36,19 @@ class StepClock:
     def __init__(self, device: str, probe: MemoryProbe | None = None, warmup: int = 0):
         self.device, self.probe, self.warmup = device, probe, warmup
         self.ends: list[float] = []
+        self.cpu_ends: list[float] = []  # process CPU time (all threads): robust to other processes, unlike wall
 
     def tick(self) -> None:
         sync(self.device)
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
         if self.probe is not None:
             self.probe.end_step(measured=len(self.ends) > self.warmup)
 
-    def durations(self, warmup: int) -> list[float]:
+    def durations(self, warmup: int, cpu: bool = False) -> list[float]:
         # ends[k] is the end of step k+1; step k+1's duration is ends[k] - ends[k-1]
-        return [b - a for a, b in zip(self.ends[warmup - 1 : -1], self.ends[warmup:])]
+        ends = self.cpu_ends if cpu else self.ends
+        return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:])]
 
 
 class PassTimer:
@@ -162,7 +165,8 @@ def main(argv: list[str]) -> None:
     if len(step_s) != work.measure_steps:
         raise SystemExit(f"{contender}: expected {work.measure_steps} measured steps, got {len(step_s)}")
     out = {"contender": contender, "ref_mode": ref_mode, "step_s": step_s, "peak_rss_mb": peak_rss_mb(),
-           "total_s": total, "rss_start_mb": rss_start, "saved_mb": probe.peak_mb()}
+           "total_s": total, "rss_start_mb": rss_start, "saved_mb": probe.peak_mb(),
+           "cpu_step_s": clock.durations(work.warmup_steps, cpu=True)}
     if ref_mode == "pre" and timer.calls:
         out["ref_pass_s"] = timer.seconds
     if contender.startswith("isdaa-"):
