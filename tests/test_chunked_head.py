@@ -60,6 +60,33 @@ def test_function_matches_float64_autograd(spec, bias):
         torch.testing.assert_close(tok0, exp_tok.detach(), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("spec", SPECS, ids=["plain", "scale", "softcap", "scale-softcap-temperature"])
+def test_frozen_head_gradient_without_recompute(spec, monkeypatch):
+    """A frozen head (only the hidden states need a gradient: LoRA on other modules) keeps (p * dz/dx) @ W from
+    the forward: the hidden states' gradient equals float64 autograd's, and the backward computes no logits."""
+    from isdaa import chunked_head
+
+    g = torch.Generator().manual_seed(3)
+    hidden = torch.randn(7, 5, generator=g, dtype=torch.float64)
+    weight, bias = torch.randn(13, 5, generator=g, dtype=torch.float64), torch.randn(13, generator=g, dtype=torch.float64)
+    rows, labels = torch.tensor([0, 2, 2, 4, 1, 2, 0, 6, 5]), torch.tensor([3, 0, 12, 5, 5, 7, 3, 1, 9])
+    w_out = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64)
+    ref = hidden.clone().requires_grad_(True)
+    exp_tok, _ = _naive_token(ref, weight, bias, labels, rows, spec)
+    (exp_tok * w_out).sum().backward()
+    calls = []
+    original = chunked_head._logits
+    monkeypatch.setattr(chunked_head, "_logits", lambda *a, **k: calls.append(1) or original(*a, **k))
+    got = hidden.clone().requires_grad_(True)
+    per_row = 13 * 8 * (3 if spec.softcap else 2)                       # float64 logits, copy (, dz/dx): bytes
+    tok, _ = chunked_token_logps(got, weight, bias, labels, rows, spec=spec, budget_mb=3 * per_row / 2**20)
+    n_forward = len(calls)
+    (tok * w_out).sum().backward()
+    assert n_forward == 3 and len(calls) == n_forward                     # 3 chunks of 3 rows; none recomputed
+    torch.testing.assert_close(tok, exp_tok.detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.grad, ref.grad, rtol=1e-11, atol=1e-12)
+
+
 def test_function_gradcheck():
     """torch.autograd.gradcheck (finite differences) through soft-capping, scale and bias, chunks of 2 rows."""
     g = torch.Generator().manual_seed(1)
@@ -92,6 +119,12 @@ def test_bf16_compute_dtype_sums_in_float32():
     assert weight.grad.dtype == torch.float32
     torch.testing.assert_close(hidden.grad, h2.grad, rtol=2e-2, atol=2e-2)
     torch.testing.assert_close(weight.grad, w2.grad, rtol=2e-2, atol=2e-2)
+    frozen = hidden.detach().clone().requires_grad_(True)                 # a frozen head: no recompute
+    tok, _ = chunked_token_logps(frozen, weight.detach(), None, labels, rows, compute_dtype=torch.bfloat16,
+                                 budget_mb=1e-4)
+    tok.sum().backward()
+    assert frozen.grad.dtype == torch.float32
+    torch.testing.assert_close(frozen.grad, h2.grad, rtol=2e-2, atol=2e-2)
 
 
 # ---------------------------------------------------------------- on models of several families
@@ -263,6 +296,27 @@ def test_unknown_post_processing_is_refused_with_the_models_own_head():
         again = response_logps(model, ids, attn, resp, head_chunk_mb=TINY_MB)
     assert seen[2:] == [n]
     torch.testing.assert_close(again, expected.detach(), rtol=1e-10, atol=1e-10)
+
+
+def test_lora_elsewhere_chunks_the_frozen_head():
+    """peft LoRA on attention only: the head is frozen and chunked (no recompute); the adapters' gradients and
+    the values equal plain autograd through the full logits."""
+    import peft
+
+    model = _family("gemma2")
+    model = peft.get_peft_model(model, peft.LoraConfig(r=2, lora_alpha=4, lora_dropout=0.0, init_lora_weights=False,
+                                                       target_modules=["q_proj", "v_proj"])).double()
+    ids, attn, resp = _batch(seed=8)
+    expected, _ = _naive(model, ids, attn, resp)
+    expected_grads = _grads(model, expected)
+    seen = _rows_seen(model.get_base_model())
+    got = response_logps(model, ids, attn, resp, head_chunk_mb=TINY_MB)
+    assert seen == [1]
+    torch.testing.assert_close(got, expected.detach(), rtol=1e-10, atol=1e-10)
+    grads = _grads(model, got)
+    assert grads.keys() == expected_grads.keys() and all("lora" in n for n in grads)
+    for n, g in grads.items():
+        torch.testing.assert_close(g, expected_grads[n], rtol=1e-8, atol=1e-10, msg=n)
 
 
 def test_lora_on_the_head_uses_the_models_own_head():

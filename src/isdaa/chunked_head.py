@@ -91,37 +91,59 @@ def _plan(rows: torch.Tensor, n: int, chunk: int):
     return order, bounds
 
 
-def _forward(hidden, weight, bias, labels, rows, spec, compute_dtype, chunk, with_sq):
-    """(M,) token log-probs, (N,) logsumexp and (N,) log sum_v p_v^2 (or None), chunk by chunk."""
+def _forward(hidden, weight, bias, labels, rows, spec, compute_dtype, chunk, with_sq, expect=False):
+    """(M,) token log-probs, (N,) logsumexp, (N,) log sum_v p_v^2 (or None) and, with `expect` (a frozen head:
+    no recompute in the backward), the (N, H) rows E_p[dz/dx W] = (p * dz/dx) @ W and the (M,) dz/dx at the
+    labels (else None), chunk by chunk."""
     out_dtype = torch.promote_types(compute_dtype, torch.float32)
     n = hidden.shape[0]
     w, b = weight.to(compute_dtype), None if bias is None else bias.to(compute_dtype)
     lse = hidden.new_empty(n, dtype=out_dtype)
     token = hidden.new_empty(labels.shape[0], dtype=out_dtype)
     sq = hidden.new_empty(n, dtype=out_dtype) if with_sq else None
+    mean_w = hidden.new_empty(n, w.shape[1], dtype=out_dtype) if expect else None
+    label_slope = hidden.new_ones(labels.shape[0], dtype=out_dtype) if expect else None
     order, bounds = _plan(rows, n, chunk)
     for k, s in enumerate(range(0, n, chunk)):
-        z = _logits(hidden[s: s + chunk], w, b, out_dtype, spec)          # (c, V)
+        z, slope = _logits(hidden[s: s + chunk], w, b, out_dtype, spec, deriv=True) if expect else \
+            (_logits(hidden[s: s + chunk], w, b, out_dtype, spec), None)  # (c, V), dz/dx
         lse[s: s + chunk] = torch.logsumexp(z, -1)
         m = order[bounds[k]: bounds[k + 1]]                               # labels scored by this chunk's rows
         token[m] = z[rows[m] - s, labels[m]] - lse[rows[m]]
-        if with_sq:  # WPO: log sum_v p_v^2 = logsumexp(2 z) - 2 lse
-            sq[s: s + chunk] = torch.logsumexp(z.mul_(2), -1) - 2 * lse[s: s + chunk]
-    return token, lse, sq, (order, bounds)
+        if with_sq:  # WPO: log sum_v p_v^2 = logsumexp(2 z) - 2 lse (z is still needed with `expect`)
+            sq[s: s + chunk] = torch.logsumexp(z.mul(2) if expect else z.mul_(2), -1) - 2 * lse[s: s + chunk]
+        if expect:
+            p = z.sub_(lse[s: s + chunk, None]).exp_()                    # (c, V) softmax, in place
+            if isinstance(slope, torch.Tensor):                           # soft-capped: dz/dx per logit
+                label_slope[m] = slope[rows[m] - s, labels[m]]
+                p.mul_(slope)
+            elif slope != 1.0:
+                label_slope[m] = slope
+                p.mul_(slope)
+            mean_w[s: s + chunk] = p.to(compute_dtype) @ w                # (c, H)
+    return token, lse, sq, (order, bounds), mean_w, label_slope
 
 
 class _ChunkedHead(torch.autograd.Function):
     """token log-probs of labels[m] under spec(hidden[rows[m]] @ weight.T + bias); saves hidden, the weight
     (a reference, not a copy) and the (N,) logsumexp. Backward per chunk: p = exp(z - lse),
     dz = -G_n p + sum_{m: rows[m] = n} g_m onehot(labels[m]) with G_n = sum_{m: rows[m] = n} g_m,
-    dx = dz * dz/dx, then dhidden = dx @ W, dW += dx^T @ hidden, db += sum_rows dx."""
+    dx = dz * dz/dx, then dhidden = dx @ W, dW += dx^T @ hidden, db += sum_rows dx.
+    A frozen head (only hidden needs a gradient: LoRA elsewhere, a reference) is not recomputed: the forward
+    keeps a_n = (p_n * dz/dx) @ W (N, H), and dhidden_n = sum_{m: rows[m] = n} g_m dz/dx W[labels[m]] - G_n a_n."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, labels, rows, spec, compute_dtype, chunk, with_sq):
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        expect = need_h and not need_w and not need_b
         with torch.autocast(hidden.device.type, enabled=False):          # dtypes are chosen here, by hand
-            token, lse, sq, plan = _forward(hidden, weight, bias, labels, rows, spec, compute_dtype, chunk, with_sq)
-        ctx.save_for_backward(hidden, weight, bias, labels, rows, lse)
-        ctx.plan, ctx.spec, ctx.compute_dtype, ctx.chunk = plan, spec, compute_dtype, chunk
+            token, lse, sq, plan, mean_w, label_slope = _forward(hidden, weight, bias, labels, rows, spec,
+                                                                 compute_dtype, chunk, with_sq, expect)
+        if expect:
+            ctx.save_for_backward(hidden, weight, labels, rows, mean_w, label_slope)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, labels, rows, lse)
+        ctx.expect, ctx.plan, ctx.spec, ctx.compute_dtype, ctx.chunk = expect, plan, spec, compute_dtype, chunk
         sq = token.new_zeros(0) if sq is None else sq
         ctx.mark_non_differentiable(sq)
         return token, sq
@@ -129,6 +151,13 @@ class _ChunkedHead(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g, _):
+        if ctx.expect:
+            hidden, weight, labels, rows, mean_w, label_slope = ctx.saved_tensors
+            g = g.to(mean_w.dtype)
+            row_g = torch.zeros(hidden.shape[0], dtype=g.dtype, device=g.device).index_add_(0, rows, g)  # G_n
+            grad_h = mean_w.mul_(-row_g[:, None]).index_add_(
+                0, rows, (g * label_slope)[:, None] * weight[labels].to(ctx.compute_dtype).to(g.dtype))
+            return (grad_h.to(hidden.dtype),) + (None,) * 8
         hidden, weight, bias, labels, rows, lse = ctx.saved_tensors
         (order, bounds), spec, cd, chunk = ctx.plan, ctx.spec, ctx.compute_dtype, ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
@@ -173,7 +202,7 @@ def chunked_token_logps(hidden, weight, bias, labels, rows, *, spec: HeadSpec = 
         token, sq = _ChunkedHead.apply(hidden, weight, bias, labels, rows, spec, cd, chunk, with_sq)
         return token, (sq if with_sq else None)
     with torch.no_grad(), torch.autocast(hidden.device.type, enabled=False):
-        token, _, sq, _ = _forward(hidden, weight, bias, labels, rows, spec, cd, chunk, with_sq)
+        token, _, sq, _, _, _ = _forward(hidden, weight, bias, labels, rows, spec, cd, chunk, with_sq)
     return token, sq
 
 
