@@ -293,8 +293,13 @@ def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temp
             batch = pad_batch([list(prompt_ids[i]) + list(response_ids[i]) for i in rows], pad_id,
                               prompt_lens=[len(prompt_ids[i]) for i in rows])
             ids, attn, resp = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
-            logps = response_logps(model, ids, attn, resp, response_only_head=head_only, temperature=temperature,
-                                   head_chunk_mb=head_chunk_mb)                              # (B,)
+            if head_only:
+                logps = response_logps(model, ids, attn, resp, temperature=temperature, head_chunk_mb=head_chunk_mb)
+            else:  # any causal LM: full (B, T, V) logits, its forward called with nothing but the batch
+                logits = model(input_ids=ids, attention_mask=attn).logits
+                if temperature != 1.0:
+                    logits = logits.float() / temperature
+                logps = causal_lm_logps(logits, ids, resp, chunk_rows=16)                    # (B,)
             out[rows] = logps.double().cpu().numpy()
     finally:
         model.train(was_training)
