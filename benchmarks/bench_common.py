@@ -18,12 +18,35 @@ from pathlib import Path
 #   10m: 6 layers x 1.05M + 2 x 2.1M (embedding + LM head) = 10.5M
 #   40m: 8 layers x 4.2M  + 2 x 4.2M                        = 41.9M
 #  200m: 12 layers x 16.8M + 2 x 8.4M                       = 218M (GPU runs)
+# At a real vocabulary the embedding and the head dominate: 10m at 128,256 is 72M parameters, 66M of them in
+# the embedding and the head. `100m` is the 100M class at a 128k vocabulary (tied embeddings, as Llama 3.2
+# ties them): 8 layers x 4.2M + 65.7M = 99.3M at 128,256. `800m` (GPU runs) is the 0.5B-1B class: 16 layers of
+# 1536 (12 heads of 128), tied: 16 x 37.7M + 197M = 0.80B at 128,256.
 SIZES = {
     "tiny": dict(hidden_size=64, num_layers=2, num_heads=4, intermediate_size=256),  # smoke tests only
     "10m": dict(hidden_size=256, num_layers=6, num_heads=4, intermediate_size=1024),
     "40m": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048),
+    "100m": dict(hidden_size=512, num_layers=8, num_heads=8, intermediate_size=2048, tie_word_embeddings=True),
     "200m": dict(hidden_size=1024, num_layers=12, num_heads=16, intermediate_size=4096),
+    "800m": dict(hidden_size=1536, num_layers=16, num_heads=12, intermediate_size=6144, tie_word_embeddings=True),
 }
+# Vocabularies of the models people align (`--vocab-size NAME`): the `vocab_size` of their configs.
+VOCABS = {"8k": 8192, "llama2": 32000, "mistral": 32768, "llama3": 128256, "qwen2.5": 151936, "gemma2": 256000}
+
+
+def vocab_size(value: str | int) -> int:
+    """A vocabulary size from a number or a VOCABS name (`llama3` -> 128256)."""
+    if str(value).lower() in VOCABS:
+        return VOCABS[str(value).lower()]
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"vocabulary {value!r}: a number or one of {', '.join(VOCABS)}") from None
+    if n <= SPECIALS:
+        raise ValueError(f"vocabulary {n}: must exceed the {SPECIALS} special tokens")
+    return n
+
+
 SPECIALS = 4  # <pad> <eos> <bos> <unk> come first in build_word_tokenizer's vocabulary
 
 
@@ -43,6 +66,7 @@ class Workload:
     device: str = "cpu"
     dtype: str = "float32"  # float32 | bfloat16 (mixed precision on the device)
     compile: bool = False  # torch.compile in both trainers (isdaa: compile, its layers; TRL: torch_compile)
+    gradient_checkpointing: bool = False  # both trainers recompute activations in the backward (non-reentrant)
     lr: float = 1e-6
     beta: float = 0.1
     seed: int = 0
@@ -80,9 +104,11 @@ def build_assets(work: Workload, out_dir: Path) -> dict:
     with open(data_path, "w") as f:
         for r in rows:
             f.write(json.dumps(r) + "\n")
-    n = sum(p.numel() for p in model.parameters())
-    n_embed = model.get_input_embeddings().weight.numel()
-    return {"model_dir": str(model_dir), "data_path": str(data_path), "params": n, "matmul_params": n - n_embed}
+    n = sum(p.numel() for p in model.parameters())  # a tied head is counted once
+    tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    n_embed = 0 if tied else model.get_input_embeddings().weight.numel()  # a tied table is the head's matmul
+    return {"model_dir": str(model_dir), "data_path": str(data_path), "params": n, "matmul_params": n - n_embed,
+            "vocab_size": len(tok)}
 
 
 def generate_pairs(work: Workload, words: list[str]) -> list[dict]:
@@ -185,3 +211,54 @@ def median(xs: list[float]) -> float:
     s = sorted(xs)
     n = len(s)
     return s[n // 2] if n % 2 else 0.5 * (s[n // 2 - 1] + s[n // 2])
+
+
+class MemoryProbe:
+    """What a training step holds for its backward: autograd's saved tensors (`saved_tensors_hooks`; each
+    storage once; the weights themselves, saved by every matmul, excluded), by kind: `logits` (last dimension
+    = the vocabulary: logits, their softmax), `attention` (4D with square last dimensions: scores, probabilities,
+    masks) and `activations` (the rest). Counted over one step's forwards, reset at its end (`end_step`); the
+    step with the largest total among the measured ones is kept. Under gradient checkpointing the checkpointed
+    layers save nothing here (their inputs are kept outside autograd's hooks and not counted)."""
+
+    KINDS = ("logits", "attention", "activations")
+
+    def __init__(self, vocab: int):
+        self.vocab = vocab
+        self.step = dict.fromkeys(self.KINDS, 0)
+        self.peak = dict.fromkeys(self.KINDS, 0)
+        self._seen: set[int] = set()
+
+    def _pack(self, t):
+        base = t if t._base is None else t._base
+        if not (base.is_leaf and base.requires_grad):
+            storage = t.untyped_storage()
+            if storage.data_ptr() not in self._seen:
+                self._seen.add(storage.data_ptr())
+                kind = ("logits" if t.dim() and t.shape[-1] == self.vocab else
+                        "attention" if t.dim() == 4 and t.shape[-1] == t.shape[-2] > 1 else "activations")
+                self.step[kind] += storage.nbytes()
+        return t
+
+    def hooks(self):
+        import torch
+
+        return torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t)
+
+    def end_step(self, measured: bool) -> None:
+        if measured and sum(self.step.values()) > sum(self.peak.values()):
+            self.peak = dict(self.step)
+        self.step = dict.fromkeys(self.KINDS, 0)
+        self._seen.clear()
+
+    def peak_mb(self) -> dict:
+        return {k: v / 2**20 for k, v in self.peak.items()}
+
+
+def current_rss_mb() -> float:
+    """This process's resident set size now, in MiB (Linux /proc; the peak where it is unavailable)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError):
+        return peak_rss_mb()

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_train.py --quick                 # smoke run, < 2 minutes on 2 CPU cores
     python benchmarks/bench_train.py --sizes 10m,40m --rounds 2 --write-readme
+    python benchmarks/bench_train.py --sizes 10m --vocab-size llama3 --prompt-len 256 --response-len 256 --batch-size 4
 
 Every contender trains the same random-init Llama on the same generated pairs with the same batch size,
 sequence length, dtype and threads, once with reference log-probs precomputed (`pre`) and once with the
@@ -12,6 +13,10 @@ alternate A B C D, D C B A, ... over rounds, and each process times only the ste
 reached, counting 6 * P * tokens FLOPs per step for the policy plus 2 * P * tokens for an in-memory
 reference, P = parameters that take part in matmuls (all but the input embedding table), tokens = the
 necessary ones: each pair's prompt once and both responses (`bench_common.necessary_fraction`).
+A second table breaks each process's peak memory down: weights, gradients and AdamW state (computed), what the
+step saves for its backward by kind (measured: logits, attention, other activations), the runtime (RSS after the
+imports) and the rest (transient buffers, allocator); with reference log-probs precomputed, the reference pass's
+throughput is printed under it.
 
 TRL is a benchmark peer only (`pip install -e .[bench]`); isdaa never imports it.
 """
@@ -32,12 +37,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 from bench_common import (  # noqa: E402
     SIZES,
+    VOCABS,
     Workload,
     median,
     necessary_fraction,
     square_n,
     step_tokens,
     thread_env,
+    vocab_size,
 )
 from bench_worker import CONTENDERS, REF_MODES  # noqa: E402
 
@@ -58,7 +65,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--response-len", type=int, default=128, help="response tokens, EOS included (default 128)")
     p.add_argument("--vary-lengths", action="store_true",
                    help="responses of random length in [L/2, L] (padding matters); default fixed lengths")
-    p.add_argument("--vocab-size", type=int, default=8192, help="tokenizer/model vocabulary (default 8192)")
+    p.add_argument("--vocab-size", default="8192",
+                   help=f"tokenizer/model vocabulary: a number or a model family's ({', '.join(f'{k} {v}' for k, v in VOCABS.items())}); "
+                        "default 8192")
+    p.add_argument("--gradient-checkpointing", action="store_true",
+                   help="both trainers recompute activations in the backward (non-reentrant checkpointing)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
     p.add_argument("--device", default="cpu", help="cpu | cuda (default cpu)")
     p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"),
@@ -67,6 +78,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="torch.compile in both trainers: isdaa `compile: true` (its decoder layers), TRL "
                         "`torch_compile=True` (the model); the warm-up steps take the compilation")
     p.add_argument("--matmul-size", type=int, default=2048, help="n of the n^3 matmul timed for the rate")
+    p.add_argument("--peak-tflops", type=float, default=None,
+                   help="the device's nominal bf16 peak for the MFU column (default: known GPUs by name; none on CPUs)")
     p.add_argument("--workdir", default=None, help="where models, data and results.json go (default: a temp dir)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per worker process")
     p.add_argument("--quick", action="store_true",
@@ -82,6 +95,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.warmup_steps, args.steps, args.batch_size = 1, 3, 4
         args.prompt_len = args.response_len = 64
     args.threads = args.threads or os.cpu_count()
+    try:
+        args.vocab_size = vocab_size(args.vocab_size)
+    except ValueError as err:
+        p.error(str(err))
     args.sizes = [s for s in args.sizes.split(",") if s]
     args.contenders = [c for c in args.contenders.split(",") if c]
     args.ref_modes = [m for m in args.ref_modes.split(",") if m]
@@ -153,7 +170,24 @@ def mean_pair_tokens(data_path: str, work: Workload) -> float:
 # Table
 
 
-def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, tokens_per_step: float) -> list[dict]:
+# Nominal dense bf16 peaks (no sparsity), FLOP/s, for the MFU column of GPU runs (`--peak-tflops` overrides)
+GPU_PEAKS = {"H100": 989.4e12, "H200": 989.4e12, "H800": 989.4e12, "A100": 312e12, "L40S": 362e12, "A10G": 125e12}
+
+
+def nominal_peak(args) -> float | None:
+    """The GPU's nominal bf16 peak (FLOP/s) for MFU: `--peak-tflops`, else GPU_PEAKS by the device's name."""
+    if args.peak_tflops:
+        return args.peak_tflops * 1e12
+    if not args.device.startswith("cuda"):
+        return None
+    import torch
+
+    name = torch.cuda.get_device_name(0) if torch.cuda.is_available() else ""
+    return next((v for k, v in GPU_PEAKS.items() if k in name), None)
+
+
+def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, tokens_per_step: float,
+              peak: float | None = None) -> list[dict]:
     rows = []
     rate = rates.get(work.dtype, rates["float32"])
     for key in dict.fromkeys((r["contender"], r["ref_mode"]) for r in results):
@@ -166,7 +200,13 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
             "contender": key[0], "ref_mode": key[1], "step_s": step, "step_min_s": min(steps), "step_max_s": max(steps),
             "tokens_per_s": tokens_per_step / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
             "flops_per_step": flops, "matmul_fraction": flops / step / rate, "n_steps": len(steps),
+            **({"mfu": flops / step / peak} if peak else {}),
             **({"peak_gpu_mb": max(r["peak_gpu_mb"] for r in runs)} if "peak_gpu_mb" in runs[0] else {}),
+            **({"saved_mb": max((r["saved_mb"] for r in runs), key=lambda d: sum(d.values())),
+                "rss_start_mb": min(r["rss_start_mb"] for r in runs)} if "saved_mb" in runs[0] else {}),
+            **({"ref_pass_s": median([r["ref_pass_s"] for r in runs])} if all("ref_pass_s" in r for r in runs) else {}),
+            **({"cpu_step_s": median([s for r in runs for s in r["cpu_step_s"]])}
+               if all("cpu_step_s" in r for r in runs) else {}),
         })
     by = {(r["contender"], r["ref_mode"]): r for r in rows}
     for r in rows:
@@ -184,13 +224,15 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
 def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> str:
     fmt = lambda x, f: "-" if x is None else format(x, f)  # noqa: E731
     head = (f"**{size}** ({assets['params'] / 1e6:.1f}M params, {assets['matmul_params'] / 1e6:.1f}M in matmuls), "
-            f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, {work.dtype}"
-            f"{' compiled' if work.compile else ''}, "
+            f"{work.batch_size} pairs x ({work.prompt_len}+{work.response_len}) tokens per step, vocabulary "
+            f"{work.vocab_size:,}, {work.dtype}{' compiled' if work.compile else ''}"
+            f"{', gradient checkpointing' if work.gradient_checkpointing else ''}, "
             f"{work.threads} threads, {work.device}\n\n")
     gpu = "peak_gpu_mb" in rows[0]  # GPU runs: the allocator's peak beside the host's RSS
+    mfu = "mfu" in rows[0]  # model FLOPs / step time / the GPU's nominal bf16 peak
     lines = ["| contender | ref | tokens/s | step s (min-max) | peak RSS MiB | isdaa/TRL tok/s | RSS/TRL "
-             + ("| peak GPU MiB | GPU mem/TRL " if gpu else "") + "| step / DPO | % matmul rate |",
-             "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---:|"]
+             + ("| peak GPU MiB | GPU mem/TRL " if gpu else "") + "| step / DPO | % matmul rate |" + (" MFU |" if mfu else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---:|" + ("---:|" if mfu else "")]
     for r in rows:
         is_trl = r["contender"] == "trl-dpo"
         gpu_cols = (f"{r['peak_gpu_mb']:,.0f} | {fmt(r['gpu_vs_trl'], '.2f') if not is_trl else '1'} | "
@@ -201,8 +243,46 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
             f"{fmt(r['vs_trl'], '.2f') if not is_trl else '1'} | "
             f"{fmt(r['rss_vs_trl'], '.2f') if not is_trl else '1'} | {gpu_cols}"
             f"{fmt(r['step_vs_dpo'], '.3f')} | {100 * r['matmul_fraction']:.0f}% |"
+            + (f" {100 * r['mfu']:.1f}% |" if mfu else "")
         )
     return head + "\n".join(lines) + "\n"
+
+
+def fmt_cpu(r: dict) -> str:
+    """Median process CPU seconds per step (all threads): less sensitive than wall time to other processes on
+    the machine, but it counts threads spinning while they wait for each other."""
+    return f"{r['cpu_step_s']:.2f}" if "cpu_step_s" in r else "-"
+
+
+def format_breakdown(rows: list[dict], work: Workload, assets: dict, tokens_per_step: float) -> str:
+    """Each process's peak memory, in MiB: weights + gradients + AdamW state (16 B per parameter, float32;
+    + 4 B per parameter for an in-memory reference model), what the step saves for its backward (measured,
+    by kind), the runtime (RSS after the imports; 0 on a GPU, whose peak is the allocator's) and the rest
+    (transient buffers, allocator slack) = peak - the others; then the reference passes' throughput."""
+    rows = [r for r in rows if "saved_mb" in r]
+    if not rows:
+        return ""
+    gpu = "peak_gpu_mb" in rows[0]
+    lines = ["Peak memory, MiB" + (" (GPU)" if gpu else "") + ": weights + grads + AdamW (computed), saved for the "
+             "backward (measured), runtime, rest = peak - the others; median process CPU s per step (all threads)\n",
+             "| contender | ref | weights+grads+Adam | saved: logits | saved: attention | saved: other | runtime "
+             "| rest | peak | CPU s/step |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        static = assets["params"] * (16 + (4 if r["ref_mode"] == "mem" else 0)) / 2**20
+        saved = r["saved_mb"]
+        runtime = 0.0 if gpu else r["rss_start_mb"]
+        peak = r["peak_gpu_mb"] if gpu else r["peak_rss_mb"]
+        rest = peak - static - sum(saved.values()) - runtime
+        lines.append(f"| {r['contender']} | {r['ref_mode']} | {static:,.0f} | {saved['logits']:,.0f} | "
+                     f"{saved['attention']:,.0f} | {saved['activations']:,.0f} | {runtime:,.0f} | {rest:,.0f} | "
+                     f"{peak:,.0f} | {fmt_cpu(r)} |")
+    passes = [r for r in rows if "ref_pass_s" in r]
+    if passes:
+        tokens_per_pair = tokens_per_step / work.batch_size
+        lines.append("\nReference pass (`pre`, " + f"{work.n_pairs} pairs): " + "; ".join(
+            f"{r['contender']} {r['ref_pass_s']:.1f} s = {work.n_pairs / r['ref_pass_s']:,.1f} pairs/s, "
+            f"{work.n_pairs * tokens_per_pair / r['ref_pass_s']:,.0f} tokens/s" for r in passes) + ".")
+    return "\n".join(lines) + "\n"
 
 
 def cpuinfo_field(name: str) -> str | None:
@@ -277,7 +357,8 @@ def main(argv=None) -> dict:
         work = Workload(size=size, vocab_size=args.vocab_size, prompt_len=args.prompt_len,
                         response_len=args.response_len, vary_lengths=args.vary_lengths, batch_size=args.batch_size,
                         warmup_steps=args.warmup_steps, measure_steps=args.steps, threads=args.threads,
-                        device=args.device, dtype=args.dtype, compile=args.compile)
+                        device=args.device, dtype=args.dtype, compile=args.compile,
+                        gradient_checkpointing=args.gradient_checkpointing)
         assets = build_assets(work, workdir / size, args)
         tokens_per_step = (mean_pair_tokens(assets["data_path"], work) * work.batch_size if work.vary_lengths
                            else step_tokens(work))
@@ -307,9 +388,14 @@ def main(argv=None) -> dict:
     # the better of the two measurements is the physical limit the fractions are computed against
     best = {k: max(rates[k], rates_end.get(k, 0)) for k in rates}
     for size, rep in report["sizes"].items():
-        rep["rows"] = summarize(rep["runs"], Workload(**rep["workload"]), rep["assets"], best, rep["tokens_per_step"])
-    tables = [format_table(report["sizes"][s]["rows"], s, report["sizes"][s]["assets"],
-                           Workload(**report["sizes"][s]["workload"])) for s in args.sizes]
+        rep["rows"] = summarize(rep["runs"], Workload(**rep["workload"]), rep["assets"], best, rep["tokens_per_step"],
+                                nominal_peak(args))
+    tables = []
+    for s in args.sizes:
+        rep = report["sizes"][s]
+        work = Workload(**rep["workload"])
+        tables.append(format_table(rep["rows"], s, rep["assets"], work) + "\n"
+                      + format_breakdown(rep["rows"], work, rep["assets"], rep["tokens_per_step"]))
     load_after = os.getloadavg()
     info = machine_info(args)
     report.update(matmul_rate_end=rates_end, matmul_rate=best, machine=info, load_before=load_before,

@@ -8,6 +8,10 @@ training) | mem (reference model in memory, one reference forward per step).
 Both trainers are timed the same way: the wall time between consecutive "step end" callbacks (data loading,
 collation, forward, backward, optimizer step and logging all included), for the steps after the warm-up. On a GPU
 the callback synchronises the device first. Peak RSS is this process's `ru_maxrss` after training.
+
+Also recorded: the tensors each step saves for its backward, by kind (`bench_common.MemoryProbe`), the RSS after
+the imports (the runtime, before any model), and, with reference log-probs precomputed, the wall time of the
+reference pass (isdaa's `reference.compute`, TRL's `_precompute_ref_logps`).
 """
 
 from __future__ import annotations
@@ -19,39 +23,64 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_common import Workload, peak_rss_mb, set_threads, sync  # noqa: E402
+from bench_common import MemoryProbe, Workload, current_rss_mb, peak_rss_mb, set_threads, sync  # noqa: E402
 
 CONTENDERS = ("isdaa-dpo", "isdaa-is-dpo", "isdaa-is-ipo", "trl-dpo")
 REF_MODES = ("pre", "mem")
 
 
 class StepClock:
-    """Records the time of every step end; `durations()` are the measured steps' wall times."""
+    """Records the time of every step end; `durations()` are the measured steps' wall times. Closes each step of
+    `probe` (a MemoryProbe), counting it when measured."""
 
-    def __init__(self, device: str):
-        self.device = device
+    def __init__(self, device: str, probe: MemoryProbe | None = None, warmup: int = 0):
+        self.device, self.probe, self.warmup = device, probe, warmup
         self.ends: list[float] = []
+        self.cpu_ends: list[float] = []  # process CPU time (all threads): robust to other processes, unlike wall
 
     def tick(self) -> None:
         sync(self.device)
         self.ends.append(time.perf_counter())
+        self.cpu_ends.append(time.process_time())
+        if self.probe is not None:
+            self.probe.end_step(measured=len(self.ends) > self.warmup)
 
-    def durations(self, warmup: int) -> list[float]:
+    def durations(self, warmup: int, cpu: bool = False) -> list[float]:
         # ends[k] is the end of step k+1; step k+1's duration is ends[k] - ends[k-1]
-        return [b - a for a, b in zip(self.ends[warmup - 1 : -1], self.ends[warmup:])]
+        ends = self.cpu_ends if cpu else self.ends
+        return [b - a for a, b in zip(ends[warmup - 1 : -1], ends[warmup:])]
+
+
+class PassTimer:
+    """Wall time of the calls of `obj.name` (the reference pass), wrapped in place."""
+
+    def __init__(self, obj, name: str, when=lambda *a, **k: True):
+        self.seconds, self.calls = 0.0, 0
+        inner = getattr(obj, name)
+
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return inner(*args, **kwargs)
+            finally:
+                if when(*args, **kwargs):
+                    self.seconds += time.perf_counter() - t0
+                    self.calls += 1
+
+        setattr(obj, name, timed)
 
 
 # --------------------------------------------------------------------------------------------------
 # TRL: DPOTrainer with loss_type=sigmoid (the benchmark peer; never imported by isdaa)
 
 
-def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path) -> StepClock:
+def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path, clock: StepClock) -> PassTimer:
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    clock = StepClock(work.device)
+    timer = PassTimer(DPOTrainer, "_precompute_ref_logps")
 
     class Clock(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -78,7 +107,8 @@ def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path) -> StepClock
         dataloader_num_workers=0,
         use_cpu=work.device == "cpu",
         bf16=work.dtype == "bfloat16",  # TRL defaults to bf16=True: set explicitly, same dtype for everyone
-        gradient_checkpointing=False,  # TRL defaults to True (an extra forward); isdaa does not checkpoint
+        gradient_checkpointing=work.gradient_checkpointing,  # TRL defaults to True; set as isdaa's
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # isdaa's kind
         seed=work.seed,
         torch_compile=work.compile,
         disable_tqdm=True,
@@ -88,19 +118,22 @@ def run_trl(work: Workload, assets: dict, ref_mode: str, tmp: Path) -> StepClock
         model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[Clock()]
     )
     trainer.train()
-    return clock
+    return timer
 
 
 # --------------------------------------------------------------------------------------------------
 # isdaa: the real engine, `isdaa.api.train(cfg, callbacks=...)`, timed by its step-end callback
 
 
-def run_isdaa(work: Workload, assets: dict, method: str, ref_mode: str, tmp: Path) -> StepClock:
+def run_isdaa(work: Workload, assets: dict, method: str, ref_mode: str, tmp: Path, clock: StepClock) -> PassTimer:
     from isdaa_adapter import isdaa_train  # the one place that knows the engine's config names
 
-    clock = StepClock(work.device)
+    from isdaa.train import reference
+
+    # the pass over the training data (not the start-of-training check on a sample, which reports nothing)
+    timer = PassTimer(reference, "compute", when=lambda *a, **k: k.get("report", True))
     isdaa_train(work, assets, method, ref_mode, tmp / "isdaa", on_step_end=clock.tick)
-    return clock
+    return timer
 
 
 def main(argv: list[str]) -> None:
@@ -110,19 +143,32 @@ def main(argv: list[str]) -> None:
     work = Workload.from_json(work_json)
     assets = json.loads(assets_json)
     set_threads(work.threads)
-    with tempfile.TemporaryDirectory(prefix="isdaa-bench-") as d:
+    import torch  # noqa: F401  (the runtime, measured before any model)
+    import transformers  # noqa: F401
+
+    if contender == "trl-dpo":
+        import trl  # noqa: F401
+    else:
+        import isdaa.train  # noqa: F401
+    rss_start = current_rss_mb()
+    probe = MemoryProbe(assets.get("vocab_size", work.vocab_size))
+    clock = StepClock(work.device, probe, work.warmup_steps)
+    with tempfile.TemporaryDirectory(prefix="isdaa-bench-") as d, probe.hooks():
         tmp = Path(d)
         t0 = time.perf_counter()
         if contender == "trl-dpo":
-            clock = run_trl(work, assets, ref_mode, tmp)
+            timer = run_trl(work, assets, ref_mode, tmp, clock)
         else:
-            clock = run_isdaa(work, assets, contender.removeprefix("isdaa-"), ref_mode, tmp)
+            timer = run_isdaa(work, assets, contender.removeprefix("isdaa-"), ref_mode, tmp, clock)
         total = time.perf_counter() - t0
     step_s = clock.durations(work.warmup_steps)
     if len(step_s) != work.measure_steps:
         raise SystemExit(f"{contender}: expected {work.measure_steps} measured steps, got {len(step_s)}")
     out = {"contender": contender, "ref_mode": ref_mode, "step_s": step_s, "peak_rss_mb": peak_rss_mb(),
-           "total_s": total}
+           "total_s": total, "rss_start_mb": rss_start, "saved_mb": probe.peak_mb(),
+           "cpu_step_s": clock.durations(work.warmup_steps, cpu=True)}
+    if ref_mode == "pre" and timer.calls:
+        out["ref_pass_s"] = timer.seconds
     if contender.startswith("isdaa-"):
         import isdaa
 

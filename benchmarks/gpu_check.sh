@@ -5,6 +5,7 @@
 #   3. packed pairs on the GPU, A/B: the default (`pack_pairs: true`) against `+alt` = the same tree with it off;
 #   4. distributed: one short run per configs/accelerate/*.yaml (ddp, fsdp, DeepSpeed ZeRO-2/3) against one process
 #      (benchmarks/dist_check.py; its own section at the end, DIST_S time limit).
+#   5. issue 22's rows (benchmarks/gpu_check_issue22.sh; ISSUE22=0 skips them; run that script alone on a short lease).
 # Usage: bash benchmarks/gpu_check.sh OUT_DIR   (env: DEVICE=cuda SIZES=40m,200m PACK_SIZES=200m BATCH=32 ROUNDS=1,
 # TEST_S/HARNESS_S/PACK_S time limits). On an H200: ~100 s per harness size, ~15 s per process of the A/B.
 set -u
@@ -62,4 +63,9 @@ if ! $py -c "import deepspeed" >/dev/null 2>&1; then
 fi
 timeout "${DIST_S:-420}" $py benchmarks/dist_check.py --out "$out/dist" > "$out/dist.log" 2>&1
 echo "dist exit $?"; sed -n '/^Distributed check/,$p' "$out/dist.log"
+# issue 22 (real vocabularies, long rows, the chunked head): its own script, runnable alone on a short lease
+if [ "${ISSUE22:-1}" = 1 ]; then
+  echo "== issue 22: chunked head, 800m at vocabulary 128256, long rows"
+  bash benchmarks/gpu_check_issue22.sh "$out/issue22"
+fi
 exit 0

@@ -2,7 +2,8 @@
 
 The only file of the benchmark that knows isdaa's config names. Settings mirror the TRL contender: one optimizer
 step per `batch_size` pairs (micro batch = batch, no accumulation), constant learning rate without warm-up,
-gradient clipping at 1.0, no gradient checkpointing, logging every step, no intermediate checkpoints.
+gradient clipping at 1.0, gradient checkpointing as the workload says (off by default), logging every step, no
+intermediate checkpoints.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ def isdaa_config(work, assets: dict, method: str, ref_mode: str, out_dir: Path, 
         {
             "method": method,
             "beta": work.beta,
-            "model": {"name_or_path": assets["model_dir"], "dtype": "fp32"},
+            "model": {"name_or_path": assets["model_dir"], "dtype": "fp32",
+                      "gradient_checkpointing": work.gradient_checkpointing},
             "data": {
                 "train": assets["data_path"],
                 "max_length": work.prompt_len + work.response_len,

@@ -173,3 +173,48 @@ def test_trainer_packed_equals_concatenated(tiny_dir, tmp_path, ref_logps, monke
     for a, b in zip(packed, concatenated):
         for k in ("loss", "grad_norm", "rewards/margins", "is/weight_mean", "is/ess"):
             assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (a["step"], k)
+
+
+@pytest.mark.parametrize("autocast", [False, True])
+def test_packed_mask_is_kept_once_not_per_layer(tiny_dir, autocast):
+    """sdpa given a boolean 4D mask converts it to floats in every layer and saves each copy for the backward;
+    the packed path builds it additive, in the dtype attention runs in (bf16 under autocast), so all layers
+    save the one tensor."""
+    model, tok = _model(tiny_dir)
+    model = model.float()
+    batch = _batch(tok)
+    masks = {}
+
+    def pack(t):
+        if t.dim() == 4 and t.shape[1] == 1 and t.shape[-1] == t.shape[-2]:  # (B, 1, L, L), or rotary tables
+            if t.dtype == torch.bool or (t == torch.finfo(t.dtype).min).any():  # a mask, not cos / sin
+                masks[t.untyped_storage().data_ptr()] = t.dtype
+        return t
+
+    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else torch.autocast("cpu", enabled=False)
+    with ctx, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        logps = pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
+                                    batch["n_pairs"])
+    assert model.config.num_hidden_layers == 2 and list(masks.values()) == [torch.bfloat16 if autocast else torch.float32]
+    with torch.no_grad():
+        plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
+    torch.testing.assert_close(logps.detach(), plain, rtol=5e-2 if autocast else 1e-5, atol=5e-2 if autocast else 1e-4)
+
+
+def test_rows_padded_for_the_mask_alignment_give_the_same_values(tiny_dir, float64_rmsnorm, monkeypatch):
+    """On CUDA packed rows are padded to a multiple of 16 positions (MASK_ALIGN); the extra positions are padding:
+    the values and gradients equal the unpadded layout's (simulated on the CPU with 7), in float64."""
+    from isdaa import logprobs
+
+    model, tok = _model(tiny_dir)
+    batch = _batch(tok)
+    args = (batch["input_ids"], batch["attention_mask"], batch["response_mask"], batch["n_pairs"])
+    widths = []
+    model.register_forward_pre_hook(lambda m, a, kw: widths.append(kw["input_ids"].shape[1]), with_kwargs=True)
+    plain, plain_grads = _values_and_grads(model, lambda: pair_response_logps(model, *args))
+    monkeypatch.setitem(logprobs.MASK_ALIGN, "cpu", 7)  # this batch packs to 16 positions: 21 with padding
+    padded, padded_grads = _values_and_grads(model, lambda: pair_response_logps(model, *args))
+    assert widths == [16, 21]
+    torch.testing.assert_close(padded, plain, rtol=1e-12, atol=1e-12)
+    for n, g in padded_grads.items():
+        torch.testing.assert_close(g, plain_grads[n], rtol=1e-10, atol=1e-12, msg=n)

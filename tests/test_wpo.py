@@ -79,8 +79,11 @@ def test_sq_logsumexp_matches_a_naive_float64_loop(tiny_dir, float64_rmsnorm):
         torch.testing.assert_close(sq.double(), want_sq, rtol=tol, atol=tol, msg=name)
         torch.testing.assert_close(logps.detach().double(), want_logps, rtol=1e-5, atol=1e-5, msg=name)
     assert response_logps(model, *args).shape == (6,)  # the default return is unchanged
-    with pytest.raises(ValueError, match="cannot be combined"):
-        response_logps(model, *args, with_sq_logsumexp=True, return_counts=True)
+    for head_only in (True, False):  # both together: (logps, sq_lse, counts), in that order
+        logps, sq, counts = response_logps(model, *args, response_only_head=head_only, with_sq_logsumexp=True,
+                                           return_counts=True)
+        torch.testing.assert_close(sq.double(), want_sq, rtol=1e-5, atol=1e-5)
+        assert counts.tolist() == batch["response_mask"][:, 1:].sum(-1).tolist()
 
 
 def test_sq_logsumexp_is_float32_for_a_float32_model(tiny_dir):

@@ -379,6 +379,8 @@ class PrefConfig(TrainConfig):
     pack_pairs: bool = True  # one row [prompt, chosen, rejected] per pair, the prompt once (same values), where
     #                          the model takes a 4D mask (sdpa, eager); on an H200 in bf16 1.19-1.24x faster at 200M
     #                          with 0.83x the GPU memory, 0.97x at 40M (benchmarks/README.md); false: one row each
+    head_chunk_mb: float = 256.0  # LM head: beyond this many MiB of response logits, the head runs in chunks of
+    #                              rows of this size, recomputed in the backward (isdaa.chunked_head); 0: never
 
     def __post_init__(self):
         super().__post_init__()
@@ -386,6 +388,9 @@ class PrefConfig(TrainConfig):
         _check_choices(self)
         _check_method_options(self)
         _check(self.check_logps_rows > 0, "check_logps_rows must be > 0")
+        _check(isinstance(self.head_chunk_mb, (int, float)) and not isinstance(self.head_chunk_mb, bool)
+               and math.isfinite(self.head_chunk_mb) and self.head_chunk_mb >= 0,
+               f"head_chunk_mb must be a number >= 0 (0: never chunk the LM head), got {self.head_chunk_mb!r}")
         _check_ref_sync(self)
 
 

@@ -10,7 +10,18 @@ so pad ids and -100 labels are harmless.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
+
+from isdaa.chunked_head import (
+    DEFAULT_HEAD_CHUNK_MB,
+    HeadCapture,
+    capturable_head,
+    chunk_rows,
+    chunked_token_logps,
+    head_spec,
+)
 
 
 def sequence_logps(
@@ -20,30 +31,40 @@ def sequence_logps(
     *,
     return_counts: bool = False,
     chunk_rows: int = 4,
+    with_sq_logsumexp: bool = False,
 ):
     """Sum of log pi(labels[b, t] | logits[b, t]) over positions where `mask` is true.
 
     Positions are ALIGNED: `logits[b, t]` scores `labels[b, t]` (for a causal LM, pass the shifted
     views, see `causal_lm_logps`). Shapes: logits (B, T, V), labels (B, T) int, mask (B, T) bool.
-    Returns (B,) float32 sums, and (B,) int64 token counts when `return_counts`.
+    Returns (B,) float32 sums; then, `with_sq_logsumexp`, the (B,) sums over the same positions of
+    log sum_v pi_v^2 = logsumexp_v(2 log pi_v) (WPO's Eq. 2 adjustment; float32, no gradient); then, when
+    `return_counts`, the (B,) int64 token counts.
     """
     if logits.shape[:2] != labels.shape or labels.shape != mask.shape:
         raise ValueError(f"shape mismatch: logits {tuple(logits.shape)}, labels {tuple(labels.shape)}, "
                          f"mask {tuple(mask.shape)}")
     mask = mask.bool()
     safe_labels = torch.where(mask, labels, torch.zeros_like(labels)).long()  # (B, T)
-    sums = []
+    sums, sq_sums = [], []
     for start in range(0, logits.shape[0], chunk_rows):
         rows = slice(start, start + chunk_rows)
         chunk = logits[rows].float()                                    # (b, T, V) float32
         token = chunk.gather(-1, safe_labels[rows].unsqueeze(-1)).squeeze(-1)  # (b, T)
-        logp = token - torch.logsumexp(chunk, dim=-1)                   # (b, T)
-        logp = torch.where(mask[rows], logp, torch.zeros_like(logp))
+        lse = torch.logsumexp(chunk, dim=-1)                            # (b, T)
+        logp = torch.where(mask[rows], token - lse, torch.zeros_like(token))
         sums.append(logp.sum(-1))
-    out = torch.cat(sums) if sums else logits.new_zeros(0, dtype=torch.float32)
+        if with_sq_logsumexp:
+            with torch.no_grad():
+                sq = torch.logsumexp(2 * chunk, dim=-1) - 2 * lse       # (b, T) log sum_v p_v^2
+                sq_sums.append(torch.where(mask[rows], sq, torch.zeros_like(sq)).sum(-1))
+    empty = logits.new_zeros(0, dtype=torch.float32)
+    out = (torch.cat(sums) if sums else empty,)
+    if with_sq_logsumexp:
+        out += (torch.cat(sq_sums) if sq_sums else empty,)
     if return_counts:
-        return out, mask.sum(-1)
-    return out
+        out += (mask.sum(-1),)
+    return out if len(out) > 1 else out[0]
 
 
 def causal_lm_logps(logits: torch.Tensor, input_ids: torch.Tensor, response_mask: torch.Tensor, **kwargs):
@@ -63,6 +84,10 @@ def causal_lm_logps(logits: torch.Tensor, input_ids: torch.Tensor, response_mask
 # set to a boolean (B, T) mask: transformers >= 5 (`slice_logits_to_keep`) then projects only those
 # hidden states and returns (N, V) logits, post-processing (Gemma's soft-capping, Cohere's
 # logit_scale) included, since that runs inside the model's own forward after the head.
+# When those (N, V) logits would exceed `head_chunk_mb` (a 128k vocabulary: ~0.5 MB per position), the
+# head's input is captured in that same forward instead and the head runs in chunks of rows
+# (`isdaa.chunked_head`): its memory is one chunk, at the price of recomputing each chunk's logits in the
+# backward (one more head matmul); below the budget the model's own head runs whole (no recompute).
 
 
 def _unwrap(model):
@@ -151,6 +176,45 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor, *, rows: torch.Tenso
     return logits[rows, labels].to(dtype) - lse[rows]
 
 
+def _kept_token_logps(model, kw: dict, keep: torch.Tensor, labels: torch.Tensor, rows: torch.Tensor | None, *,
+                      fused: bool, head_chunk_mb: float, with_sq: bool, temperature: float = 1.0):
+    """(M,) log pi(labels[m] | kept position rows[m]) from one forward `model(**kw, logits_to_keep=keep)`, and
+    the (M,) log sum_v pi_v^2 at those positions (no gradient) when `with_sq`, else None. keep (B, T) bool,
+    N = keep.sum() kept positions in row-major order; rows (M,) indexes them (None: M = N, one label each).
+    The head runs in chunks (`isdaa.chunked_head`) when its (N, V) float32 logits exceed `head_chunk_mb` MiB
+    (0: never) and the model's head can be captured; else the model's own head gives (N, V) logits."""
+    n = int(keep.sum())
+    inner = _unwrap(model)
+    head = capturable_head(model, inner) if head_chunk_mb > 0 else None
+    if head is not None and n > chunk_rows(head.weight.shape[0], head_chunk_mb, torch.float32):
+        spec = head_spec(inner.config, temperature)
+        with HeadCapture(head) as cap:
+            probe = model(**kw, logits_to_keep=keep).logits                # (1, V): the probe row only
+        if cap.hidden is None or cap.hidden.dim() != 2 or cap.hidden.shape[0] != n:
+            raise ValueError(f"the model ignored logits_to_keep (LM head input {tuple(getattr(cap.hidden, 'shape', ()))}"
+                             "); set response_only_head: false for it")
+        if cap.check(probe, spec):
+            rows = torch.arange(n, device=labels.device) if rows is None else rows
+            token, sq = chunked_token_logps(cap.hidden, head.weight, head.bias, labels, rows, spec=spec,
+                                            compute_dtype=cap.dtype, budget_mb=head_chunk_mb, with_sq=with_sq)
+            return token, (None if sq is None else sq[rows])
+        cap.refuse()
+        warnings.warn(f"{type(inner).__name__}: its logits are not {spec} applied to the LM head's output (a "
+                      "post-processing isdaa does not know); the chunked LM head is off for this model, whose own "
+                      "head now computes all (N, V) logits", stacklevel=3)
+    logits = model(**kw, logits_to_keep=keep).logits                       # (N, V)
+    if logits.dim() != 2 or logits.shape[0] != n:
+        raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
+                         "response_only_head: false for it")
+    if temperature != 1.0:
+        logits = logits.float() / temperature
+    sq = None
+    if with_sq:
+        sq = sq_logsumexp(logits)
+        sq = sq if rows is None else sq[rows]
+    return token_logps(logits, labels, rows=rows, fused=fused), sq
+
+
 @torch.no_grad()
 def sq_logsumexp(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """(N,) logsumexp_v(2 log p(v)) = log sum_v p(v)^2 of each row of (N, V) logits, no gradient: WPO's
@@ -165,44 +229,39 @@ def sq_logsumexp(logits: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
 
 
 def response_logps(model, input_ids, attention_mask, response_mask, *, response_only_head: bool = True,
-                   fused: bool = True, return_counts: bool = False, with_sq_logsumexp: bool = False):
+                   fused: bool = True, return_counts: bool = False, with_sq_logsumexp: bool = False,
+                   head_chunk_mb: float = DEFAULT_HEAD_CHUNK_MB, temperature: float = 1.0):
     """(B,) summed response log-probs (float32; float64 for a float64 model) from one forward of `model`.
 
     input_ids / attention_mask / response_mask (B, T) as collated (response_mask true on the response
     tokens, EOS included). With `response_only_head` (and `response_head_supported(model)`, which the
     caller checks once), the head projects only the N positions t with response_mask[b, t + 1]:
-    (N, V) logits -> per-token log-probs (`token_logps`) -> summed per row with index_add. Otherwise
-    the full (B, T, V) logits go through `causal_lm_logps` (the reference path). Returns the (B,) int64
-    response token counts too when `return_counts`; with `with_sq_logsumexp`, `(logps, sq_lse)` where
-    sq_lse (B,) = sum over response tokens of `sq_logsumexp` (WPO), float32, no gradient.
+    (N, V) logits -> per-token log-probs (`token_logps`) -> summed per row with index_add; in chunks of rows
+    when the (N, V) float32 logits exceed `head_chunk_mb` MiB (`_kept_token_logps`). Otherwise the full
+    (B, T, V) logits go through `causal_lm_logps` (the reference path). `temperature`: log-probs of
+    softmax(logits / temperature). Returns, after the (B,) log-probs, the (B,) sums of log sum_v pi_v^2 over
+    the response tokens when `with_sq_logsumexp` (WPO; float32, no gradient), then the (B,) int64 response
+    token counts when `return_counts`.
     """
-    if with_sq_logsumexp and return_counts:
-        raise ValueError("response_logps: with_sq_logsumexp and return_counts cannot be combined")
     kw = dict(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
     target = response_mask[:, 1:].bool()                                   # (B, T-1): t predicts token t+1
     if not response_only_head:
         logits = model(**kw).logits                                        # (B, T, V)
-        out = causal_lm_logps(logits, input_ids, response_mask, return_counts=return_counts)
-        if with_sq_logsumexp:
-            sq = sq_logsumexp(logits.detach()[:, :-1][target])             # (N,) row-major
-            return out, sq.new_zeros(out.shape).index_add(0, target.nonzero()[:, 0], sq)
-        return out
+        if temperature != 1.0:
+            logits = logits.float() / temperature
+        return causal_lm_logps(logits, input_ids, response_mask, return_counts=return_counts,
+                               with_sq_logsumexp=with_sq_logsumexp)
     keep = torch.nn.functional.pad(target, (0, 1))                         # (B, T): the last position predicts nothing
-    logits = model(**kw, logits_to_keep=keep).logits                       # (N, V)
-    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
-        raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
-                         "response_only_head: false for it")
     labels = input_ids[:, 1:][target]                                      # (N,) same row-major order
-    sq = sq_logsumexp(logits) if with_sq_logsumexp else None               # (N,) no gradient
-    token_lp = token_logps(logits, labels, fused=fused)                    # (N,)
-    del logits                                                             # (fused: only p stays, inside the graph)
-    rows = target.nonzero()[:, 0]                                          # (N,) the row of each token
-    out = token_lp.new_zeros(input_ids.shape[0]).index_add(0, rows, token_lp)  # (B,)
-    if return_counts:
-        return out, target.sum(-1)
+    token_lp, sq = _kept_token_logps(model, kw, keep, labels, None, fused=fused, head_chunk_mb=head_chunk_mb,
+                                     with_sq=with_sq_logsumexp, temperature=temperature)  # (N,) each
+    seq = target.nonzero()[:, 0]                                           # (N,) the row of each token
+    out = (token_lp.new_zeros(input_ids.shape[0]).index_add(0, seq, token_lp),)  # (B,)
     if with_sq_logsumexp:
-        return out, sq.new_zeros(out.shape).index_add(0, rows, sq)
-    return out
+        out += (sq.float().new_zeros(input_ids.shape[0]).index_add(0, seq, sq.float()),)
+    if return_counts:
+        out += (target.sum(-1),)
+    return out if len(out) > 1 else out[0]
 
 
 # ---------------------------------------------------------------- scoring exact token ids (evaluation)
@@ -210,11 +269,13 @@ def response_logps(model, input_ids, attention_mask, response_mask, *, response_
 
 @torch.no_grad()
 def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temperature: float = 1.0,
-                    pad_id: int = 0):
+                    pad_id: int = 0, head_chunk_mb: float = DEFAULT_HEAD_CHUNK_MB):
     """(S,) float64 numpy: summed log pi(y_t | x, y_<t) over each response's tokens, from a forward of
     `model` on the exact ids (lists of token-id lists, EOS included), no gradient, training mode restored.
 
     Rows are sorted by length (less padding) and right-padded (positions start at 0, as in training).
+    The LM head runs on response-predicting positions only, in chunks of rows beyond `head_chunk_mb`
+    (`response_logps`), where the model supports it; else on the full logits.
     `temperature != 1` gives the log-probs of softmax(logits / T), i.e. of a T-sampler without top-p.
     """
     import numpy as np
@@ -224,18 +285,23 @@ def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temp
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
+    head_only = response_head_supported(model)
     out = np.zeros(len(response_ids), dtype=np.float64)
-    order = np.argsort([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)])
+    order = np.argsort([len(p) + len(r) for p, r in zip(prompt_ids, response_ids)], kind="stable")
     try:
         for start in range(0, len(order), batch_size):
             rows = order[start: start + batch_size]
             batch = pad_batch([list(prompt_ids[i]) + list(response_ids[i]) for i in rows], pad_id,
                               prompt_lens=[len(prompt_ids[i]) for i in rows])
             ids, attn, resp = (batch[k].to(device) for k in ("input_ids", "attention_mask", "response_mask"))
-            logits = model(input_ids=ids, attention_mask=attn).logits                    # (B, T, V)
-            if temperature != 1.0:
-                logits = logits.float() / temperature
-            out[rows] = causal_lm_logps(logits, ids, resp, chunk_rows=16).double().cpu().numpy()
+            if head_only:
+                logps = response_logps(model, ids, attn, resp, temperature=temperature, head_chunk_mb=head_chunk_mb)
+            else:  # any causal LM: full (B, T, V) logits, its forward called with nothing but the batch
+                logits = model(input_ids=ids, attention_mask=attn).logits
+                if temperature != 1.0:
+                    logits = logits.float() / temperature
+                logps = causal_lm_logps(logits, ids, resp, chunk_rows=16)                    # (B,)
+            out[rows] = logps.double().cpu().numpy()
     finally:
         model.train(was_training)
     return out
@@ -250,7 +316,14 @@ def score_responses(model, prompt_ids, response_ids, batch_size: int = 256, temp
 # instead of 2B * (longest prompt + response): in the lab (12-token prompts, responses of a few tokens) about
 # 60% of the concatenated batch's tokens, in one forward.
 
-MASK_FORMATS = {"sdpa": "bool", "eager": "additive"}  # attention implementations given the (B, 1, L, L) mask
+# Attention implementations given the (B, 1, L, L) mask, and the dtype it is built in. Both take it additive
+# (0 / finfo.min), built once: sdpa turns a boolean mask into floats in every layer and keeps each copy for the
+# backward (L x L per pair and layer: at 2 x (1,024+1,024) tokens 75 MB per layer in float32), whereas a float
+# mask in the dtype attention runs in (autocast's, for sdpa) is used as is by every layer and saved once.
+MASK_FORMATS = {"sdpa": "attention dtype", "eager": "weight dtype"}
+# Packed rows padded to a multiple of this many positions, by device: CUDA's memory-efficient sdpa kernel copies a
+# mask whose rows are not 16-aligned into a padded one in every layer (and keeps each copy for the backward).
+MASK_ALIGN = {"cuda": 16}
 
 
 def packed_pairs_supported(model) -> bool:
@@ -288,7 +361,7 @@ def row_index_attention(cfg) -> str | None:
 
 
 def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs: int, *, fused: bool = True,
-                        with_sq_logsumexp: bool = False):
+                        with_sq_logsumexp: bool = False, head_chunk_mb: float = DEFAULT_HEAD_CHUNK_MB):
     """(2B,) summed response log-probs of a concatenated pair batch, each prompt through `model` once.
 
     input_ids / attention_mask / response_mask (2B, T) as `isdaa.data.collate_pref` makes them (right
@@ -297,7 +370,7 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     rejected response's first token, scored (like the chosen one) by the prompt's last position. Falls back to
     `response_logps` (same values) when a batch breaks the layout (prompts of a pair differ, an empty
     prompt or response, left padding). The caller checks `packed_pairs_supported(model)` once.
-    `with_sq_logsumexp`: `(logps, sq_lse)` as `response_logps` gives them."""
+    `with_sq_logsumexp` / `head_chunk_mb`: as in `response_logps` ((2B,) logps, (2B,) sq sums)."""
     n, (rows, width), dev = n_pairs, input_ids.shape, input_ids.device
     resp = response_mask.bool()                                            # (2B, T)
     plen, rlen = resp.int().argmax(-1), resp.sum(-1)                       # (2B,) prompt / response tokens
@@ -307,9 +380,10 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
                  and bool((attention_mask.bool() == (prompt | resp)).all()))
     if not layout_ok:
         return response_logps(model, input_ids, attention_mask, response_mask, fused=fused,
-                              with_sq_logsumexp=with_sq_logsumexp)
+                              with_sq_logsumexp=with_sq_logsumexp, head_chunk_mb=head_chunk_mb)
     p, c, r = plen[:n, None], rlen[:n, None], rlen[n:, None]               # (B, 1) each
-    k = torch.arange(int((p + c + r).max()), device=dev)[None, :]          # (1, L) packed positions
+    align = MASK_ALIGN.get(dev.type, 1)
+    k = torch.arange(-(-int((p + c + r).max()) // align) * align, device=dev)[None, :]  # (1, L) packed positions
     in_chosen_row, real = k < p + c, k < p + c + r                         # (B, L)
     src = torch.where(in_chosen_row, k, k - c).clamp(0, width - 1)         # column in the source row
     ids = torch.where(in_chosen_row, input_ids[:n].gather(1, src), input_ids[n:].gather(1, src))  # (B, L)
@@ -318,25 +392,21 @@ def pair_response_logps(model, input_ids, attention_mask, response_mask, n_pairs
     causal = (k[0, :, None] >= k[0, None, :])[None]                        # (1, L, L)
     mask = (causal & ~((seg[:, :, None] == 2) & (seg[:, None, :] == 1)))[:, None]  # (B, 1, L, L) query x key
     inner = _unwrap(model)
-    if MASK_FORMATS[inner.config._attn_implementation] == "additive":
-        dtype = inner.get_input_embeddings().weight.dtype
-        mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
+    dtype = inner.get_input_embeddings().weight.dtype                     # eager: the weights dtype, as its scores
+    if MASK_FORMATS[inner.config._attn_implementation] == "attention dtype" and torch.is_autocast_enabled(dev.type):
+        dtype = torch.get_autocast_dtype(dev.type)                         # sdpa under autocast: no cast per layer
+    mask = torch.zeros(mask.shape, dtype=dtype, device=dev).masked_fill_(~mask, torch.finfo(dtype).min)
     # positions whose logits are needed: p-1 .. p+c-2 (chosen tokens) and p+c .. p+c+r-2 (rejected after the first)
     keep = (k >= p - 1) & real & (k != p + c - 1) & (k != p + c + r - 1)   # (B, L)
-    logits = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=keep).logits
-    if logits.dim() != 2 or logits.shape[0] != int(keep.sum()):
-        raise ValueError(f"the model ignored logits_to_keep (logits {tuple(logits.shape)}); set "
-                         "response_only_head: false for it")
-    index = (keep.flatten().cumsum(0) - 1).view(keep.shape)               # (B, L) row of `logits` per kept position
+    index = (keep.flatten().cumsum(0) - 1).view(keep.shape)               # (B, L) row of the kept logits per position
     scored = (k >= p) & real                                               # (B, L) every response token
     pred = torch.where(k == p + c, p - 1, k - 1).clamp(min=0)              # the position that scores it
     b, t = scored.nonzero(as_tuple=True)                                   # (M,) each
-    scoring_row = index[b, pred[b, t]]                                     # (M,) a shared prompt row scores 2 tokens
-    sq = sq_logsumexp(logits)[scoring_row] if with_sq_logsumexp else None  # (M,) no gradient
-    token_lp = token_logps(logits, ids[b, t], rows=scoring_row, fused=fused)  # (M,)
-    del logits
+    kw = dict(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    token_lp, sq = _kept_token_logps(model, kw, keep, ids[b, t], index[b, pred[b, t]], fused=fused,
+                                     head_chunk_mb=head_chunk_mb, with_sq=with_sq_logsumexp)  # (M,) each
     out_row = torch.where(in_chosen_row, 0, n)[b, t] + b                   # chosen -> b, rejected -> B + b
-    out = token_lp.new_zeros(rows).index_add(0, out_row, token_lp)  # (2B,)
+    logps = token_lp.new_zeros(rows).index_add(0, out_row, token_lp)      # (2B,)
     if with_sq_logsumexp:
-        return out, sq.new_zeros(rows).index_add(0, out_row, sq)
-    return out
+        return logps, sq.float().new_zeros(rows).index_add(0, out_row, sq.float())
+    return logps

@@ -257,9 +257,9 @@ class PrefTask(Task):
         sq = {"with_sq_logsumexp": True} if with_sq_logsumexp else {}
         if head_only and self.cfg.pack_pairs and self._packs(model, batch):
             return pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                                       batch["n_pairs"], **sq)
+                                       batch["n_pairs"], head_chunk_mb=self.cfg.head_chunk_mb, **sq)
         return response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
-                              response_only_head=head_only, **sq)
+                              response_only_head=head_only, head_chunk_mb=self.cfg.head_chunk_mb, **sq)
 
     def _packs(self, model, batch) -> bool:
         """Whether `model` gets packed pairs: `packed_pairs_supported` (refuses families known to misread them),

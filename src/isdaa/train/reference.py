@@ -2,6 +2,8 @@
 hash of exactly what determines them: the reference model's identity (name or path, revision,
 weight files' sizes and mtimes, dtype), the mixed precision, and the token ids of every pair (which
 covers the data, the chat template and the truncation settings). Training then holds one model.
+The pass runs without autograd state, in batches by length under a token budget (little padding, large
+batches of short pairs), through the chunked LM head, and prints its throughput.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ import hashlib
 import json
 import os
 import random
+import time
 from array import array
 from pathlib import Path
 
 import torch
 
+from isdaa.chunked_head import DEFAULT_HEAD_CHUNK_MB
 from isdaa.data import collate_pref
 from isdaa.io import atomic_path
 from isdaa.logprobs import response_head_supported, response_logps
@@ -43,37 +47,72 @@ def cache_key(ref_path: str, mcfg, mixed_precision: str, examples: list[dict]) -
     return h.hexdigest()[:32]
 
 
-@torch.no_grad()
-def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: int, response_only_head: bool = True):
-    """(chosen, rejected) (N,) float32 summed log-probs, the examples sharded over processes
-    (`response_only_head`: see `isdaa.logprobs.response_logps`).
+def _row_width(e: dict) -> int:
+    """Tokens of a pair's longer row in a concatenated batch (prompt + the longer response)."""
+    return len(e["prompt_ids"]) + max(len(e["chosen_ids"]), len(e["rejected_ids"]))
 
-    Every process runs the same number of forwards (its shard padded with copies of example 0:
-    FSDP / ZeRO-3 forwards are collective), then the shards are gathered back in order."""
-    world, rank = accelerator.num_processes, accelerator.process_index
-    n = len(examples)
-    per = -(-n // world)
-    shard = [examples[i] if i < n else examples[0] for i in range(rank, per * world, world)]
+
+def length_batches(examples: list[dict], max_tokens: int) -> list[list[int]]:
+    """Indices of `examples` in batches by length: sorted by the padded row of a pair (prompt + the longer
+    response; a batch holds 2 rows per pair, as `collate_pref` pads them), then cut so that each batch's
+    2 x pairs x longest row <= `max_tokens` (a longer pair goes alone). Short pairs go in large batches,
+    long ones in small, with little padding in either."""
+    width = [_row_width(e) for e in examples]
+    batches, current = [], []
+    for i in sorted(range(len(examples)), key=width.__getitem__):  # stable: ties keep the data order
+        if current and 2 * (len(current) + 1) * width[i] > max_tokens:
+            batches.append(current)
+            current = []
+        current.append(i)
+    return batches + ([current] if current else [])
+
+
+@torch.no_grad()
+def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: int, response_only_head: bool = True,
+            *, max_tokens: int | None = None, head_chunk_mb: float = DEFAULT_HEAD_CHUNK_MB, report: bool = False):
+    """(chosen, rejected) (N,) float32 summed log-probs of `model` (`isdaa.logprobs.response_logps`: the
+    response-only head, in chunks of rows beyond `head_chunk_mb`), without autograd state.
+
+    Batches by length (`length_batches`) of at most `max_tokens` padded tokens; default: `batch_size` pairs of
+    the longest pair (what the caller's batch size costs at worst), so shorter pairs go in larger batches at no
+    more memory. The batches are dealt round-robin to the processes; every process runs the same number of
+    forwards (FSDP / ZeRO-3 forwards are collective: one with fewer repeats its last batch and discards it),
+    and each value is written by exactly one process, so a sum over processes gathers them. `report`: print
+    the pass's throughput (pairs/s, tokens/s) where its progress bar shows (main process, `progress` on)."""
+    world, rank, n = accelerator.num_processes, accelerator.process_index, len(examples)
+    max_tokens = max_tokens or 2 * batch_size * max(map(_row_width, examples), default=1)
+    batches = length_batches(examples, max_tokens)
+    mine = batches[rank::world]
+    rounds = -(-len(batches) // world)
     was_training = model.training
     model.eval()
     head_only = response_only_head and response_head_supported(model)
-    out = []
-    bar = _progress(len(shard), accelerator)
-    for i in range(0, len(shard), batch_size):
-        batch = collate_pref(shard[i: i + batch_size], pad_id)
-        ids, attn, resp = (batch[k].to(accelerator.device) for k in ("input_ids", "attention_mask", "response_mask"))
+    out = torch.zeros(n, 2, device=accelerator.device)                   # (N, 2): chosen, rejected
+    bar = _progress(sum(map(len, mine)), accelerator)
+    shown = not bar.disable                                              # (close() disables it)
+    start = time.perf_counter()
+    for k in range(rounds):
+        idx = mine[min(k, len(mine) - 1)] if mine else batches[0]        # past its share: a repeat, discarded
+        batch = collate_pref([examples[i] for i in idx], pad_id)
+        ids, attn, resp = (batch[key].to(accelerator.device) for key in ("input_ids", "attention_mask", "response_mask"))
         with accelerator.autocast():
-            logps = response_logps(model, ids, attn, resp, response_only_head=head_only)
-        out.append(logps.float().view(2, -1).T)  # (b, 2): chosen, rejected
-        bar.update(min(batch_size, len(shard) - i))
+            logps = response_logps(model, ids, attn, resp, response_only_head=head_only, head_chunk_mb=head_chunk_mb)
+        if k < len(mine):
+            out[torch.tensor(idx, device=out.device)] = logps.float().view(2, -1).T  # (b, 2)
+            bar.update(len(idx))
     bar.close()
     model.train(was_training)
-    local = torch.cat(out) if out else torch.zeros(0, 2, device=accelerator.device)
     if world > 1:
-        gathered = accelerator.gather(local.contiguous())                   # (world * per, 2), rank-major
-        local = gathered.view(world, per, 2).transpose(0, 1).reshape(world * per, 2)
-    local = local[:n].cpu()
-    return local[:, 0].contiguous(), local[:, 1].contiguous()
+        out = accelerator.reduce(out, reduction="sum")                   # one writer per pair: the sum is exact
+    seconds = time.perf_counter() - start
+    if report and shown and n:  # the main process of a run with progress on, as the bar
+        tokens = sum(2 * len(e["prompt_ids"]) + len(e["chosen_ids"]) + len(e["rejected_ids"]) for e in examples)
+        padded = sum(2 * len(b) * max(_row_width(examples[i]) for i in b) for b in batches)
+        print(f"reference log-probs: {n:,} pairs ({tokens:,} tokens) in {seconds:.1f} s: {n / seconds:,.1f} pairs/s, "
+              f"{tokens / seconds:,.0f} tokens/s ({len(batches)} batches by length of <= {max_tokens:,} tokens, "
+              f"{1 - tokens / padded:.0%} padding, {world} process{'es' if world > 1 else ''})", flush=True)
+    out = out.cpu()
+    return out[:, 0].contiguous(), out[:, 1].contiguous()
 
 
 def _progress(total: int, accelerator):
@@ -113,9 +152,10 @@ def read_cache(path: Path, n: int):
 
 
 def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, cache_dir: Path,
-                    response_only_head: bool = True):
-    """Cached (chosen, rejected) reference log-probs, or one pass of `model` (then cached). A corrupt
-    cache entry is detected (read_cache), reported, and rebuilt."""
+                    response_only_head: bool = True, *, max_tokens: int | None = None,
+                    head_chunk_mb: float = DEFAULT_HEAD_CHUNK_MB):
+    """Cached (chosen, rejected) reference log-probs, or one pass of `model` (`compute`, its throughput
+    printed; then cached). A corrupt cache entry is detected (read_cache), reported, and rebuilt."""
     path = Path(cache_dir) / f"{key}.pt"
     if path.exists():
         cached, why = read_cache(path, len(examples))
@@ -123,7 +163,8 @@ def load_or_compute(model, examples, accelerator, batch_size, pad_id, key: str, 
             return cached[0], cached[1], True
         if accelerator.is_main_process:
             print(f"reference log-prob cache {path} is corrupt ({why}); recomputing it")
-    chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id, response_only_head)
+    chosen, rejected = compute(model, examples, accelerator, batch_size, pad_id, response_only_head,
+                               max_tokens=max_tokens, head_chunk_mb=head_chunk_mb, report=True)
     if not (torch.isfinite(chosen).all() and torch.isfinite(rejected).all()):
         bad = [examples[i].get("row", i) for i in
                torch.nonzero(~(torch.isfinite(chosen) & torch.isfinite(rejected))).flatten().tolist()[:5]]
