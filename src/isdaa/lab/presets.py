@@ -172,11 +172,12 @@ CALIBRATION_RULE = ("the smallest rate at which DPO's win rate visibly declines 
 CALIBRATIONS: dict[str, Calibration] = {
     "key-token": Calibration(3e-4, "Measured (2026-11-26, seed 0, peak -> final win rate, final KL): 3e-5 "
                                    "0.753 -> 0.726 (2.1), 1e-4 0.780 -> 0.771 (2.3), 3e-4 0.736 -> 0.086 (136)"),
-    # `isdaa lab --preset calibrate --task length`, 2026-12-06, 32 min on the shared 2-core machine (load
-    # 7-10; 601 s of CPU); 39,745 pairs, 1,242 steps per run
-    "length": Calibration(1e-4, "Measured (2026-12-06, seed 0, smoothed peak -> final win rate, final KL): "
-                                "3e-5 0.691 -> 0.683 (1.3), 1e-4 0.691 -> 0.583 (2.9), 3e-4 0.656 -> 0.553 "
-                                "(4.0), 1e-3 0.626 -> 0.382 (6.4)"),
+    # The length task's version 2 (isdaa.lab.length): `isdaa lab --preset calibrate --task length`, 2026-12-06,
+    # 18 min on the shared 2-core machine (load 4-6; 544 s of CPU: SFT + D_golden 183 s, 4 runs 365 s);
+    # 35,771 pairs, 1,116 steps per run. No rate declined: by the rule, the largest.
+    "length": Calibration(1e-3, "Measured on the task's version 2 (2026-12-06, seed 0, smoothed peak -> final win "
+                                "rate, final KL): 3e-5 0.775 -> 0.755 (4.4), 1e-4 0.785 -> 0.781 (1.7), 3e-4 0.784 -> "
+                                "0.784 (1.4), 1e-3 0.849 -> 0.849 (2.3): no rate declined"),
 }
 PAPER_LR = CALIBRATIONS["key-token"].lr  # Adam; the key-token task's
 

@@ -398,7 +398,8 @@ def environment_section(d) -> Section:
            f"{fmt(label.get('tie_frac'), 2)}. Dropped before training (`pipeline.consistent_pairs`): "
            f"{dropped.get('empty_response', 0)} pairs with an empty response, {dropped.get('identical', 0)} of two "
            f"identical responses, {dropped.get('unfinished', 0)} with a response cut at the length limit, "
-           f"{dropped.get('not_reproducible', 0)} whose text does not reproduce the sampled tokens.",
+           f"{dropped.get('not_reproducible', 0)} whose text does not reproduce the sampled tokens."
+           + _task_pair_stats(label.get("task")),
            f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs (the same for every method); checkpoints at "
            f"fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.{lr_text} How each group's runs were "
            "stepped:\n",
@@ -408,6 +409,16 @@ def environment_section(d) -> Section:
            f"1/2); KL(pi_theta||pi_ref) from {ev['n_kl_samples']} separate T=1 samples per prompt (k1 plotted, k3 "
            f"in the CSV); importance ratios on {ev['n_ratio_pairs']} training pairs.", ""]
     return Section("\n".join(out))
+
+
+def _task_pair_stats(stats: dict | None) -> str:
+    """The task's own statistics of the trained pairs (`Task.pair_statistics`), e.g. the length task's design
+    checks, as one sentence."""
+    if not stats:
+        return ""
+    nums = ", ".join(f"{k} {fmt(v)}" for k, v in stats.items() if isinstance(v, (int, float)))
+    checks = "; ".join(f"{k}: {v}" for k, v in (stats.get("design_checks") or {}).items())
+    return f" The task's statistics of these pairs: {nums}" + (f" (design checks: {checks})" if checks else "") + "."
 
 
 def findings_section(d) -> Section:
