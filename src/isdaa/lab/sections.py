@@ -648,6 +648,39 @@ def drift_report_section(d) -> Section:
     return drift_section(d.root, d.specs)
 
 
+def timing_section(d) -> Section:
+    """Wall times as measured: each stage's (its marker's `seconds`) and each configuration's runs (lab_done.json:
+    training, and training + evaluation), mean over seeds, and the sum over every run of the report."""
+    stages = []
+    for stage in ("sft", "label"):
+        path = d.root / "stages" / f"{stage}.json"
+        rec = rundir.read_json(path) if path.exists() else {}
+        if rec.get("seconds") is not None:
+            stages.append(f"{stage} {rec['seconds']:.0f} s (finished {rec.get('finished_at', '?')})")
+    per_config: dict = {}
+    for r in d.points:
+        if r["step"] == 0:
+            per_config.setdefault(config_key(r), (r, {}))[1].setdefault(r["run_id"], None)
+    rows, total = [], 0.0
+    for _key, (r, runs) in per_config.items():
+        recs = [rundir.done_record(d.root / "runs" / rid) or {} for rid in runs]
+        train = [x["train_seconds"] for x in recs if x.get("train_seconds") is not None]
+        both = [x["seconds"] for x in recs if x.get("seconds") is not None]
+        total += sum(both)
+        rows.append({"group": r["group"], "name": r["name"], "beta": r["beta"], "runs": len(runs),
+                     "train": float(np.mean(train)) if train else None, "all": float(np.mean(both)) if both else None})
+    if not rows:
+        return Section("")
+    rows.sort(key=lambda x: (x["group"] != MAIN, x["group"], x["name"], x["beta"]))
+    md = ["## Wall times (as measured)\n",
+          "Seconds of wall time on the machine that ran them, under whatever load it had (runs share the CPU with "
+          "the sweep's other workers): stages " + (", ".join(stages) or "not recorded") + f"; all runs of this "
+          f"report together {total / 3600:.2f} h of worker time. Per configuration, mean over its runs:\n",
+          table(dashes(rows), [("group", "group", ""), ("name", "method", ""), ("beta", "beta", "3"), ("runs", "runs", ""),
+                               ("train", "training s", "0"), ("all", "training + evaluation s", "0")])]
+    return Section("\n".join(md), tables={"wall_times": Table(rows)})
+
+
 def files_section(d) -> Section:
     return Section("\n".join([
         "## Files\n",
@@ -660,4 +693,5 @@ def files_section(d) -> Section:
 
 # The report, in order; the first two are written even when no run has finished
 SECTIONS = (summary_section, environment_section, findings_section, regimes_section, versus_section, controls_section,
-            groups_section, cross_task_section, drift_report_section, examples_section, figures_section, files_section)
+            groups_section, cross_task_section, drift_report_section, examples_section, figures_section, timing_section,
+            files_section)
