@@ -402,9 +402,9 @@ def test_trainer_chunked_head_equals_whole_head(tiny_dir, tmp_path, ref_logps, m
     import json
 
     from isdaa import logprobs
+    from isdaa.api import train
     from isdaa.config import load_config
     from isdaa.io import read_jsonl
-    from isdaa.api import train
 
     calls = []
     original = logprobs.chunked_token_logps
@@ -457,9 +457,9 @@ def test_two_process_ddp_chunked_head_matches_one_process_whole_head(tiny_dir, t
     import yaml
     from test_train import make_cfg, metrics
 
+    from isdaa.api import train
     from isdaa.config import to_dict
     from isdaa.io import read_jsonl
-    from isdaa.api import train
 
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
     single = make_cfg(tiny_dir, tmp_path, "one", max_steps=3, method="is-dpo", head_chunk_mb=0)

@@ -17,8 +17,14 @@ from click.testing import CliRunner
 
 from isdaa.cli import main
 from isdaa.lab import rundir
+from isdaa.lab.presets import get_preset
 
 pytestmark = pytest.mark.slow
+
+
+# every arm once: DPO, IS-DPO, online DPO, the mitigations (WPO, TR-DPO, DPO + SFT, length-normalized DPO) and
+# the IS-weight controls
+MICRO_RUNS = sorted(r.run_id for r in get_preset("micro").runs)
 
 
 def _done_markers(out: Path) -> dict[str, tuple[float, str]]:
@@ -46,7 +52,8 @@ def lab_run(tmp_path_factory):
             os.killpg(proc.pid, signal.SIGKILL)  # our own child's process group
         proc.wait()
     before = _done_markers(out)
-    assert 1 <= len(before) < 3, f"killed with {len(before)} of 3 runs finished: not mid-sweep"
+    n = len(MICRO_RUNS)
+    assert 1 <= len(before) < n, f"killed with {len(before)} of {n} runs finished: not mid-sweep"
     result = CliRunner().invoke(main, ["lab", "--preset", "micro", "--out", str(out), "--jobs", "2", "--no-progress"])
     return out, before, result
 
@@ -62,7 +69,7 @@ def test_every_stage_ran(lab_run):
     assert {"prompt", "chosen", "rejected", "chosen_logps", "rejected_logps", "ref_chosen_logps",
             "ref_rejected_logps"} <= set(rows[0])
     runs = sorted(p.name for p in (out / "runs").iterdir())
-    assert runs == ["dpo_b0.1_lr0.002_adamw_s0", "is-dpo_b0.1_lr0.002_adamw_s0", "online-dpo_b0.1_lr0.002_adamw_s0"]
+    assert len(MICRO_RUNS) == 10 and runs == MICRO_RUNS
     for name in runs:
         run = out / "runs" / name
         assert (run / "lab_done.json").exists() and (run / "config.yaml").exists()
@@ -78,7 +85,7 @@ def test_every_stage_ran(lab_run):
 def test_resume_skips_finished_runs(lab_run):
     out, before, _ = lab_run
     after = _done_markers(out)
-    assert set(before) <= set(after) and len(after) == 3
+    assert set(before) <= set(after) and len(after) == len(MICRO_RUNS)
     for name, marker in before.items():
         assert after[name] == marker, f"{name} was redone"
 
@@ -94,7 +101,7 @@ def test_report_numbers_match_csv(lab_run):
     for name in ("fig3_winrate_vs_sqrtkl.png", "fig4_dynamics.png", "fig6_importance.png", "fig_components.png"):
         assert (out / "figures" / name).stat().st_size > 1000 and f"figures/{name}" in md
     points = _read_csv(out / "csv" / "points.csv")
-    assert len(points) == 3 * 3  # reference + 2 checkpoints per run
+    assert len(points) == len(MICRO_RUNS) * 3  # reference + 2 checkpoints per run
     # points.csv against the evaluator's per-checkpoint JSON
     for p in points:
         ev = {e["_step"]: e for e in rundir.evals(out / "runs" / p["run_id"])}[int(p["step"])]
@@ -102,7 +109,8 @@ def test_report_numbers_match_csv(lab_run):
         assert float(p["kl_k1"]) == pytest.approx(ev["kl_k1"])
     # Table 1 rows in report.md against summary.csv
     summary = {r["name"]: r for r in _read_csv(out / "csv" / "summary.csv")}
-    table = [line for line in md.splitlines() if re.match(r"\| (online-dpo|is-dpo|dpo) \|", line)]
+    table1 = md[md.index("## Table 1 analog"):].split("\n## ")[0]
+    table = [line for line in table1.splitlines() if re.match(r"\| (online-dpo|is-dpo|dpo) \|", line)]
     assert len(table) == 3
     for line in table:
         cells = [c.strip() for c in line.strip("|").split("|")]
@@ -129,3 +137,44 @@ def test_only_report_rewrites_from_saved_results(lab_run):
                                        "--no-progress"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     assert (out / "report.md").exists() and _done_markers(out) == before
+
+
+def test_every_arm_trained_as_configured(lab_run):
+    """Each mitigation and control reached the engine as meant (resolved config.yaml) and shows in its per-step
+    metrics: WPO's weights (TRL 1.x: unclamped, so a weight may exceed 1), TR-DPO's sync at step 2, the
+    `mean` control's equal weights (ESS exactly 1), the update norm of every offline step; the report has
+    the mitigations' and the controls' sections."""
+    import yaml
+
+    out, _, _ = lab_run
+    runs = {p.name: p for p in (out / "runs").iterdir()}
+
+    def cfg(prefix):
+        (name,) = [n for n in runs if n.startswith(prefix)]
+        return yaml.safe_load((runs[name] / "config.yaml").read_text()), rundir.metrics(runs[name])
+
+    c, m = cfg("dpo_b0.1_lr0.002_adamw_wpo_weighting=True")
+    assert c["loss"]["wpo_weighting"] is True and c["loss"]["wpo_max_weight"] is None
+    assert all(r["wpo/weight_max"] > 0 and 0 < r["wpo/ess"] <= 1 for r in m if "loss" in r)
+    c, m = cfg("dpo_b0.1_lr0.002_adamw_ref_sync")
+    assert c["ref_sync"] == {"alpha": 0.6, "steps": 2} and c["ref_logps"] == "on_the_fly"
+    assert [r.get("ref_sync/syncs") for r in m if "loss" in r] == [None, 1]
+    c, _ = cfg("dpo-sft_")
+    assert c["method"] == "dpo-sft" and c["loss"]["dpo_sft_weight"] == 1.0 and c["micro_batch_size"] == c["batch_size"]
+    c, _ = cfg("dpo-norm_")
+    assert c["method"] == "dpo-norm"
+    for control in ("permute", "mean", "matched_random"):
+        c, m = cfg(f"is-dpo_b0.1_lr0.002_adamw_is_control={control}")
+        assert c["method"] == "is-dpo" and c["loss"]["is_control"] == control
+        if control == "mean":
+            assert all(r["is/ess"] == pytest.approx(1.0, abs=1e-6) for r in m if "loss" in r)
+    for name, run in runs.items():
+        c = yaml.safe_load((run / "config.yaml").read_text())
+        steps = [r for r in rundir.metrics(run) if "loss" in r]
+        assert c["log_update_norm"] is True and steps and all(r["update_norm"] >= 0 for r in steps), name
+        assert steps[-1]["update_norm"] > 0, name  # after the warmup's first step (lr 0) the policy moves
+    md = (out / "report.md").read_text()
+    assert "## IS-DPO vs the mitigations" in md and "## IS-weight controls: what IS-DPO's weights do" in md
+    controls = _read_csv(out / "csv" / "controls.csv")
+    assert {r["name"] for r in controls} == {"dpo", "is-dpo", "is-dpo [permute]", "is-dpo [mean]",
+                                             "is-dpo [matched_random]"}

@@ -38,7 +38,12 @@ def test_presets_grids():
     assert {r.method for r in paper.runs} == set(presets.OFFLINE_METHODS) | {"online-dpo"}
     assert {r.seed for r in paper.runs} == {0, 1, 2} and {r.beta for r in paper.runs} == {0.01, 0.05, 0.1}
     main = [r for r in paper.runs if r.group == "main"]
-    assert len(main) == 8 * 3 * 3
+    # the paper's 7 methods, the 4 mitigations (WPO, TR-DPO, DPO + SFT term, length-normalized DPO), online DPO
+    assert len(main) == 12 * 3 * 3
+    controls = [r for r in paper.runs if r.group == "controls"]
+    assert sorted({dict(r.options)["is_control"] for r in controls}) == ["matched_random", "mean", "permute"]
+    assert {r.method for r in controls} == {"is-dpo"} and {r.beta for r in controls} == {presets.CLIP_BETA}
+    assert {r.seed for r in controls} == {0, 1, 2} and len(controls) == 9
     clip = [r for r in paper.runs if r.group == "clip"]
     # from the authors' release default 0.25 to 4; eps = 1 (the default) is the main grid's run
     assert sorted({dict(r.options)["is_clip"] for r in clip}) == [0.25, 0.5, 2.0, 4.0]
@@ -71,8 +76,10 @@ def test_run_ids_record_the_regime():
 def test_select_runs():
     runs = presets.get_preset("paper").runs
     sel = presets.select_runs(runs, methods=["dpo", "is-dpo"], betas=[0.01], seeds=[1])
-    assert {(r.method, r.beta, r.seed) for r in sel} == {("dpo", 0.01, 1), ("is-dpo", 0.01, 1)} and \
-        len(sel) == 2 + 4  # + the clip ablation's is-dpo runs at beta 0.01, seed 1 (eps .25, .5, 2, 4)
+    assert {(r.method, r.beta, r.seed) for r in sel} == {("dpo", 0.01, 1), ("is-dpo", 0.01, 1)}
+    # DPO, WPO (dpo + weights), TR-DPO (dpo + ref_sync), IS-DPO, the clip ablation's is-dpo runs at beta 0.01,
+    # seed 1 (eps .25, .5, 2, 4) and the 3 controls
+    assert len(sel) == 3 + 1 + 4 + 3
     assert all("is_clip" in r.run_id for r in presets.select_runs(runs, only=["is_clip"]))
 
 
@@ -80,13 +87,16 @@ def test_methods_declared_once_and_checked_against_the_registry():
     """The paper grid's methods come from presets.PAPER_METHODS + MITIGATIONS (+ online DPO), each checked
     against isdaa.losses.METHODS when the preset is built: a name the registry lacks is an error, not a
     silently empty run."""
-    from isdaa.losses import METHODS
+    from isdaa.losses import METHODS, validate_options
 
     assert all(m in METHODS for m in presets.PAPER_METHODS)
     paper = presets.get_preset("paper")
     main = {(r.method, r.options, r.config) for r in paper.runs if r.group == presets.MAIN}
     arms = [presets.Arm(m) for m in presets.PAPER_METHODS] + list(presets.MITIGATIONS) + [presets.Arm(presets.ONLINE)]
     assert main == {(a.method, a.options, a.config) for a in arms}
+    for arm in presets.MITIGATIONS + presets.CONTROLS:  # every option is one the registry knows
+        validate_options(dict(arm.options))
+        METHODS[arm.method].check_options(dict(arm.options))
     with pytest.raises(ValueError, match="'no-such-loss' is not in isdaa.losses.METHODS"):
         presets.grid(("dpo", presets.Arm("no-such-loss")), (0.1,), (0,))
     with pytest.raises(ValueError, match="run group 'nope'"):
@@ -94,13 +104,39 @@ def test_methods_declared_once_and_checked_against_the_registry():
 
 
 def test_an_arm_with_engine_settings_is_its_own_run():
-    """An Arm's options and engine settings reach the RunSpec, its id (the resume key) and its label."""
-    arm = presets.Arm("dpo", (("rpo_eta", 0.1),), (("ref_sync", {"every": 64, "alpha": 0.6}),))
+    """An Arm's options and engine settings reach the RunSpec (hashable: a dict setting is kept as sorted pairs),
+    its id (the resume key), its label and its dict (lab_spec.json, the engine's config)."""
+    arm = presets.Arm("dpo", (("rpo_eta", 0.1),), (("ref_sync", {"steps": 64, "alpha": 0.6}),
+                                                   ("ref_logps", "on_the_fly")))
     (r,) = presets.grid((arm,), (0.1,), (0,), lrs=(1e-4,))
-    assert r.options == (("rpo_eta", 0.1),) and r.config == (("ref_sync", {"every": 64, "alpha": 0.6}),)
-    assert r.run_id == "dpo_b0.1_lr0.0001_adamw_rpo_eta=0.1_ref_sync=alpha0.6-every64_s0"
-    assert r.label == "dpo[rpo_eta=0.1,ref_sync]"
-    assert r.to_dict()["config"] == {"ref_sync": {"every": 64, "alpha": 0.6}}
+    assert r.options == (("rpo_eta", 0.1),) and hash(r) == hash(presets.RunSpec(**{**r.__dict__}))
+    assert r.run_id == "dpo_b0.1_lr0.0001_adamw_rpo_eta=0.1_ref_sync=alpha0.6-steps64_ref_logps=on_the_fly_s0"
+    assert r.label == "dpo[rpo_eta=0.1,ref_sync 0.6/64]"
+    assert r.to_dict()["config"] == {"ref_sync": {"steps": 64, "alpha": 0.6}, "ref_logps": "on_the_fly"}
+
+
+def test_the_mitigation_and_control_arms():
+    """The arms of issue 23 as the engine takes them: WPO as TRL 1.x (no clamp), TR-DPO with a moving reference
+    (on-the-fly reference log-probs) every 200 steps at TRL's alpha 0.6, DPO + the SFT term at TRL's equal
+    weights, length-normalized DPO, and the three IS controls; the micro preset runs each once, its TR-DPO
+    syncing within its 4 steps."""
+    from isdaa.lab.aggregate import short_name
+
+    labels = {r.label for r in presets.get_preset("paper").runs}
+    assert {"dpo[wpo,no clamp]", "dpo[ref_sync 0.6/200]", "dpo-sft[sft 1]", "dpo-norm", "is-dpo[permute]",
+            "is-dpo[mean]", "is-dpo[matched_random]"} <= labels
+    # 5 syncs in the paper-regime run of ~1,158 steps (TRL: 512 of ~2,900 steps, ~5.7)
+    assert 1_158 // presets.TRDPO_SYNC["steps"] == 5 and presets.TRDPO_SYNC["alpha"] == 0.6
+    row = {"method": "dpo", "options": '{"wpo_max_weight": null, "wpo_weighting": true}', "config": "{}"}
+    assert short_name(row) == "dpo [wpo, no clamp]"
+    micro = presets.get_preset("micro")
+    arms = {(r.method, r.options, r.group) for r in micro.runs}
+    for arm in presets.MITIGATIONS:
+        assert (arm.method, arm.options, presets.MAIN) in arms
+    for arm in presets.CONTROLS:
+        assert (arm.method, arm.options, presets.CONTROLS_GROUP) in arms
+    (tr,) = [r for r in micro.runs if r.config]
+    assert tr.to_dict()["config"]["ref_sync"] == {"alpha": 0.6, "steps": 2}
 
 
 def test_presets_take_the_task_and_its_calibrated_rate():

@@ -64,8 +64,9 @@ def user_task(tmp_path, monkeypatch):
 
 def test_a_users_task_runs_through_the_micro_preset(user_task, tmp_path):
     out = tmp_path / "lab"
+    # DPO, IS-DPO and online DPO (their ids end so): the arms are exercised by test_lab_cli
     result = CliRunner().invoke(main, ["lab", "--preset", "micro", "--task", user_task, "--out", str(out),
-                                       "--jobs", "1", "--no-progress"])
+                                       "--jobs", "1", "--no-progress", "--only", "dpo_b0.1_lr0.002_adamw_s0"])
     assert result.exit_code == 0, result.output + repr(result.exception)
     lab = json.loads((out / "lab.json").read_text())
     assert lab["task"] == "my_lab_task:CopyFirst" and lab["environment"]["task"] == "copy-first"

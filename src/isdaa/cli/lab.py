@@ -67,9 +67,12 @@ class _Bars:
 @click.option("--methods", default=None, help="Comma-separated methods to keep (e.g. dpo,is-dpo,online-dpo).")
 @click.option("--betas", default=None, help="Comma-separated betas to keep.")
 @click.option("--seeds", default=None, help="Comma-separated seeds to keep.")
+@click.option("--compare", "compare", multiple=True, type=click.Path(file_okay=False, exists=True),
+              help="Another lab folder (e.g. the other task's, its report written) whose Table 1 the report sets "
+                   "side by side with this one's; repeatable.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @click.option("--list-runs", is_flag=True, help="Print the selected runs and exit.")
-def lab(preset_name, task_spec, out, jobs, only, methods, betas, seeds, no_progress, list_runs):
+def lab(preset_name, task_spec, out, jobs, only, methods, betas, seeds, compare, no_progress, list_runs):
     """Run the lab: SFT pi_ref, label D_golden, sweep methods x beta x seeds, evaluate, report.
 
     Every stage is cached in OUT; running again skips what is finished (an interrupted run restarts).
@@ -106,7 +109,7 @@ def lab(preset_name, task_spec, out, jobs, only, methods, betas, seeds, no_progr
     bars = _Bars(not no_progress)
     t0 = time.perf_counter()
     try:
-        result = run_lab(out, preset, jobs or default_jobs(), reporter=bars, stages=stages)
+        result = run_lab(out, preset, jobs or default_jobs(), reporter=bars, stages=stages, compare=compare)
     finally:
         bars.close()
     if result["report"]:

@@ -33,7 +33,7 @@ import numpy as np
 from isdaa.drift import centered_mean
 from isdaa.io import read_jsonl
 from isdaa.lab import rundir
-from isdaa.lab.presets import CLIP, MAIN, REGIMES
+from isdaa.lab.presets import CLIP, CONTROLS_GROUP, MAIN, REGIMES, arm_tags
 from isdaa.losses import IS_OPTIONS, METHODS, OPTION_DEFAULTS
 
 CONFIG_COLUMNS = ("group", "method", "beta", "lr", "optimizer", "options", "n_pairs", "scheduler",
@@ -69,13 +69,15 @@ SUMMARY_FIELDS = [
     "drop", "drop_se", "over_optimized",
 ]
 TRAIN_FIELDS = [*RUN_COLUMNS, "name", "step", "fraction", "loss", "is/weight_mean", *MECHANISM_FIELDS,
-                "rewards/margins", "logps/chosen", "logps/rejected", "drift/log_ratio_mean", "grad_norm"]
+                "rewards/margins", "logps/chosen", "logps/rejected", "drift/log_ratio_mean", "grad_norm", "update_norm",
+                "wpo/weight_mean", "wpo/ess"]
 
 
 def base_method(method: str) -> str | None:
-    """The base loss of an importance-weighted method (is-dpo -> dpo); None for the others."""
+    """The base loss of an importance-weighted method (is-dpo -> dpo, the registry's `base`); None for the
+    others."""
     m = METHODS.get(method)
-    return method[3:] if m is not None and m.importance_weighted else None
+    return m.base if m is not None and m.importance_weighted else None
 
 
 def config_key(row: dict) -> tuple:
@@ -197,23 +199,10 @@ def collect_train_metrics(root: str | Path, specs: dict[str, dict] | None = None
 # Display names
 
 
-def _option_tags(options_json: str) -> list[str]:
-    tags = []
-    for k, v in sorted(json.loads(options_json).items()):
-        if k == "is_clip":
-            tags.append(f"eps={v:g}")
-        elif k == "is_self_normalize":
-            tags.append("self-norm" if v else "no self-norm")
-        elif k == "is_length_normalize":
-            tags.append("len-norm" if v else "no len-norm")
-        else:
-            tags.append(f"{k}={v}")
-    return tags
-
-
 def short_name(row: dict) -> str:
-    """The method and its options, e.g. `is-dpo [self-norm]` (legends where the regime is in the title)."""
-    tags = _option_tags(row["options"]) + sorted(json.loads(row.get("config") or "{}"))
+    """The method and its options, e.g. `is-dpo [self-norm]`, `dpo [wpo, no clamp]` (`presets.arm_tags`;
+    legends where the regime is in the title)."""
+    tags = arm_tags(json.loads(row["options"]), json.loads(row.get("config") or "{}"))
     return row["method"] + (f" [{', '.join(tags)}]" if tags else "")
 
 
@@ -460,15 +449,68 @@ def compare(s: dict, b: dict, per_prompt: dict | None = None) -> dict:
 
 def is_comparisons(summary: list[dict], per_prompt: dict | None = None) -> list[dict]:
     """IS-<m> (any IS option) vs <m> at equal beta / lr / optimizer / schedule / data / steps, outside the
-    clip ablation; each with its `verdict` (t tests over seeds and over prompts)."""
+    clip ablation and the IS-weight controls (`control_comparisons`); each with its `verdict` (t tests over
+    seeds and over prompts)."""
     out = []
     for s in summary:
-        if s["group"] == CLIP or base_method(s["method"]) is None:
+        if s["group"] in (CLIP, CONTROLS_GROUP) or base_method(s["method"]) is None:
             continue
         b = _base_row(s, summary)
         if b is not None:
             out.append(compare(s, b, per_prompt))
     return out
+
+
+def control_comparisons(summary: list[dict], per_prompt: dict | None = None, method: str = "is-dpo") -> list[dict]:
+    """Each IS-weight control (group `controls`: `method` with an `is_control`) against plain `method` and
+    against its base method (DPO), both of the main grid at the same beta and regime; {"control": row,
+    "vs_is": compare(control, IS), "vs_base": compare(control, base)} (either None when that run is
+    missing)."""
+    regime = [c for c in CONFIG_COLUMNS if c not in ("group", "method", "options", "config")]
+    out = []
+    for s in summary:
+        if s["group"] != CONTROLS_GROUP:
+            continue
+
+        def find(m):
+            rows = [b for b in summary if b["group"] == MAIN and (b["method"], b["options"], b["config"]) == arm_key(m)
+                    and all(b[c] == s[c] for c in regime)]
+            return rows[0] if rows else None
+
+        is_row, base_row = find(method), find(base_method(method))
+        vs_is = compare(s, is_row, per_prompt) if is_row else None
+        vs_base = compare(s, base_row, per_prompt) if base_row else None
+        out.append({"control": s, "is_row": is_row, "base_row": base_row, "vs_is": vs_is, "vs_base": vs_base,
+                    "control_name": json.loads(s["options"]).get("is_control", "?"),
+                    "vs_is_verdict": vs_is["verdict"] if vs_is else "n/a",
+                    "vs_base_verdict": vs_base["verdict"] if vs_base else "n/a",
+                    "keeps": control_keeps(vs_is, vs_base), "keeps_kl": control_keeps_kl(s, is_row, base_row)})
+    return out
+
+
+CONTROL_KEEPS = ("keeps", "loses", "cannot tell whether it keeps")
+
+
+def control_keeps(vs_is: dict | None, vs_base: dict | None) -> str:
+    """Whether a control keeps IS-DPO's win-rate effect (sections.CONTROLS_RULE): `keeps` when it beats the
+    base method (`helped` against it) and is not worse than IS-DPO; `loses` when it is worse than IS-DPO
+    (`hurt` against it); otherwise the tests cannot tell."""
+    if vs_is is None or vs_base is None:
+        return CONTROL_KEEPS[2]
+    if vs_is["verdict"] == "hurt":
+        return CONTROL_KEEPS[1]
+    if vs_base["verdict"] == "helped":
+        return CONTROL_KEEPS[0]
+    return CONTROL_KEEPS[2]
+
+
+def control_keeps_kl(s: dict, is_row: dict | None, base_row: dict | None) -> bool | None:
+    """The control's final KL closer to IS-DPO's than to the base method's on a log scale (None: a row is
+    missing or a KL is not positive)."""
+    if is_row is None or base_row is None or min(s["final_kl"], is_row["final_kl"], base_row["final_kl"]) <= 0:
+        return None
+    lk = math.log(s["final_kl"])
+    return abs(lk - math.log(is_row["final_kl"])) < abs(lk - math.log(base_row["final_kl"]))
 
 
 def arm_key(method: str, options: dict | None = None, config: dict | None = None) -> tuple:
@@ -534,6 +576,31 @@ def regime_rows(summary: list[dict]) -> list[dict]:
     extra = [s for s in summary if s["group"] == MAIN and s["method"] in methods and s["beta"] in betas
              and config_key(dict(s, group="")) not in seen]
     return reg + extra
+
+
+QUARTERS = ((0.0, 0.25), (0.25, 0.5), (0.5, 0.75), (0.75, 1.0))
+
+
+def quarter_means(train_rows: list[dict], field: str = "update_norm") -> dict[tuple, dict]:
+    """Per configuration: the mean of `field` (the optimizer step's norm ||theta_t+1 - theta_t||, logged with
+    `log_update_norm`) over each quarter of training (QUARTERS by fraction; the first quarter includes
+    the warmup), mean over seeds; {"q1".."q4": value, "n_runs"}. Configurations that did not log it are
+    absent."""
+    by = defaultdict(lambda: defaultdict(list))
+    for r in train_rows:
+        if r.get(field) is not None:
+            by[config_key(r)][r["run_id"]].append(r)
+    out = {}
+    for key, runs in by.items():
+        per_run = []
+        for rows in runs.values():
+            q = {}
+            for i, (lo, hi) in enumerate(QUARTERS, start=1):
+                vals = [r[field] for r in rows if lo < r["fraction"] <= hi or (i == 1 and r["fraction"] == 0)]
+                q[f"q{i}"] = float(np.mean(vals)) if vals else float("nan")
+            per_run.append(q)
+        out[key] = {k: float(np.mean([p[k] for p in per_run])) for k in per_run[0]} | {"n_runs": len(per_run)}
+    return out
 
 
 def mechanism_stats(train_rows: list[dict]) -> dict[tuple, dict]:

@@ -11,6 +11,7 @@ import numpy as np
 from isdaa.drift import centered_mean
 from isdaa.lab.aggregate import (
     CONFIG_COLUMNS,
+    base_method,
     clip_table,
     config_key,
     curves,
@@ -130,7 +131,7 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
         for k, (fr, mean, se, _n) in sorted(curves(main, field).items(), key=lambda kv: names[kv[0]]):
             ax.plot(fr, mean, color=colors[short[k]], ls=styles.get(k[2], "-"), label=f"{names[k]} b={k[2]:g}", lw=1.3)
         ax.set_title(title, fontsize=9)
-    train = [r for r in train_rows if r["group"] == MAIN and r["method"].startswith("is-")
+    train = [r for r in train_rows if r["group"] == MAIN and base_method(r["method"]) is not None
              and r.get("is/weight_mean") is not None]
     for ax, field in zip(axes[3:], ("is/weight_mean", "is/ess")):
         for k, (fr, mean, se, _n) in sorted(curves(train, field).items()):
@@ -230,7 +231,7 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
     for old in out.glob("fig_mechanism_*.png"):  # a previous report's, whose regimes may differ
         old.unlink()
     for (group, regime), pts in sorted(by_regime.items(), key=lambda kv: str(kv[0])):
-        tr = [r for r in train_rows if r["group"] == group and regime_of(r) == regime and r["method"].startswith("is-")]
+        tr = [r for r in train_rows if r["group"] == group and regime_of(r) == regime and base_method(r["method"]) is not None]
         if not tr:  # no IS run logged in this regime: Figure 4 has its win rates
             continue
         panels = [p for p in MECH_PANELS if any(r.get(p[0]) is not None for r in tr)]
@@ -268,6 +269,53 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
         _legend_right(fig, axes[0][0])
         out_paths.append((title, save(fig, out / f"fig_mechanism_{len(out_paths):02d}.png")))
     return out_paths
+
+
+CONTROL_PANELS = (("update_norm", "optimizer step norm ||dtheta||", "log"), ("is/weight_mean", "mean batch weight", "log"),
+                  ("is/ess", "ESS of the batch weights", "linear"))
+
+
+def fig_controls(points, train_rows, controls: list[dict], out: Path) -> list[Path]:
+    """One figure per beta of the IS-weight controls: the golden win rate over optimizer steps (mean +- se
+    over seeds) and the per-step update norm, mean batch weight and ESS (rolling mean over 2% of the steps)
+    of DPO, IS-DPO and each control (`aggregate.control_comparisons`)."""
+    for old in out.glob("fig_controls_*.png"):
+        old.unlink()
+    by_beta: dict = {}
+    for c in controls:
+        rows = [c["base_row"], c["is_row"], c["control"]]
+        by_beta.setdefault(c["control"]["beta"], {}).update({config_key(r): r for r in rows if r is not None})
+    paths = []
+    plt = pyplot()
+    for beta, rows in sorted(by_beta.items()):
+        keys = set(rows)
+        pts = [r for r in points if config_key(r) in keys]
+        tr = [r for r in train_rows if config_key(r) in keys]
+        panels = [p for p in CONTROL_PANELS if any(r.get(p[0]) is not None for r in tr)]
+        names = {k: r["name"] if r["group"] == MAIN else short_name(r) for k, r in rows.items()}
+        colors = _colors(set(names.values()))
+        fig, axes = plt.subplots(1, 1 + len(panels), figsize=(3.8 * (1 + len(panels)) + 2.0, 3.4), squeeze=False)
+        ax = axes[0][0]
+        for k, (x, mean, se, _n) in sorted(curves(pts, "win_rate", x="step").items(), key=lambda kv: names[kv[0]]):
+            ax.plot(x, mean, color=colors[names[k]], label=names[k], lw=1.4, marker=".", ms=4)
+            ax.fill_between(x, mean - se, mean + se, color=colors[names[k]], alpha=0.2)
+        ax.set_title(f"golden win rate (beta {beta:g})", fontsize=9)
+        for c, (field, title, scale) in enumerate(panels, start=1):
+            ax = axes[0][c]
+            positive = False
+            for k, (x, mean) in sorted(_rolling(curves(tr, field, x="step")).items(), key=lambda kv: names[kv[0]]):
+                ax.plot(x, mean, color=colors[names[k]], lw=1.0)
+                positive |= bool(np.any(mean > 0))
+            if scale == "log" and positive:  # a warmup step of lr 0 has update norm 0: drawn off the log axis
+                ax.set_yscale(scale)
+                _plain_log_ticks(ax)
+            ax.set_title(title, fontsize=9)
+        for ax in axes.flat:
+            ax.grid(alpha=0.3)
+            ax.set_xlabel("optimizer step")
+        _legend_right(fig)
+        paths.append(save(fig, out / f"fig_controls_b{beta:g}.png"))
+    return paths
 
 
 def _rolling(cur: dict, window_frac: float = 0.02) -> dict:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from isdaa.io import atomic_write_json, atomic_write_jsonl, read_jsonl
 from isdaa.lab import rundir
-from isdaa.lab.presets import Preset, RunSpec
+from isdaa.lab.presets import ENGINE_EXTRAS, Preset, RunSpec, thaw
 from isdaa.lab.task import task_ref
 
 # ---------------------------------------------------------------------------------------------------
@@ -121,7 +121,7 @@ def _key_run(p: Preset, spec: RunSpec) -> str:
     paper grid's DPO at beta 0.1 is also a point of the regimes comparison)."""
     train = {k: v for k, v in spec.to_dict().items() if k not in ("group", "label")}
     return settings_hash([_key_label(p), train, p.epochs, p.batch, p.scheduler, p.warmup_ratio,
-                          list(p.save_fractions), dataclasses.asdict(p.evaluation)])
+                          list(p.save_fractions), dataclasses.asdict(p.evaluation), ENGINE_EXTRAS])
 
 
 def _run_done(marker: Path, key: str) -> dict | None:
@@ -238,6 +238,8 @@ def stage_label(lab: LabDir, p: Preset, progress=None) -> dict:
             atomic_write_jsonl(folder / TRAIN_PAIRS, rows)
             stats["dropped_pairs"] = dropped
         stats[name] = _pair_stats(rows)
+        if task_stats := p.task.pair_statistics(rows):  # the task's own (e.g. the length task's design checks)
+            stats[name]["task"] = task_stats
     return _mark(lab.marker("label"), key, seconds=round(time.perf_counter() - t0, 1), **stats)
 
 
@@ -312,8 +314,8 @@ def pref_config(lab: LabDir, p: Preset, spec: RunSpec):
         "logging_steps": 1, "progress": False, "num_threads": 1,
         "save_fractions": list(p.save_fractions), "save_initial": False, "save_resume_state": False,
         "method": method, "beta": spec.beta, "loss": dict(spec.options),
-        "ref_cache_dir": str(lab.cache / "ref_logps"), "run_name": spec.run_id,
-        **dict(spec.config),  # the arm's engine settings (e.g. a reference-sync block)
+        "ref_cache_dir": str(lab.cache / "ref_logps"), "run_name": spec.run_id, **ENGINE_EXTRAS,
+        **thaw(spec.config),  # the arm's engine settings (e.g. a reference-sync block)
     }
     if spec.online:  # the offline runs' steps and pairs per step; the pairs come from the policy
         cfg["max_steps"] = offline_steps(lab, p, spec)
@@ -546,10 +548,11 @@ def write_lab_json(lab: LabDir, p: Preset) -> None:
 
 
 def run_lab(out: str | Path, preset: Preset, jobs: int | None = None, reporter=None,
-            stages: tuple[str, ...] = STAGES) -> dict:
+            stages: tuple[str, ...] = STAGES, compare=()) -> dict:
     """The stages in order (cached ones are skipped); `stages` picks which to run: a stage missing from
     it is skipped, e.g. ("report",) rewrites the report from the finished runs, ("task", "sft") stops
-    after SFT. `reporter(stage, done, total, info)` gets progress; done = -1 marks a stage's end."""
+    after SFT. `reporter(stage, done, total, info)` gets progress; done = -1 marks a stage's end.
+    `compare`: other lab folders whose Table 1 the report sets beside this one's."""
     unknown = set(stages) - set(STAGES)
     if unknown:
         raise ValueError(f"unknown stage(s) {sorted(unknown)}; stages: {', '.join(STAGES)}")
@@ -580,7 +583,7 @@ def run_lab(out: str | Path, preset: Preset, jobs: int | None = None, reporter=N
         if not (lab.root / "lab.json").exists():
             raise FileNotFoundError(f"{lab.root} holds no lab results (lab.json)")
         rep("report", 0, 1, None)
-        result.update(write_report(lab.root, preset))
+        result.update(write_report(lab.root, preset, compare))
         rep("report", -1, -1, None)
     result["seconds"] = round(time.perf_counter() - t0, 1)
     return result

@@ -8,12 +8,12 @@ before any other run: the `calibrate` preset trains DPO at beta 0.01 over `CALIB
 peak - final win rate > 0.1; if none does, the largest rate). `CALIBRATIONS` records each built-in task's
 measured ladder; a task without one (a user's) runs at the key-token task's rate and the report says so.
 
-`micro`     seconds, for tests: every stage on a toy budget (numbers are meaningless).
+`micro`     seconds, for tests: every stage and every arm once on a toy budget (numbers are meaningless).
 `quick`     <= 10 minutes on 2 cores: DPO and IS-DPO at beta 0.01 and 0.1, one seed, online DPO at
             beta 0.1, the report.
 `paper`     Section 4.1's grid: `PAPER_METHODS` + `MITIGATIONS` + online DPO, beta {0.01, 0.05, 0.1},
             3 seeds; the clip ablation eps `CLIP_EPS` for IS-DPO at beta 0.01, 3 seeds; the IS-weight
-            `CONTROLS` (a group of their own) once the registry has them.
+            `CONTROLS` (a group of their own) at beta 0.01, 3 seeds.
 `regimes`   where IS helps and where it fails: DPO vs IS-DPO (and its options) over the number of steps
             and the step size together, from the paper's regime to the first round's 114 large steps
             (where IS collapsed), Adam and SGD, 3 seeds.
@@ -67,15 +67,73 @@ class Arm:
     options: tuple[tuple[str, object], ...] = ()
     config: tuple[tuple[str, object], ...] = ()
 
+    def __post_init__(self):
+        object.__setattr__(self, "config", freeze(self.config))
+
+
+def freeze(config) -> tuple:
+    """Engine settings as hashable pairs: a dict value (e.g. ref_sync's block) becomes its sorted (key, value)
+    pairs; `thaw` gives the dict back (the engine's config, lab_spec.json)."""
+    return tuple((k, tuple(sorted(v.items())) if isinstance(v, dict) else v) for k, v in config)
+
+
+def thaw(config) -> dict:
+    """{setting: value} of `freeze`d pairs, nested pairs as dicts."""
+    return {k: dict(v) if isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2 for p in v) else v
+            for k, v in config}
+
 
 PAPER_METHODS = ("dpo", "ipo", "is-dpo", "is-ipo", "rpo", "chipo", "rdpo")  # Section 4.1 / Table 1
-# What a TRL user would use instead, in the paper preset's main grid, and the controls that separate what
-# the IS weights do, in a group of their own (issue 23). One Arm each once the registry has the method or
-# option, e.g. Arm("dpo", (("wpo_weighting", True),)), Arm("dpo", config=(("ref_sync", {...}),)),
-# Arm("is-dpo", (("is_control", "permute"),)).
-MITIGATIONS: tuple[Arm, ...] = ()
-CONTROLS: tuple[Arm, ...] = ()
-OFFLINE_METHODS = PAPER_METHODS
+
+# What a TRL user would use instead (issue 23), in the paper preset's main grid, each compared with IS-DPO.
+# TR-DPO's sync period: TRL's default (alpha 0.6 every 512 steps) is tuned for runs of the paper's ~2,900
+# steps (Appendix C), i.e. ~5.7 soft updates per run; the lab's runs are ~1,100-1,160 steps, so the period
+# is scaled to keep that number of updates: 512 * 1,158 / 2,900 ~ 204 -> every 200 steps (5 updates).
+TRDPO_SYNC = {"alpha": 0.6, "steps": 200}
+WPO = Arm("dpo", (("wpo_weighting", True), ("wpo_max_weight", None)))  # TRL 1.x's use_weighting: no clamp
+TRDPO = Arm("dpo", config=(("ref_sync", TRDPO_SYNC), ("ref_logps", "on_the_fly")))  # the reference moves
+DPO_SFT = Arm("dpo-sft", (("dpo_sft_weight", 1.0),))  # TRL 1.x [sigmoid, sft], loss_weights [1, 1] (its default)
+DPO_NORM = Arm("dpo-norm")  # TRL 1.x sigmoid_norm
+MITIGATIONS: tuple[Arm, ...] = (WPO, TRDPO, DPO_SFT, DPO_NORM)
+# The controls that separate what IS-DPO's weights do (docs/METHOD.md), in a group of their own at CLIP_BETA,
+# each compared with IS-DPO and with DPO at that beta.
+CONTROL_NAMES = ("permute", "mean", "matched_random")
+CONTROLS: tuple[Arm, ...] = tuple(Arm("is-dpo", (("is_control", c),)) for c in CONTROL_NAMES)
+OFFLINE_METHODS = PAPER_METHODS + tuple(dict.fromkeys(a.method for a in MITIGATIONS if a.method not in PAPER_METHODS))
+# The trainer's settings every lab run shares beyond its RunSpec (part of the run's cache key): the size of
+# each optimizer step, for the controls' question (a step that decays as the weights shrink).
+ENGINE_EXTRAS = {"log_update_norm": True}
+
+
+def arm_tags(options: dict, config: dict, clip: bool = True) -> list[str]:
+    """How an arm's options and engine settings read in labels, e.g. `is-dpo[self-norm]`, `dpo[wpo]`,
+    `dpo[ref_sync 0.6/200]`, `is-dpo[mean]`; `clip`: show is_clip (the clip ablation) or not."""
+    tags = []
+    for k, v in sorted(options.items(), key=lambda kv: (kv[0] == "wpo_max_weight", kv[0])):  # wpo, then its clamp
+        if k == "is_clip":
+            if clip:
+                tags.append(f"eps={v:g}")
+        elif k in ("is_self_normalize", "is_length_normalize"):
+            if v:
+                tags.append("self-norm" if k == "is_self_normalize" else "len-norm")
+        elif k == "wpo_weighting":
+            if v:
+                tags.append("wpo")
+        elif k == "wpo_max_weight":
+            tags.append("no clamp" if v is None else f"clamp {v:g}")
+        elif k == "is_control":
+            if v != "none":
+                tags.append(str(v))
+        elif k == "dpo_sft_weight":
+            tags.append(f"sft {v:g}")
+        else:
+            tags.append(f"{k}={v}")
+    for k, v in config.items():
+        if k == "ref_sync" and isinstance(v, dict):
+            tags.append(f"ref_sync {v.get('alpha'):g}/{v.get('steps')}")
+        elif k != "ref_logps":  # how the reference is computed, not what the arm is
+            tags.append(k)
+    return tags
 
 
 def check_arm(arm: Arm) -> Arm:
@@ -114,11 +172,12 @@ CALIBRATION_RULE = ("the smallest rate at which DPO's win rate visibly declines 
 CALIBRATIONS: dict[str, Calibration] = {
     "key-token": Calibration(3e-4, "Measured (2026-11-26, seed 0, peak -> final win rate, final KL): 3e-5 "
                                    "0.753 -> 0.726 (2.1), 1e-4 0.780 -> 0.771 (2.3), 3e-4 0.736 -> 0.086 (136)"),
-    # `isdaa lab --preset calibrate --task length`, 2026-12-06, 32 min on the shared 2-core machine (load
-    # 7-10; 601 s of CPU); 39,745 pairs, 1,242 steps per run
-    "length": Calibration(1e-4, "Measured (2026-12-06, seed 0, smoothed peak -> final win rate, final KL): "
-                                "3e-5 0.691 -> 0.683 (1.3), 1e-4 0.691 -> 0.583 (2.9), 3e-4 0.656 -> 0.553 "
-                                "(4.0), 1e-3 0.626 -> 0.382 (6.4)"),
+    # The length task's version 2 (isdaa.lab.length): `isdaa lab --preset calibrate --task length`, 2026-12-06,
+    # 18 min on the shared 2-core machine (load 4-6; 544 s of CPU: SFT + D_golden 183 s, 4 runs 365 s);
+    # 35,771 pairs, 1,116 steps per run. No rate declined: by the rule, the largest.
+    "length": Calibration(1e-3, "Measured on the task's version 2 (2026-12-06, seed 0, smoothed peak -> final win "
+                                "rate, final KL): 3e-5 0.775 -> 0.755 (4.4), 1e-4 0.785 -> 0.781 (1.7), 3e-4 0.784 -> "
+                                "0.784 (1.4), 1e-3 0.849 -> 0.849 (2.3): no rate declined"),
 }
 PAPER_LR = CALIBRATIONS["key-token"].lr  # Adam; the key-token task's
 
@@ -149,6 +208,7 @@ class RunSpec:
     config: tuple[tuple[str, object], ...] = ()  # top-level engine settings of the arm (Arm.config)
 
     def __post_init__(self):
+        object.__setattr__(self, "config", freeze(self.config))
         if self.group not in GROUPS:
             raise ValueError(f"run group {self.group!r} is not one of {', '.join(GROUPS)}")
 
@@ -159,24 +219,14 @@ class RunSpec:
     @property
     def label(self) -> str:
         """The method as the report names it (options folded in, e.g. is-dpo[self-norm])."""
-        tags = []
-        for k, v in self.options:
-            if k == "is_clip":
-                if self.group == CLIP:
-                    tags.append(f"eps={v:g}")
-            elif k in ("is_self_normalize", "is_length_normalize"):
-                if v:
-                    tags.append("self-norm" if k == "is_self_normalize" else "len-norm")
-            else:
-                tags.append(f"{k}={v}")
-        tags += [k for k, _ in self.config]
+        tags = arm_tags(dict(self.options), thaw(self.config), clip=self.group == CLIP)
         return self.method + (f"[{','.join(tags)}]" if tags else "")
 
     @property
     def run_id(self) -> str:
         """A file-name-safe unique name; stable across invocations (the resume key)."""
         opts = "".join(f"_{k}={v}" for k, v in self.options)
-        conf = "".join(f"_{k}={_compact(v)}" for k, v in self.config)
+        conf = "".join(f"_{k}={_compact(v)}" for k, v in thaw(self.config).items())
         regime = "".join(f"_{k}={v}" for k, v in (("n", self.n_pairs), ("sched", self.scheduler),
                                                    ("warm", self.warmup_ratio)) if v is not None)
         return (f"{self.method}_b{self.beta:g}_lr{self.lr:g}_{self.optimizer}{opts}{conf}{regime}_s{self.seed}"
@@ -185,7 +235,7 @@ class RunSpec:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["options"] = dict(self.options)
-        d["config"] = dict(self.config)
+        d["config"] = thaw(self.config)
         d.update(run_id=self.run_id, label=self.label)
         return d
 
@@ -264,7 +314,10 @@ def grid(methods, betas, seeds, lrs=(PAPER_LR,), optimizers=("adamw",), options=
 
 
 def _micro(task: Task, cal: Calibration) -> Preset:
-    runs = grid(("dpo", "is-dpo", ONLINE), (0.1,), (0,), lrs=(2e-3,))
+    # every arm of the paper preset once; TR-DPO syncs every 2 of the 4 steps so that a sync happens
+    trdpo = replace(TRDPO, config=(("ref_sync", dict(TRDPO_SYNC, steps=2)), ("ref_logps", "on_the_fly")))
+    arms = ("dpo", "is-dpo", ONLINE) + tuple(trdpo if a == TRDPO else a for a in MITIGATIONS)
+    runs = grid(arms, (0.1,), (0,), lrs=(2e-3,)) + grid(CONTROLS, (0.1,), (0,), lrs=(2e-3,), group=CONTROLS_GROUP)
     return Preset(
         name="micro", task=task, n_sft=512, sft_epochs=1, sft_batch=64, n_pairs=128, n_eval_prompts=32, compile=False,
         epochs=1, batch=32, scheduler="constant", warmup_ratio=0.1, save_fractions=(0.5, 1.0),
@@ -295,11 +348,10 @@ def _paper(task: Task, cal: Calibration) -> Preset:
     runs = grid(PAPER_METHODS + MITIGATIONS + (ONLINE,), PAPER_BETAS, PAPER_SEEDS, lrs=lr)
     runs += grid(("is-dpo",), (CLIP_BETA,), PAPER_SEEDS, lrs=lr, group=CLIP,  # the default eps: the main grid's run
                  options=tuple((("is_clip", e),) for e in CLIP_EPS if e != OPTION_DEFAULTS["is_clip"]))
-    if CONTROLS:  # each against the main grid's IS-DPO and DPO at the same beta
-        runs += grid(CONTROLS, (CLIP_BETA,), PAPER_SEEDS, lrs=lr, group=CONTROLS_GROUP)
+    runs += grid(CONTROLS, (CLIP_BETA,), PAPER_SEEDS, lrs=lr, group=CONTROLS_GROUP)  # vs IS-DPO and DPO
     return Preset(name="paper", task=task, calibration=cal, runs=runs,
-                  description="Section 4.1: the paper's methods (+ mitigations) + online DPO, 3 betas, 3 seeds, "
-                              "clip ablation (3 seeds)")
+                  description="Section 4.1: the paper's methods + the mitigations + online DPO, 3 betas, 3 seeds; "
+                              "clip ablation and IS-weight controls at beta 0.01 (3 seeds)")
 
 
 # The map of regimes, at beta 0.01 (where DPO over-optimizes in the paper's regime): each cell is a

@@ -12,6 +12,7 @@ import numpy as np
 from isdaa.lab import rundir
 from isdaa.lab.aggregate import (
     ALPHA,
+    CONTROL_KEEPS,
     FINAL_K,
     SUMMARY_FIELDS,
     TRAIN_FIELDS,
@@ -27,8 +28,8 @@ from isdaa.lab.aggregate import (
     regime_title,
     run_stats,
 )
-from isdaa.lab.markdown import Section, Table, fmt, pm, seeds, table
-from isdaa.lab.presets import GROUPS, MAIN, ONLINE
+from isdaa.lab.markdown import Section, Table, dashes, fmt, pm, seeds, table
+from isdaa.lab.presets import CONTROLS_GROUP, GROUPS, MAIN, ONLINE
 
 COMPARISON_FIELDS = ["group", "beta", "regime", "is", "base", "n_seeds", "is_final", "base_final", "diff",
                      "se_seeds", "df_seeds", "t_seeds", "paired_diff", "paired_se", "n_prompts", "t_prompts",
@@ -397,7 +398,8 @@ def environment_section(d) -> Section:
            f"{fmt(label.get('tie_frac'), 2)}. Dropped before training (`pipeline.consistent_pairs`): "
            f"{dropped.get('empty_response', 0)} pairs with an empty response, {dropped.get('identical', 0)} of two "
            f"identical responses, {dropped.get('unfinished', 0)} with a response cut at the length limit, "
-           f"{dropped.get('not_reproducible', 0)} whose text does not reproduce the sampled tokens.",
+           f"{dropped.get('not_reproducible', 0)} whose text does not reproduce the sampled tokens."
+           + _task_pair_stats(label.get("task")),
            f"- Training: {p['epochs']} epochs, batch {p['batch']} pairs (the same for every method); checkpoints at "
            f"fractions {', '.join(f'{f:g}' for f in p['save_fractions'])}.{lr_text} How each group's runs were "
            "stepped:\n",
@@ -407,6 +409,16 @@ def environment_section(d) -> Section:
            f"1/2); KL(pi_theta||pi_ref) from {ev['n_kl_samples']} separate T=1 samples per prompt (k1 plotted, k3 "
            f"in the CSV); importance ratios on {ev['n_ratio_pairs']} training pairs.", ""]
     return Section("\n".join(out))
+
+
+def _task_pair_stats(stats: dict | None) -> str:
+    """The task's own statistics of the trained pairs (`Task.pair_statistics`), e.g. the length task's design
+    checks, as one sentence."""
+    if not stats:
+        return ""
+    nums = ", ".join(f"{k} {fmt(v)}" for k, v in stats.items() if isinstance(v, (int, float)))
+    checks = "; ".join(f"{k}: {v}" for k, v in (stats.get("design_checks") or {}).items())
+    return f" The task's statistics of these pairs: {nums}" + (f" (design checks: {checks})" if checks else "") + "."
 
 
 def findings_section(d) -> Section:
@@ -431,6 +443,151 @@ def versus_section(d) -> Section:
           "prompts); `IS helped` means IS-DPO's final win rate is the higher.\n",
           *[f"- {comparison_sentence(c)}" for c in d.versus], ""]
     return Section("\n".join(md), tables={"is_versus": Table(comparison_rows(d.versus), COMPARISON_FIELDS)})
+
+
+CONTROL_TEXT = {  # docs/METHOD.md: what each control keeps of IS-DPO's weights
+    "permute": "the batch's weights shuffled among its pairs: keeps their scale and spread (ESS), not which pair "
+               "gets which",
+    "mean": "every pair gets the batch's mean weight: keeps the scale (the step shrinks as the weights do), no "
+            "reweighting (ESS 1)",
+    "matched_random": "log-normal weights of mean 1 with the batch's ESS: keeps the effective batch size, not the "
+                      "scale nor the pairs",
+}
+CONTROLS_RULE = (
+    "A control *keeps IS-DPO's win-rate effect* when it beats DPO (`helped` against DPO) and is not worse than "
+    "IS-DPO (not `hurt` against IS-DPO); it *loses it* when it is worse than IS-DPO (`hurt`); otherwise the tests "
+    "cannot tell. It *keeps the KL effect* when its final KL is closer to IS-DPO's than to DPO's on a log scale. "
+    "Reading, by rule (an interpretation, not a measurement of cause): if no control keeps the win-rate effect, "
+    "the pair-specific weights are what works (an importance correction of the distribution shift); if `mean` "
+    "keeps it, a step size that decays as the weights shrink suffices (look at the update norms); if "
+    "`matched_random` keeps it and `mean` does not, a smaller effective batch; if only `permute` keeps it, the "
+    "weights' scale and spread together, not which pair gets which weight.")
+
+
+def controls_reading(rows: list[dict], is_effect: str | None) -> list[str]:
+    """The rule of CONTROLS_RULE applied to the controls' verdicts (`rows`: control_comparisons) given IS-DPO's
+    own verdict against DPO (`is_effect`)."""
+    out = []
+    if is_effect != "helped":
+        out.append(f"IS-DPO's verdict against DPO at this beta is `{is_effect or 'not available'}`: there is no "
+                   "win-rate effect of IS-DPO for the controls to keep, so they compare step sizes and KL only.")
+    keeps = {}
+    for c in rows:
+        name = c["control_name"]
+        keeps[name] = c["keeps"]
+        out.append(f"`{name}` ({CONTROL_TEXT.get(name, name)}): {c['keeps']} IS-DPO's win-rate effect "
+                   f"(vs DPO: {c['vs_base_verdict']}, vs IS-DPO: {c['vs_is_verdict']}); "
+                   + ("cannot tell about its KL effect (a run is missing)." if c["keeps_kl"] is None else
+                      f"{'keeps' if c['keeps_kl'] else 'does not keep'} its KL effect."))
+    if is_effect != "helped" or not keeps:
+        return out
+    kept = [n for n, k in keeps.items() if k == CONTROL_KEEPS[0]]
+    if not kept:
+        verdict = ("no control keeps the effect: the pair-specific weights are what works, consistent with an "
+                   "importance correction of the distribution shift")
+        if any(k == CONTROL_KEEPS[2] for k in keeps.values()):
+            verdict += " (though the tests cannot tell for " + ", ".join(
+                f"`{n}`" for n, k in keeps.items() if k == CONTROL_KEEPS[2]) + ")"
+    elif "mean" in kept:
+        verdict = ("`mean` keeps it: the batch's mean weight alone, a step size that decays as the weights shrink, "
+                   "suffices")
+    elif "matched_random" in kept:
+        verdict = "`matched_random` keeps it and `mean` does not: consistent with a smaller effective batch"
+    else:
+        verdict = ("only " + ", ".join(f"`{n}`" for n in kept) + " keeps it: the weights' scale and spread together, "
+                   "not which pair gets which weight")
+    return out + [f"Reading by the rule: {verdict}."]
+
+
+def controls_section(d) -> Section:
+    """The IS-weight controls (group `controls`) against IS-DPO and DPO of the main grid: verdicts, KL, the
+    weights' ESS and the optimizer step's norm per quarter of training, and the rule's reading."""
+    from isdaa.lab import figures as f
+
+    if not d.controls:
+        return Section("")
+    md = [f"## {GROUPS[CONTROLS_GROUP].title}: what IS-DPO's weights do\n",
+          "Each control replaces IS-DPO's clipped weights within every optimizer step's batch (docs/METHOD.md); "
+          "everything else is IS-DPO's. Verdicts by the same t tests as IS vs its base (over seeds and paired "
+          f"over prompts, level {ALPHA:g}). Update norm = ||theta_t+1 - theta_t|| of each optimizer step (mean "
+          "over each quarter of training, then over seeds; the cosine schedule shrinks every run's steps in the "
+          "last quarters, so compare rows within a column). ESS and mean weight: the trainer's per-step batch "
+          "weights (median over steps; mean weight over the last half).\n", CONTROLS_RULE + "\n"]
+    rows, csv_rows = [], []
+    by_beta: dict = {}
+    for c in d.controls:
+        by_beta.setdefault(c["control"]["beta"], []).append(c)
+    for beta, cs in sorted(by_beta.items()):
+        first = cs[0]
+        lines = [("DPO", first["base_row"]), ("IS-DPO", first["is_row"])] + [(None, c["control"]) for c in cs]
+        is_cmp = next((c for c in d.comparisons if first["is_row"] is not None and c["is"] is first["is_row"]), None)
+        for label, row in lines:
+            if row is None:
+                continue
+            key = config_key(row)
+            st, mech, wm = d.steps.get(key, {}), d.mech.get(key, {}), d.weight_means.get(key)
+            cmp = next((c for c in cs if c["control"] is row), None)
+            rec = {"beta": beta, "name": row["name"], "n_seeds": row["n_seeds"],
+                   "final": (row["final_win_rate"], row["final_win_rate_se"]),
+                   "kl": (row["final_kl"], row["final_kl_se"]),
+                   "ess": mech.get("ess_median"), "weight_mean_late": wm,
+                   **{q: st.get(q) for q in ("q1", "q2", "q3", "q4")},
+                   "vs_base": cmp["vs_base_verdict"] if cmp else ("-" if label == "DPO" else
+                                                                  (is_cmp["verdict"] if is_cmp else "n/a")),
+                   "vs_is": cmp["vs_is_verdict"] if cmp else "-"}
+            rows.append(rec)
+            csv_rows.append({**{k: v for k, v in rec.items() if k not in ("final", "kl")},
+                             "final_win_rate": row["final_win_rate"], "final_win_rate_se": row["final_win_rate_se"],
+                             "final_kl": row["final_kl"], "final_kl_se": row["final_kl_se"]})
+        md += [f"**beta {beta:g}**\n", table(dashes(rows[-len([x for x in lines if x[1] is not None]):]), [
+            ("name", "run", ""), ("n_seeds", "seeds", ""), ("final", "final WR", "3"), ("kl", "final KL", "2"),
+            ("ess", "median ESS", "3"), ("weight_mean_late", "mean weight (2nd half)", "3"),
+            ("q1", "update norm q1", "4"), ("q2", "q2", "4"), ("q3", "q3", "4"), ("q4", "q4", "4"),
+            ("vs_base", "vs DPO", ""), ("vs_is", "vs IS-DPO", "")]),
+            *[f"- {line}" for line in controls_reading(cs, is_cmp["verdict"] if is_cmp else None)], ""]
+        md += [f"- {comparison_sentence(c['vs_is'])}" for c in cs if c["vs_is"]]
+        md += [f"- {comparison_sentence(c['vs_base'])}" for c in cs if c["vs_base"]] + [""]
+    figs = f.fig_controls(d.points, d.train_rows, d.controls, d.root / "figures")
+    for path in figs:
+        md += ["Win rate, the optimizer step's norm, the mean batch weight and its ESS over training (DPO, IS-DPO "
+               "and the controls; rolling mean over 2% of the steps, mean over seeds):\n",
+               f"![controls](figures/{Path(path).name})\n"]
+    tables = {"controls": Table(csv_rows),
+              "control_comparisons": Table(comparison_rows([x for c in d.controls for x in (c["vs_is"], c["vs_base"])
+                                                            if x]), COMPARISON_FIELDS)}
+    return Section("\n".join(md), figs, tables)
+
+
+def cross_task_section(d) -> Section:
+    """Table 1 side by side across lab folders (this one first, then `--compare` folders): per method and beta,
+    each folder's final win rate, final KL and drop (mean +- se over seeds)."""
+    if not d.others:
+        return Section("")
+    here = {"folder": str(d.root), "task": d.lab.get("environment", {}).get("task", "this folder"),
+            "rows": [s for s in d.summary if s["group"] == MAIN], "preset": d.preset.get("name")}
+    tabs = [here] + d.others
+    order = list(dict.fromkeys((r["name"], float(r["beta"])) for t in tabs for r in t["rows"]))
+    order.sort(key=lambda k: (k[1], next((i for i, t in enumerate(tabs) for j, r in enumerate(t["rows"])
+                                          if (r["name"], float(r["beta"])) == k), 0)))
+    cols = [("name", "method", ""), ("beta", "beta", "3")]
+    rows, flat = [], []
+    for name, beta in order:
+        row, csv_row = {"name": name, "beta": beta}, {"name": name, "beta": beta}
+        for i, t in enumerate(tabs):
+            r = next((r for r in t["rows"] if r["name"] == name and math.isclose(float(r["beta"]), beta)), None)
+            for key, field in (("wr", "final_win_rate"), ("kl", "final_kl"), ("drop", "drop")):
+                row[f"{key}{i}"] = (r[field], r[f"{field}_se"]) if r else "-"
+                csv_row[f"{field}[{t['task']}]"] = r[field] if r else None
+        rows.append(row)
+        flat.append(csv_row)
+    for i, t in enumerate(tabs):
+        cols += [(f"wr{i}", f"{t['task']}: final WR", "3"), (f"kl{i}", "final KL", "1"), (f"drop{i}", "drop", "3")]
+    head = [f"- `{t['task']}`: `{t['folder']}` (preset `{t['preset']}`), pi_ref win rate "
+            f"{fmt(float(np.nanmean([float(r['ref_win_rate']) for r in t['rows']])) if t['rows'] else None)}" for t in tabs]
+    md = ["## Table 1 across tasks\n", "Final win rate (mean of the last 2 checkpoints), final KL (k1) and drop "
+          "(smoothed peak - final), mean +- se over seeds; each task's own pi_ref, data and calibrated rate.\n",
+          *head, "", table(rows, cols)]
+    return Section("\n".join(md), tables={"cross_task": Table(flat)})
 
 
 def groups_section(d) -> Section:
@@ -491,6 +648,39 @@ def drift_report_section(d) -> Section:
     return drift_section(d.root, d.specs)
 
 
+def timing_section(d) -> Section:
+    """Wall times as measured: each stage's (its marker's `seconds`) and each configuration's runs (lab_done.json:
+    training, and training + evaluation), mean over seeds, and the sum over every run of the report."""
+    stages = []
+    for stage in ("sft", "label"):
+        path = d.root / "stages" / f"{stage}.json"
+        rec = rundir.read_json(path) if path.exists() else {}
+        if rec.get("seconds") is not None:
+            stages.append(f"{stage} {rec['seconds']:.0f} s (finished {rec.get('finished_at', '?')})")
+    per_config: dict = {}
+    for r in d.points:
+        if r["step"] == 0:
+            per_config.setdefault(config_key(r), (r, {}))[1].setdefault(r["run_id"], None)
+    rows, total = [], 0.0
+    for _key, (r, runs) in per_config.items():
+        recs = [rundir.done_record(d.root / "runs" / rid) or {} for rid in runs]
+        train = [x["train_seconds"] for x in recs if x.get("train_seconds") is not None]
+        both = [x["seconds"] for x in recs if x.get("seconds") is not None]
+        total += sum(both)
+        rows.append({"group": r["group"], "name": r["name"], "beta": r["beta"], "runs": len(runs),
+                     "train": float(np.mean(train)) if train else None, "all": float(np.mean(both)) if both else None})
+    if not rows:
+        return Section("")
+    rows.sort(key=lambda x: (x["group"] != MAIN, x["group"], x["name"], x["beta"]))
+    md = ["## Wall times (as measured)\n",
+          "Seconds of wall time on the machine that ran them, under whatever load it had (runs share the CPU with "
+          "the sweep's other workers): stages " + (", ".join(stages) or "not recorded") + f"; all runs of this "
+          f"report together {total / 3600:.2f} h of worker time. Per configuration, mean over its runs:\n",
+          table(dashes(rows), [("group", "group", ""), ("name", "method", ""), ("beta", "beta", "3"), ("runs", "runs", ""),
+                               ("train", "training s", "0"), ("all", "training + evaluation s", "0")])]
+    return Section("\n".join(md), tables={"wall_times": Table(rows)})
+
+
 def files_section(d) -> Section:
     return Section("\n".join([
         "## Files\n",
@@ -502,5 +692,6 @@ def files_section(d) -> Section:
 
 
 # The report, in order; the first two are written even when no run has finished
-SECTIONS = (summary_section, environment_section, findings_section, regimes_section, versus_section, groups_section,
-            drift_report_section, examples_section, figures_section, files_section)
+SECTIONS = (summary_section, environment_section, findings_section, regimes_section, versus_section, controls_section,
+            groups_section, cross_task_section, drift_report_section, examples_section, figures_section, timing_section,
+            files_section)

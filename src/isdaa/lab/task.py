@@ -13,6 +13,7 @@ of every stage and written to lab.json, and it is pickled to the sweep's worker 
     sample_prompt(rng), sample_demonstration(prompt, rng)   the prompt and SFT data generators
     reward_components(prompt, response) -> {"reward": r*, **components}
     example_cells(prompt) -> {column: text}                  the report's example table (optional)
+    pair_statistics(rows) -> dict                            statistics of pi_ref's labelled pairs (optional)
 
 and gets the rest from `Task`: `golden_reward(prompts, responses) -> list[float]` (the golden reward
 protocol of `isdaa.evaluate`), data sets, the tokenizer and the random-init model. Built-in tasks:
@@ -94,6 +95,11 @@ class Task(abc.ABC):
 
     def example_cells(self, prompt: str) -> dict[str, str]:
         """Extra columns of the report's example table for one prompt (e.g. the keys it holds)."""
+        return {}
+
+    def pair_statistics(self, rows: list[dict]) -> dict:
+        """Task-specific statistics of labelled pairs (rows with prompt, chosen, rejected: pi_ref's D_golden),
+        recorded by the label stage before any training run and shown in the report ({} by default)."""
         return {}
 
     def describe(self) -> dict:
