@@ -68,7 +68,8 @@ def test_frozen_head_gradient_without_recompute(spec, monkeypatch):
 
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    weight, bias = torch.randn(13, 5, generator=g, dtype=torch.float64), torch.randn(13, generator=g, dtype=torch.float64)
+    weight = torch.randn(13, 5, generator=g, dtype=torch.float64)
+    bias = torch.randn(13, generator=g, dtype=torch.float64)
     rows, labels = torch.tensor([0, 2, 2, 4, 1, 2, 0, 6, 5]), torch.tensor([3, 0, 12, 5, 5, 7, 3, 1, 9])
     w_out = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64)
     ref = hidden.clone().requires_grad_(True)

@@ -19,7 +19,8 @@ class DataConfig:
     max_prompt_length: int = 512       # the prompt keeps its LAST max_prompt_length tokens
     max_train_examples: int | None = None  # keep the first N rows (None: all)
     max_eval_examples: int | None = None   # keep the first N eval rows (None: all)
-    sft_source: str = one_of("auto", "completion", "messages", "chosen")  # sft only: auto | completion | messages | chosen
+    sft_source: str = one_of("auto", "completion", "messages", "chosen")  # sft only: auto | completion |
+                                       # messages | chosen
     drop_unfinished: bool = True       # pref: drop pairs flagged `chosen_finished`/`rejected_finished` false
                                        # (samples cut at max_new_tokens); false keeps them, without EOS
     streaming: bool = False            # hub datasets: read rows lazily (with max_*_examples: only those rows)

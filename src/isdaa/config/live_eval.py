@@ -13,7 +13,8 @@ class LiveEvalConfig:
     T=1 samples, golden win rate against the chosen responses when `reward` is set, eval/* metrics."""
 
     reward: str | None = None          # reward-model folder or `module:function`; None: KL only
-    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval (the training data only when named here)
+    prompts: str | None = None         # dataset with `prompt` (and `chosen`); default: data.eval (the
+                                       # training data only when named here)
     split: str = "test"                # split of a hub `prompts` dataset
     every: int = 50                    # evaluate every N optimizer steps (and at the last step)
     n_prompts: int = 64                # the first N prompts, the same at every evaluation

@@ -44,7 +44,8 @@ class DriftStopConfig:
     the callback is isdaa.train.drift_stop). The smoothed signal is the mean of the last `smoothing`
     checks; the alarm fires after `patience` checks in a row beyond `threshold`."""
 
-    signal: str = one_of(_train_signals, default="drift/log_ratio_mean")  # drift/log_ratio_mean | drift/ratio_mean | is/ess | is/clip_frac
+    signal: str = one_of(_train_signals, default="drift/log_ratio_mean")  # drift/log_ratio_mean |
+                                       # drift/ratio_mean | is/ess | is/clip_frac
     threshold: float = -2.0            # alarm below it (above it for is/clip_frac); the signal's units
     smoothing: int = 10                # trailing mean over this many checks (1: the raw value)
     patience: int = 1                  # consecutive checks beyond the threshold before the alarm
@@ -82,12 +83,14 @@ class PrefConfig(TrainConfig):
     beta: float = 0.1                  # KL strength of every method
     loss: LossOptions = field(default_factory=LossOptions)  # method options (METHOD.md)
     ref_model: str | None = None    # default: the initial policy (model.name_or_path)
-    ref_logps: str = one_of("precompute", "on_the_fly")  # precompute (one pass, cached) | on_the_fly (ref model in memory)
+    ref_logps: str = one_of("precompute", "on_the_fly")  # precompute (one pass, cached) | on_the_fly (ref
+                                       # model in memory)
     ref_cache_dir: str | None = None  # default: $ISDAA_CACHE or ~/.cache/isdaa/ref_logps
     disable_dropout: bool = True       # dropout off in policy and reference (TRL's default): at step 1
                                        # pi_theta = pi_ref = pi_b exactly; false keeps the model's dropout
-    check_logps: str = one_of("error", "recompute", "off")  # stored ref_* / behavior log-probs vs the initial models on the
-                                       # trainer's ids, before training: error | recompute | off
+    check_logps: str = one_of("error", "recompute", "off")  # stored ref_* / behavior log-probs vs the
+                                       # initial models on the trainer's ids, before training: error |
+                                       # recompute | off
     check_logps_rows: int = 32         # rows sampled for that check
     stop_on_drift: DriftStopConfig | None = None  # golden-free alarm: stop or keep best_by_drift/
     ref_sync: RefSyncConfig | None = None  # TR-DPO: the reference soft-updated toward the policy every

@@ -55,7 +55,8 @@ class TrainConfig:
                                         # checkpoint folder: continue from it (TRL's key)
     progress: bool = True              # tqdm bar (the lab's workers turn it off)
     report_to: list = field(default_factory=list)  # accelerate trackers (tensorboard, wandb, mlflow, ...), all, none
-    push_to_hub: bool = False          # upload the final model (weights, tokenizer, card, trainer_state.json) at the end
+    push_to_hub: bool = False          # upload the final model (weights, tokenizer, card, trainer_state.json)
+                                       # at the end
     hub_model_id: str | None = None    # repo id for push_to_hub; default: output_dir's folder name
     hub_private: bool | None = None    # private repo on creation (None: the hub's default)
     eval: LiveEvalConfig | None = None  # live over-optimization eval during training (evaluate/live.py)
