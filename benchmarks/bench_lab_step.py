@@ -5,7 +5,7 @@
 
 Drives the real trainer exactly as the lab does: the lab's model (`KeyTokenTask().save_initial_model`, the
 tiny Llama of every lab run), its tokenizer and task (pairs of the key-token summary task with pi_ref's
-log-probs as behaviour columns, like `pairs_consistent.jsonl`), and the lab's own config builder
+log-probs as behavior columns, like `pairs_consistent.jsonl`), and the lab's own config builder
 (`isdaa.lab.pipeline.pref_config` for the `paper` preset: batch 64 pairs, micro batch 64, max length 28,
 logging every step, precomputed reference log-probs, 1 thread), with only `max_steps`, `save_fractions`
 and `output_dir` replaced. Each (contender, method) runs in its own process; processes alternate
