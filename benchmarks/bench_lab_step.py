@@ -5,7 +5,7 @@
 
 Drives the real trainer exactly as the lab does: the lab's model (`KeyTokenTask().save_initial_model`, the
 tiny Llama of every lab run), its tokenizer and task (pairs of the key-token summary task with pi_ref's
-log-probs as behaviour columns, like `pairs_consistent.jsonl`), and the lab's own config builder
+log-probs as behavior columns, like `pairs_consistent.jsonl`), and the lab's own config builder
 (`isdaa.lab.pipeline.pref_config` for the `paper` preset: batch 64 pairs, micro batch 64, max length 28,
 logging every step, precomputed reference log-probs, 1 thread), with only `max_steps`, `save_fractions`
 and `output_dir` replaced. Each (contender, method) runs in its own process; processes alternate
@@ -209,13 +209,15 @@ def main(argv=None) -> dict:
             runs = results[(label, method)]
             steps = [s for r in runs for s in r["step_s"]]
             cpu = median([s for r in runs for s in r["cpu_s"]])
-            row = {"method": method, "tree": label, "src": str(src), "median_step_s": median(steps), "median_cpu_s": cpu,
-                   "min": min(steps), "max": max(steps), "first_step_s": median([r["first_step_s"] for r in runs])}
+            row = {"method": method, "tree": label, "src": str(src), "median_step_s": median(steps),
+                   "median_cpu_s": cpu, "min": min(steps), "max": max(steps),
+                   "first_step_s": median([r["first_step_s"] for r in runs])}
             if args.alt_src and label == "this":
                 alt = results[("alt", method)]
                 row["alt_over_this"] = median([s for r in alt for s in r["step_s"]]) / row["median_step_s"]
                 row["alt_over_this_cpu"] = median([s for r in alt for s in r["cpu_s"]]) / cpu
-                row["max_loss_diff"] = max(abs(a - b) for r, q in zip(runs, alt) for a, b in zip(r["losses"], q["losses"]))
+                row["max_loss_diff"] = max(abs(a - b) for r, q in zip(runs, alt)
+                                           for a, b in zip(r["losses"], q["losses"]))
                 # step 1 runs on identical weights (policy = reference): the only step where the two trees'
                 # computations are comparable exactly; later steps inherit Adam's amplified round-off
                 row["step1_grad_norm_rel_diff"] = max(abs(r["grad_norms"][0] / q["grad_norms"][0] - 1)
@@ -223,10 +225,12 @@ def main(argv=None) -> dict:
             rows.append(row)
             lines.append(f"| {method} | {label} | {1e3 * row['median_step_s']:.1f} ({1e3 * row['min']:.1f}-"
                          f"{1e3 * row['max']:.1f}) | {1e3 * cpu:.1f} | {row['first_step_s']:.2f} | "
-                         f"{row.get('alt_over_this', float('nan')):.2f} | {row.get('alt_over_this_cpu', float('nan')):.2f} | "
+                         f"{row.get('alt_over_this', float('nan')):.2f} | "
+                         f"{row.get('alt_over_this_cpu', float('nan')):.2f} | "
                          f"{row.get('step1_grad_norm_rel_diff', float('nan')):.1e} | "
                          f"{row.get('max_loss_diff', float('nan')):.1e} |")
-    head = (f"Lab step (tiny Llama of the lab, 64 pairs x <= 28 tokens, paper-preset config), {args.threads} thread(s), "
+    head = (f"Lab step (tiny Llama of the lab, 64 pairs x <= 28 tokens, paper-preset config), "
+            f"{args.threads} thread(s), "
             f"{args.rounds} alternating rounds x {args.steps} timed steps after {args.warmup_steps} warm-up; "
             f"this = {SRC.resolve()} {parse_overrides(args.set) or ''}, alt = {args.alt_src} "
             f"{parse_overrides(args.alt_set) or ''}; "

@@ -52,9 +52,10 @@ README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
-    p.add_argument("--sizes", default="10m,40m", help=f"comma list of model sizes among {','.join(SIZES)} (default 10m,40m)")
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__.split("\n\n", 1)[1],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", default="10m,40m",
+                   help=f"comma list of model sizes among {','.join(SIZES)} (default 10m,40m)")
     p.add_argument("--contenders", default=",".join(CONTENDERS), help="comma list (default: all four)")
     p.add_argument("--ref-modes", default="pre,mem", help="comma list of pre (precomputed) / mem (in memory)")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds per contender (default 2)")
@@ -66,8 +67,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vary-lengths", action="store_true",
                    help="responses of random length in [L/2, L] (padding matters); default fixed lengths")
     p.add_argument("--vocab-size", default="8192",
-                   help=f"tokenizer/model vocabulary: a number or a model family's ({', '.join(f'{k} {v}' for k, v in VOCABS.items())}); "
-                        "default 8192")
+                   help="tokenizer/model vocabulary: a number or a model family's "
+                        f"({', '.join(f'{k} {v}' for k, v in VOCABS.items())}); default 8192")
     p.add_argument("--gradient-checkpointing", action="store_true",
                    help="both trainers recompute activations in the backward (non-reentrant checkpointing)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: all CPU cores)")
@@ -133,7 +134,8 @@ def measure_matmul(args) -> dict:
     """fp32 and (where supported) bf16 matmul rate, in a process with the benchmark's threads."""
     code = (
         "import json, torch; from bench_common import matmul_rate, set_threads, square_n; "
-        f"set_threads({args.threads}); d={args.device!r}; out={{'float32': matmul_rate(d, 'float32', {args.matmul_size})}}\n"
+        f"set_threads({args.threads}); d={args.device!r}; "
+        f"out={{'float32': matmul_rate(d, 'float32', {args.matmul_size})}}\n"
         "bf16 = torch.cuda.is_bf16_supported() if d.startswith('cuda') else True\n"
         f"if bf16: out['bfloat16'] = matmul_rate(d, 'bfloat16', square_n(d, 'bfloat16', {args.matmul_size}), reps=3)\n"
         "print('RESULT ' + json.dumps(out))"
@@ -195,7 +197,8 @@ def summarize(results: list[dict], work: Workload, assets: dict, rates: dict, to
         steps = [s for r in runs for s in r["step_s"]]
         step = median(steps)
         # the necessary work: 6 P per token for the policy (+ 2 P for an in-memory reference), each prompt once
-        flops = (6 + (2 if key[1] == "mem" else 0)) * assets["matmul_params"] * tokens_per_step * necessary_fraction(work)
+        per_param = 6 + (2 if key[1] == "mem" else 0)
+        flops = per_param * assets["matmul_params"] * tokens_per_step * necessary_fraction(work)
         rows.append({
             "contender": key[0], "ref_mode": key[1], "step_s": step, "step_min_s": min(steps), "step_max_s": max(steps),
             "tokens_per_s": tokens_per_step / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
@@ -231,8 +234,10 @@ def format_table(rows: list[dict], size: str, assets: dict, work: Workload) -> s
     gpu = "peak_gpu_mb" in rows[0]  # GPU runs: the allocator's peak beside the host's RSS
     mfu = "mfu" in rows[0]  # model FLOPs / step time / the GPU's nominal bf16 peak
     lines = ["| contender | ref | tokens/s | step s (min-max) | peak RSS MiB | isdaa/TRL tok/s | RSS/TRL "
-             + ("| peak GPU MiB | GPU mem/TRL " if gpu else "") + "| step / DPO | % matmul rate |" + (" MFU |" if mfu else ""),
-             "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---:|" + ("---:|" if mfu else "")]
+             + ("| peak GPU MiB | GPU mem/TRL " if gpu else "") + "| step / DPO | % matmul rate |"
+             + (" MFU |" if mfu else ""),
+             "|---|---|---:|---:|---:|---:|---:|" + ("---:|---:|" if gpu else "") + "---:|---:|"
+             + ("---:|" if mfu else "")]
     for r in rows:
         is_trl = r["contender"] == "trl-dpo"
         gpu_cols = (f"{r['peak_gpu_mb']:,.0f} | {fmt(r['gpu_vs_trl'], '.2f') if not is_trl else '1'} | "

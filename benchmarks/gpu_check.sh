@@ -36,8 +36,8 @@ done
 
 echo "== packed pairs A/B (+alt = pack_pairs off)"
 rm -rf /tmp/alt-pack && cp -r src /tmp/alt-pack
-sed -i 's/^    pack_pairs: bool = True  #/    pack_pairs: bool = False  #/' /tmp/alt-pack/isdaa/config.py
-grep -q "pack_pairs: bool = False" /tmp/alt-pack/isdaa/config.py || { echo "pack_pairs patch failed"; exit 1; }
+sed -i 's/^    pack_pairs: bool = True  #/    pack_pairs: bool = False  #/' /tmp/alt-pack/isdaa/config/pref.py
+grep -q "pack_pairs: bool = False" /tmp/alt-pack/isdaa/config/pref.py || { echo "pack_pairs patch failed"; exit 1; }
 timeout "${PACK_S:-200}" $py benchmarks/bench_train.py --device "$device" --dtype bfloat16 --sizes "$pack_sizes" \
   --contenders isdaa-dpo,isdaa-is-dpo --ref-modes pre,mem --rounds "$rounds" --warmup-steps 3 --steps 5 --batch-size "$batch" \
   --alt-src /tmp/alt-pack --workdir /tmp/gpu-pack > "$out/pack.log" 2>&1

@@ -28,7 +28,8 @@ from bench_common import set_threads, vocab_size  # noqa: E402
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
-    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"), help="autocast dtype (float32: none)")
+    p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"),
+                   help="autocast dtype (float32: none)")
     p.add_argument("--vocab-size", default="llama3")
     p.add_argument("--hidden", type=int, default=1536)
     p.add_argument("--layers", type=int, default=2)
@@ -63,7 +64,8 @@ def run_one(args, chunk_mb: float) -> dict:
     ids, resp = ids.to(dev), resp.to(dev)
     attn = torch.ones_like(ids)
     weights = torch.linspace(-1.0, 1.0, 2 * B, device=dev)
-    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if args.dtype == "bfloat16" else torch.autocast(dev.type, enabled=False)
+    bf16 = args.dtype == "bfloat16"
+    ctx = torch.autocast(dev.type, dtype=torch.bfloat16) if bf16 else torch.autocast(dev.type, enabled=False)
 
     def step():
         model.zero_grad(set_to_none=True)
@@ -108,8 +110,8 @@ def main(argv=None):
         return
     out = {}
     for name, mb in (("whole head", 0.0), (f"chunked ({args.chunk_mb:g} MiB)", args.chunk_mb)):
-        proc = subprocess.run([sys.executable, __file__, *(argv if argv is not None else sys.argv[1:]), "--one", str(mb)],
-                              capture_output=True, text=True)
+        args_again = argv if argv is not None else sys.argv[1:]
+        proc = subprocess.run([sys.executable, __file__, *args_again, "--one", str(mb)], capture_output=True, text=True)
         if proc.returncode:
             sys.stderr.write(proc.stderr[-4000:])
             raise SystemExit(f"{name} failed")
@@ -127,9 +129,11 @@ def main(argv=None):
     print("| head | step s (median) | peak memory MiB (above the model) |\n|---|---:|---:|")
     for name, r in out.items():
         print(f"| {name} | {r['time_s']:.3f} | {r['peak_mb']:,.0f} |")
-    print(f"\nchunked / whole: time {c['time_s'] / w['time_s']:.2f}x, peak memory {c['peak_mb'] / max(w['peak_mb'], 1e-9):.2f}x; "
+    print(f"\nchunked / whole: time {c['time_s'] / w['time_s']:.2f}x, "
+          f"peak memory {c['peak_mb'] / max(w['peak_mb'], 1e-9):.2f}x; "
           f"max |logp difference| {max(abs(x - y) for x, y in zip(c['logps'], w['logps'])):.2e} "
-          f"(|logp| ~ {max(abs(y) for y in w['logps']):,.0f}); gradient rel. difference: head {rel(c['head_grad'], w['head_grad']):.1e}, "
+          f"(|logp| ~ {max(abs(y) for y in w['logps']):,.0f}); "
+          f"gradient rel. difference: head {rel(c['head_grad'], w['head_grad']):.1e}, "
           f"layer 0 {rel(c['layer_grad'], w['layer_grad']):.1e}")
 
 

@@ -5,9 +5,10 @@
     python benchmarks/profile_step.py --size lab --contender isdaa-is-dpo --threads 1   # the lab's step
 
 Runs the real trainer (isdaa's `train(cfg)` or TRL's DPOTrainer) exactly as bench_train.py does, on the same
-generated workload (`--size lab`: the lab's model, pairs and config, as bench_lab_step.py), with the profiler recording the steps after the warm-up (the step-end callback advances the
-profiler's schedule). Prints the top operators by self time, then the same grouped by input shape (which
-matmul is which). `--trace` writes a Chrome trace (open in chrome://tracing or ui.perfetto.dev).
+generated workload (`--size lab`: the lab's model, pairs and config, as bench_lab_step.py), with the
+profiler recording the steps after the warm-up (the step-end callback advances the profiler's schedule).
+Prints the top operators by self time, then the same grouped by input shape (which matmul is which).
+`--trace` writes a Chrome trace (open in chrome://tracing or ui.perfetto.dev).
 """
 
 from __future__ import annotations

@@ -68,7 +68,8 @@ def test_frozen_head_gradient_without_recompute(spec, monkeypatch):
 
     g = torch.Generator().manual_seed(3)
     hidden = torch.randn(7, 5, generator=g, dtype=torch.float64)
-    weight, bias = torch.randn(13, 5, generator=g, dtype=torch.float64), torch.randn(13, generator=g, dtype=torch.float64)
+    weight = torch.randn(13, 5, generator=g, dtype=torch.float64)
+    bias = torch.randn(13, generator=g, dtype=torch.float64)
     rows, labels = torch.tensor([0, 2, 2, 4, 1, 2, 0, 6, 5]), torch.tensor([3, 0, 12, 5, 5, 7, 3, 1, 9])
     w_out = torch.linspace(-1.0, 2.0, 9, dtype=torch.float64)
     ref = hidden.clone().requires_grad_(True)
@@ -445,15 +446,9 @@ def test_config_checks_the_budget():
 
 
 @pytest.mark.slow
-def test_two_process_ddp_chunked_head_matches_one_process_whole_head(tiny_dir, tmp_path, monkeypatch):
+def test_two_process_ddp_chunked_head_matches_one_process_whole_head(tiny_dir, tmp_path, monkeypatch, torchrun):
     """`torchrun --nproc_per_node 2` (gloo, CPU) with every row its own chunk, through DDP's wrapped forward and
     its gradient reduction, against one process with the model's own head: the same curve and metrics."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
     import yaml
     from test_train import make_cfg, metrics
 
@@ -466,21 +461,7 @@ def test_two_process_ddp_chunked_head_matches_one_process_whole_head(tiny_dir, t
     train(single)
     path = tmp_path / "two.yaml"
     path.write_text(yaml.safe_dump({**to_dict(single), "output_dir": str(tmp_path / "two"), "head_chunk_mb": TINY_MB}))
-    with socket.socket() as sock:  # a free port for the rendezvous
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(port), "-m", "isdaa.cli", "train", "pref", "--config", str(path)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and its workers
-        proc.communicate()
-        raise
-    assert proc.returncode == 0, stderr[-3000:]
+    torchrun(["-m", "isdaa.cli", "train", "pref", "--config", path])
     two = read_jsonl(tmp_path / "two" / "metrics.jsonl")
     assert len(two) == 3
     for x, y in zip(metrics(single), two):

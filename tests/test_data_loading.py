@@ -61,7 +61,8 @@ def test_mixture_with_trl_entries(tmp_path):
                       {"path": "json", "data_files": str(tmp_path / "y.json.jsonl"), "columns": ["prompt", "chosen"]}])
     assert [r["chosen"] for r in rows] == ["good x0", "good x1", "good x2", "good y0", "good y1"]
     assert set(rows[3]) == {"prompt", "chosen"} and "rejected" in rows[0]
-    assert rows.where[0] == f"{tmp_path / 'x.jsonl'}: line 1" and rows.where[4] == f"json:{tmp_path / 'y.json.jsonl'}[train]: row 1"
+    assert rows.where[0] == f"{tmp_path / 'x.jsonl'}: line 1"
+    assert rows.where[4] == f"json:{tmp_path / 'y.json.jsonl'}[train]: row 1"
     with pytest.raises(DataError, match=r"not \['fraction'\]"):
         load_rows([{"path": "json", "fraction": 0.5}])
 

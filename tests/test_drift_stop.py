@@ -49,7 +49,8 @@ def run(model_dir, out, slope, action="stop", save_steps=None, crash_at=None, re
         return out_rows
 
     cfg = load_config({
-        "model": {"name_or_path": model_dir}, "data": {"train": "unused.jsonl", "max_length": 32, "max_prompt_length": 16},
+        "model": {"name_or_path": model_dir},
+        "data": {"train": "unused.jsonl", "max_length": 32, "max_prompt_length": 16},
         "optim": {"lr": 1e-3, "warmup_steps": 0}, "output_dir": out, "max_steps": 8, "batch_size": 4,
         "micro_batch_size": 2, "logging_steps": 1, "progress": False, "num_threads": 1, "mixed_precision": "no",
         "method": "dpo", "beta": 0.1, "ref_logps": "on_the_fly", "save_steps": save_steps,

@@ -105,8 +105,9 @@ def test_unimportable_reward_fails_before_step_1(tiny_dir, tmp_path, monkeypatch
     (tmp_path / "onearg_reward.py").write_text("def fn(prompts):\n    return [0.0] * len(prompts)\n")
     (tmp_path / "broken_reward.py").write_text("raise RuntimeError('no GPU here')\n")
     for reward, error, message in [
-            ("myreward_missing:fn", ImportError, r"eval.reward 'myreward_missing:fn': cannot import 'myreward_missing' "
-                                                 r"\(No module named 'myreward_missing'; searched the working directory"),
+            ("myreward_missing:fn", ImportError,
+             r"eval.reward 'myreward_missing:fn': cannot import 'myreward_missing' "
+             r"\(No module named 'myreward_missing'; searched the working directory"),
             ("notcallable_reward:fn", ValueError, r"'notcallable_reward' has no callable 'fn' \(it is a int\)"),
             ("onearg_reward:fn", ValueError, r"must take \(prompts, responses\)"),
             ("broken_reward:fn", ImportError, r"importing 'broken_reward' failed: RuntimeError: no GPU here"),

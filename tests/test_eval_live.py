@@ -97,7 +97,8 @@ def test_live_kl_of_an_unchanged_policy_is_zero_under_bf16_mixed_precision(tiny_
     (tmp_path / "d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = load_config({"model": {"name_or_path": str(tiny_dir)},
                        "data": {"train": str(tmp_path / "d.jsonl"), "max_length": 24, "max_prompt_length": 8},
-                       "optim": {"optimizer": "sgd", "lr": 1e-30, "warmup_steps": 0}, "output_dir": str(tmp_path / "run"),
+                       "optim": {"optimizer": "sgd", "lr": 1e-30, "warmup_steps": 0},
+                       "output_dir": str(tmp_path / "run"),
                        "batch_size": 8, "micro_batch_size": 8, "max_steps": 1, "logging_steps": 1,
                        "progress": False, "num_threads": 1, "mixed_precision": "bf16", "seed": 0,
                        "method": "dpo", "beta": 0.1, "ref_cache_dir": str(tmp_path / "cache")}, [], kind="pref")

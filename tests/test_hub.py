@@ -36,7 +36,8 @@ class FakeHub:
             from huggingface_hub.utils import filter_repo_objects
 
             names = [p.name for p in Path(folder_path).iterdir() if p.is_file()]
-            files = {n: (Path(folder_path) / n).read_bytes() for n in filter_repo_objects(names, allow_patterns=allow_patterns)}
+            kept = filter_repo_objects(names, allow_patterns=allow_patterns)
+            files = {n: (Path(folder_path) / n).read_bytes() for n in kept}
             hub.uploads.append({"repo_id": repo_id, "folder": folder_path, "files": files, **kw})
             return type("CommitInfo", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/0"})()
 

@@ -65,7 +65,8 @@ def test_smoothed_and_run_stats():
     [.55, .6667, .7333, .75, .6333, .6]; peak .9, smoothed peak .75, final (.65+.55)/2 = .6, drop .15."""
     sm = agg.smoothed(DPO[0])
     assert sm == pytest.approx([0.55, 2 / 3, 2.2 / 3, 0.75, 1.9 / 3, 0.6])
-    rows = [{"step": s, "win_rate": w, "sqrt_kl": s / 10, "fraction": s / 10, "kl_k1": s} for s, w in zip(STEPS, DPO[0])]
+    rows = [{"step": s, "win_rate": w, "sqrt_kl": s / 10, "fraction": s / 10, "kl_k1": s}
+            for s, w in zip(STEPS, DPO[0])]
     st = agg.run_stats(rows[::-1])  # order of the rows does not matter
     assert st["peak"] == pytest.approx(0.9) and st["peak_fraction"] == pytest.approx(0.4)
     assert st["smoothed_peak"] == pytest.approx(0.75) and st["final"] == pytest.approx(0.6)
@@ -110,9 +111,10 @@ def test_is_comparison_seeds_and_paired(lab):
     """is-dpo vs dpo (lr 2e-3): finals .72 +- .01 (.73/.71) vs .575 +- .025: diff .145, se over seeds
     sqrt(.01^2 + .025^2) = .026926. Paired: prompt i's final = base + offset, so d_i = .145 + (IS_OFF - DPO_OFF)
     = .145 + [.1, -.1, -.05, .05]: mean .145, se = sqrt(.025/3) / 2 = .0456435; paired t with df 3
-    (t 3.182): .145 < 3.182 * .0456435 = .14525, not significant either. Over seeds, Welch df = (1e-4 + 6.25e-4)^2 / (1e-4^2 / 1 + 6.25e-4^2 / 1)
-    = 1.312, t_{.975, 1.312} = 7.386; |.145| < 7.386 * .026926 = .1989: no clear difference (the old 2-se cut,
-    .0539, said helped). is-dpo [self-norm] has one seed: untested over seeds, whatever the paired test says."""
+    (t 3.182): .145 < 3.182 * .0456435 = .14525, not significant either. Over seeds, Welch df
+    = (1e-4 + 6.25e-4)^2 / (1e-4^2 / 1 + 6.25e-4^2 / 1) = 1.312, t_{.975, 1.312} = 7.386;
+    |.145| < 7.386 * .026926 = .1989: no clear difference (the old 2-se cut, .0539, said helped).
+    is-dpo [self-norm] has one seed: untested over seeds, whatever the paired test says."""
     pts, s = _summary(lab)
     comps = agg.is_comparisons(list(s.values()), agg.collect_per_prompt(lab))
     by = {c["is"]["name"]: c for c in comps}

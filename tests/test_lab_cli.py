@@ -122,7 +122,8 @@ def test_report_numbers_match_csv(lab_run):
         assert float(cells[9]) == pytest.approx(float(s["drop"]), abs=5e-4)
         # 1 seed: final = mean of the run's last 2 checkpoints in points.csv; peak = max over its checkpoints
         rows = sorted((p for p in points if p["name"] == cells[0]), key=lambda p: int(p["step"]))
-        assert float(s["final_win_rate"]) == pytest.approx((float(rows[-1]["win_rate"]) + float(rows[-2]["win_rate"])) / 2)
+        last_two = (float(rows[-1]["win_rate"]) + float(rows[-2]["win_rate"])) / 2
+        assert float(s["final_win_rate"]) == pytest.approx(last_two)
         assert float(s["peak_win_rate"]) == pytest.approx(max(float(p["win_rate"]) for p in rows))
     # the summary lines printed by the CLI are the report's
     five = json.loads((out / "csv" / "findings.json").read_text())["summary_lines"]

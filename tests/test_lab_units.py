@@ -14,7 +14,8 @@ from isdaa.lab.keytoken import KeyTokenTask
 def _pt(run_id, label, step, wr, kl, seed=0, beta=0.1, total=20):
     return {"run_id": run_id, "method": label, "label": label, "name": label, "group": "main", "beta": beta,
             "seed": seed, "lr": 2e-3, "optimizer": "adamw", "options": "{}", "n_pairs": None,
-            "scheduler": "constant", "warmup_ratio": 0.1, "steps": total, "config": "{}", "step": step, "fraction": step / total,
+            "scheduler": "constant", "warmup_ratio": 0.1, "steps": total, "config": "{}", "step": step,
+            "fraction": step / total,
             "win_rate": wr, "win_rate_se": 0.02, "kl_k1": kl, "sqrt_kl": math.sqrt(kl)}
 
 
@@ -28,7 +29,8 @@ def test_summarize_peak_final_drop():
     .6333; final = mean of the last 2 = .55; drop .0833. b: peak .85, smoothed [.675 .6833 .7333 .6667 .65]
     -> .7333, final .65, drop .0833. Over seeds: peak .8 +- .05, smoothed .6833 +- .05, final .6 +- .05
     (std .0707), final KL (4 + 2) / 2 = 3, drop .0833 > .05: over-optimized. is-dpo (1 seed) rises to .7."""
-    pts = (_run("a", "dpo", [0.5, 0.75, 0.6, 0.55, 0.55], 4.0) + _run("b", "dpo", [0.5, 0.85, 0.7, 0.65, 0.65], 2.0, seed=1)
+    pts = (_run("a", "dpo", [0.5, 0.75, 0.6, 0.55, 0.55], 4.0)
+           + _run("b", "dpo", [0.5, 0.85, 0.7, 0.65, 0.65], 2.0, seed=1)
            + _run("c", "is-dpo", [0.5, 0.6, 0.65, 0.7, 0.7], 0.49))
     rows = {s["name"]: s for s in aggregate.summarize(pts, drop_threshold=0.05)}
     d = rows["dpo"]

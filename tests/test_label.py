@@ -101,7 +101,8 @@ def test_cli_label(tiny_dir, tmp_path):
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 0, r.output
     rows = read_jsonl(tmp_path / "golden" / "pairs.jsonl")
-    assert len(rows) == 6 and {"chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps"} <= set(rows[0])
+    assert len(rows) == 6
+    assert {"chosen_logps", "rejected_logps", "ref_chosen_logps", "ref_rejected_logps"} <= set(rows[0])
 
 
 def test_logps_are_those_of_the_trainer_tokenization(tiny):

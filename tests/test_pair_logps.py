@@ -195,7 +195,8 @@ def test_packed_mask_is_kept_once_not_per_layer(tiny_dir, autocast):
     with ctx, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         logps = pair_response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"],
                                     batch["n_pairs"])
-    assert model.config.num_hidden_layers == 2 and list(masks.values()) == [torch.bfloat16 if autocast else torch.float32]
+    assert model.config.num_hidden_layers == 2
+    assert list(masks.values()) == [torch.bfloat16 if autocast else torch.float32]
     with torch.no_grad():
         plain = response_logps(model, batch["input_ids"], batch["attention_mask"], batch["response_mask"])
     torch.testing.assert_close(logps.detach(), plain, rtol=5e-2 if autocast else 1e-5, atol=5e-2 if autocast else 1e-4)

@@ -67,8 +67,9 @@ def assert_same(one, two, keys=None):
 
 def test_sft_two_processes_equal_one_with_unequal_token_counts(tiny_dir, tmp_path, torchrun, monkeypatch):
     monkeypatch.setenv("ACCELERATE_USE_CPU", "true")
-    cfg = load_config({"model": {"name_or_path": str(tiny_dir)}, "data": {"train": write(tmp_path / "sft.jsonl", sft_rows()),
-                       "max_length": 32, "max_prompt_length": 16}, "optim": {"lr": 3e-3, "warmup_steps": 0},
+    cfg = load_config({"model": {"name_or_path": str(tiny_dir)},
+                       "data": {"train": write(tmp_path / "sft.jsonl", sft_rows()), "max_length": 32,
+                                "max_prompt_length": 16}, "optim": {"lr": 3e-3, "warmup_steps": 0},
                        "output_dir": str(tmp_path / "one"), "batch_size": 8, "micro_batch_size": 2, "max_steps": 3,
                        "logging_steps": 1, "progress": False, "num_threads": 1, "mixed_precision": "no"}, kind="sft")
     train(cfg)

@@ -28,8 +28,9 @@ def test_reference_is_the_recursive_mix_of_the_policy_checkpoints(tiny_dir, tmp_
     step s (checkpoint s, theta_0 the initial model) the reference after step s is, in float64,
     r_0 = theta_0, r_s = 0.6 theta_s + 0.4 r_{s-1}. The snapshots of steps 2 and 3 match it to float32 round-off;
     step 1's was pruned (no resumable checkpoint needs it)."""
-    cfg = make_cfg(tiny_dir, tmp_path, max_steps=3, save_steps=1, save_initial=True, ref_sync={"alpha": 0.6, "steps": 1},
-                   resume_state_keep=1, **ON_THE_FLY)  # only the latest checkpoint resumable: snapshot 1 is unneeded
+    # resume_state_keep=1: only the latest checkpoint is resumable, so step 1's snapshot is unneeded
+    cfg = make_cfg(tiny_dir, tmp_path, max_steps=3, save_steps=1, save_initial=True,
+                   ref_sync={"alpha": 0.6, "steps": 1}, resume_state_keep=1, **ON_THE_FLY)
     train(cfg)
     theta = [{k: v.double() for k, v in weights(f"{cfg.output_dir}/checkpoint-{s}").items()}
              for s in range(4)]

@@ -82,7 +82,8 @@ def test_batch_counts_processes(monkeypatch):
     ({"eval_strategy": "steps"}, "data.eval", "d"),
     ({"report_to": "none"}, "report_to", []),
     ({"hub_model_id": "me/m", "push_to_hub": True}, "hub_model_id", "me/m"),
-    ({"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"]}, "model.lora.target_modules", ["q_proj", "v_proj"]),
+    ({"use_peft": True, "lora_target_modules": ["q_proj", "v_proj"]}, "model.lora.target_modules",
+     ["q_proj", "v_proj"]),
     ({"use_peft": False}, "model.lora", None),
     ({"torch_compile": True}, "compile", True),
 ])
@@ -126,8 +127,8 @@ def test_alias_and_isdaa_key_conflict_but_cli_overrides_win(tmp_path):
 
 
 def test_overrides_from_args():
-    assert overrides_from_args(["--beta", "0.2", "--use_peft", "method=is-dpo", "--lora-r=8", "--no_gradient_checkpointing",
-                                "--optim.lr", "1e-5", "--push_to_hub"]) == [
+    assert overrides_from_args(["--beta", "0.2", "--use_peft", "method=is-dpo", "--lora-r=8",
+                                "--no_gradient_checkpointing", "--optim.lr", "1e-5", "--push_to_hub"]) == [
         "beta=0.2", "use_peft=true", "method=is-dpo", "lora_r=8", "gradient_checkpointing=false", "optim.lr=1e-5",
         "push_to_hub=true"]
 
@@ -187,7 +188,8 @@ def test_trl_style_yaml_trains_through_the_cli(tiny_dir, tmp_path):
                                   "progress=false"])
     assert r.exit_code == 0, r.output
     resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
-    assert (resolved["beta"], resolved["method"], resolved["optim"]["lr"], resolved["batch_size"]) == (0.2, "dpo", 1e-3, 8)
+    got = (resolved["beta"], resolved["method"], resolved["optim"]["lr"], resolved["batch_size"])
+    assert got == (0.2, "dpo", 1e-3, 8)
     assert resolved["mixed_precision"] == "bf16" and resolved["model"]["gradient_checkpointing"] is True
     assert "learning_rate" not in resolved  # written with isdaa's names only
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

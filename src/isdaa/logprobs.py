@@ -191,8 +191,9 @@ def _kept_token_logps(model, kw: dict, keep: torch.Tensor, labels: torch.Tensor,
         with HeadCapture(head) as cap:
             probe = model(**kw, logits_to_keep=keep).logits                # (1, V): the probe row only
         if cap.hidden is None or cap.hidden.dim() != 2 or cap.hidden.shape[0] != n:
-            raise ValueError(f"the model ignored logits_to_keep (LM head input {tuple(getattr(cap.hidden, 'shape', ()))}"
-                             "); set response_only_head: false for it")
+            shape = tuple(getattr(cap.hidden, "shape", ()))
+            raise ValueError(f"the model ignored logits_to_keep (LM head input {shape}); "
+                             "set response_only_head: false for it")
         if cap.check(probe, spec):
             rows = torch.arange(n, device=labels.device) if rows is None else rows
             token, sq = chunked_token_logps(cap.hidden, head.weight, head.bias, labels, rows, spec=spec,

@@ -58,7 +58,8 @@ def _float(x):
         return None
 
 
-def load_eval_points(run_dirs: Sequence[str | Path], method: str | None = None, beta: float | None = None) -> list[dict]:
+def load_eval_points(run_dirs: Sequence[str | Path], method: str | None = None,
+                     beta: float | None = None) -> list[dict]:
     """One point per evaluated checkpoint of each run (RUN/eval/table.csv); method and beta from
     RUN/config.yaml (keys `method`/`loss_type` and `beta`, anywhere in it) unless given."""
     points = []

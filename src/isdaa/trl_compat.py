@@ -226,7 +226,8 @@ def _convert(trl: dict, tree: _Tree) -> None:
     if "warmup_steps" in trl:
         w = trl["warmup_steps"][0]
         ratio = isinstance(w, float) and 0 < w < 1
-        tree.set_trl("optim.warmup_ratio" if ratio else "optim.warmup_steps", w, "warmup_steps", rank_of("warmup_steps"))
+        key = "optim.warmup_ratio" if ratio else "optim.warmup_steps"
+        tree.set_trl(key, w, "warmup_steps", rank_of("warmup_steps"))
     if "precompute_ref_log_probs" in trl:
         tree.set_trl("ref_logps", "precompute" if trl["precompute_ref_log_probs"][0] else "on_the_fly",
                      "precompute_ref_log_probs", rank_of("precompute_ref_log_probs"))

@@ -101,7 +101,8 @@ REFUSED = {
 }
 # TRL's default for each refused feature: accepted, it asks for nothing isdaa lacks
 HARMLESS = {"loss_weights": (None,), "label_smoothing": (0, 0.0), "f_divergence_type": ("reverse_kl",),
-            "f_alpha_divergence_coef": (0.5,), "ld_alpha": (None,), "discopop_tau": (0.05,), "padding_free": (False,), "overwrite_output_dir": (False,),
+            "f_alpha_divergence_coef": (0.5,), "ld_alpha": (None,), "discopop_tau": (0.05,), "padding_free": (False,),
+            "overwrite_output_dir": (False,),
             "use_liger_kernel": (False,), "load_in_4bit": (False,), "load_in_8bit": (False,), "use_rslora": (False,),
             "use_dora": (False,), "model_init_kwargs": (None,), "rpo_alpha": (None,), "lora_task_type": ("CAUSAL_LM",)}
 # A TRL block switch and its member keys: members are ignored (with a warning unless at TRL's defaults)

@@ -41,7 +41,8 @@ def merge_adapter(adapter: Path, out: Path, base: str | None = None, dtype: str 
     tmp = out.parent / f".{out.name}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     merged.save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(adapter if (adapter / "tokenizer_config.json").exists() else base).save_pretrained(tmp)
+    tokenizer_from = adapter if (adapter / "tokenizer_config.json").exists() else base
+    AutoTokenizer.from_pretrained(tokenizer_from).save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out

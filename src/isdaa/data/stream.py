@@ -43,7 +43,8 @@ class StreamSource:
         batch = [item for _, item in zip(range(size), self.items)]
         self.position += len(batch)
         if len(batch) < size:
-            raise DataError(f"data.streaming: {self.cfg.data.train} ran out after {self.position} rows, at step {step + 1}; "
+            raise DataError(f"data.streaming: {self.cfg.data.train} ran out after {self.position} rows, "
+                            f"at step {step + 1}; "
                             f"max_steps={self.cfg.max_steps} x batch_size={size} needs "
                             f"{(self.cfg.max_steps or 0) * size} rows")
         from accelerate import PartialState

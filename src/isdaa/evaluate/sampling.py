@@ -118,7 +118,9 @@ class _RawLogpRecorder:
         """new_tokens (B, L) generated ids -> (B, L) per-token raw log-probs."""
         if self.prev is not None and new_tokens.shape[1] > len(self.steps):
             self.steps.append(self.prev.gather(1, new_tokens[:, -1:]).squeeze(1))
-        return torch.stack(self.steps, dim=1) if self.steps else new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
+        if not self.steps:
+            return new_tokens.new_zeros(new_tokens.shape, dtype=torch.float)
+        return torch.stack(self.steps, dim=1)
 
 
 @torch.no_grad()

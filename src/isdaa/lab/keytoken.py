@@ -25,7 +25,7 @@ holds every sampled token but the terminating EOS, so 16 sampled <pad> without E
 
 Demonstrations (the SFT data) are mediocre to good: each key kept with probability 0.75, in prompt
 order, sometimes a filler or two, occasionally a hallucinated key or a repetition. pi_ref therefore
-makes the penalized mistakes occasionally: out-of-distribution behaviour that an offline DAA can
+makes the penalized mistakes occasionally: out-of-distribution behavior that an offline DAA can
 amplify once probability mass leaves the data (repetition is the usual route; LAB-NOTES.md).
 """
 

@@ -201,7 +201,7 @@ def _ProgressCallback(fn):
 
 
 # ---------------------------------------------------------------------------------------------------
-# Stage 2: D_golden (pi_ref samples at T=1, BT labels on r*, pi_ref log-probs as behaviour columns)
+# Stage 2: D_golden (pi_ref samples at T=1, BT labels on r*, pi_ref log-probs as behavior columns)
 
 
 def load_ref(lab: LabDir):
@@ -253,7 +253,7 @@ def consistent_pairs(ref, tokenizer, rows: list[dict], task, tol: float = 1e-3) 
       pairs with an empty response are dropped (`empty_response`).
     - label_pairs stores pi_ref's log-probs of the exact sampled ids; a response whose text does not
       re-tokenize to those ids (a tokenizer that merges or splits differently) would show the trainer
-      another sequence than the behaviour log-probs describe (an IS ratio far from 1 at pi_theta =
+      another sequence than the behavior log-probs describe (an IS ratio far from 1 at pi_theta =
       pi_ref). Detected by recomputing pi_ref's log-probs through the engine's tokenization; dropped
       (`not_reproducible`).
     - Pairs of two identical responses carry no preference (zero DPO/IPO gradient) and the engine drops
@@ -408,7 +408,7 @@ def evaluate_checkpoints(lab: LabDir, p: Preset, spec: RunSpec) -> None:
 def pair_logps(policy, tokenizer, pairs: list[dict], task, batch_pairs: int = 256):
     """pi_theta's summed log-probs of each pair's chosen and rejected response through the engine's own
     tokenization (`tokenize_pref`, truncation included), collation and `causal_lm_logps`, so that at
-    pi_theta = pi_b they equal the behaviour columns up to float error. Returns (P,) float64 tensors
+    pi_theta = pi_b they equal the behavior columns up to float error. Returns (P,) float64 tensors
     (chosen, rejected) and (P,) lengths (chosen, rejected)."""
     import torch
 
@@ -444,7 +444,7 @@ def _behavior_logps(pairs: list[dict]):
 def importance_stats(policy, tokenizer, pairs: list[dict], task, options: dict | None = None) -> dict:
     """Figure 6's quantities on training pairs under the run's IS options (`loss` config; defaults
     filled in by the registry): the joint ratio pi_theta(y_c) pi_theta(y_r) / pi_b(y_c) pi_b(y_r) with
-    pi_b's log-probs from the data (behaviour columns), through `isdaa.importance` -- the same code as
+    pi_b's log-probs from the data (behavior columns), through `isdaa.importance` -- the same code as
     the trainer's `is/*` metrics (weight_mean, weight_max, clip_frac, ess, top_share, log_ratio_mean,
     ratio_mean_log = log of the unclipped mean ratio)."""
     from isdaa import importance
@@ -457,8 +457,8 @@ def importance_stats(policy, tokenizer, pairs: list[dict], task, options: dict |
 
 
 def behavior_gaps(policy, tokenizer, pairs: list[dict], task) -> list[float]:
-    """Per pair, |log pi(y_c) - behaviour column| + |log pi(y_r) - behaviour column|: 0 when the stored
-    behaviour log-probs describe exactly the sequences the engine trains on."""
+    """Per pair, |log pi(y_c) - behavior column| + |log pi(y_r) - behavior column|: 0 when the stored
+    behavior log-probs describe exactly the sequences the engine trains on."""
     lp_c, lp_r, _, _ = pair_logps(policy, tokenizer, pairs, task)
     beh_c, beh_r = _behavior_logps(pairs)
     return ((lp_c - beh_c).abs() + (lp_r - beh_r).abs()).tolist()

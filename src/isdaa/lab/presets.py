@@ -371,7 +371,9 @@ REGIME_CELLS = (
 )
 FIXED_RATES = {"first round": 2e-3, "paper, sgd": 0.3, "first round, sgd": 1.0}
 REGIME_OPTION_CELLS = ("paper", "first round")
-IS_OPTIONS = ((("is_self_normalize", True),), (("is_length_normalize", True),))
+# The is-dpo variants the regimes preset adds in REGIME_OPTION_CELLS: one loss-option set a run
+# (not the registry's IS_OPTIONS, the names of every is_* option).
+REGIME_IS_VARIANTS = ((("is_self_normalize", True),), (("is_length_normalize", True),))
 
 
 def _regimes(task: Task, cal: Calibration) -> Preset:
@@ -381,7 +383,7 @@ def _regimes(task: Task, cal: Calibration) -> Preset:
         lr = FIXED_RATES[name] if mult is None else mult * cal.lr
         runs += grid(("dpo", "is-dpo"), (REGIME_BETA,), seeds, lrs=(lr,), optimizers=(opt,), group=REGIMES, **regime)
         if name in REGIME_OPTION_CELLS:
-            runs += grid(("is-dpo",), (REGIME_BETA,), seeds, lrs=(lr,), optimizers=(opt,), options=IS_OPTIONS,
+            runs += grid(("is-dpo",), (REGIME_BETA,), seeds, lrs=(lr,), optimizers=(opt,), options=REGIME_IS_VARIANTS,
                          group=REGIMES, **regime)
     return Preset(name="regimes", task=task, calibration=cal, runs=runs,
                   description="DPO vs IS-DPO (+ options) over steps x step size, Adam and SGD, beta 0.01, 3 seeds")

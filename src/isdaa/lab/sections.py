@@ -145,7 +145,7 @@ def clip_findings(summary: list[dict]) -> list[str]:
 
 def regimes_lines(comparisons: list[dict], mech: dict, summary: list[dict], mech_figs) -> list[str]:
     """The Regimes section's markdown: where IS helped, hurt, made no clear difference; the weights'
-    behaviour."""
+    behavior."""
     out = ["## Regimes: where importance sampling helps\n",
            f"IS-<m> against <m> at the same beta, optimizer, learning rate, schedule, data and steps. `helped` / "
            f"`hurt` when the final win rates (mean of the last {FINAL_K} checkpoints) differ, two-sided at level "
@@ -393,7 +393,7 @@ def environment_section(d) -> Section:
            f"- pi_ref: tiny Llama ({model.get('num_layers', '?')} layers, width {model.get('hidden_size', '?')}) "
            f"SFT on {p['n_sft']} demonstrations x {p['sft_epochs']} epochs (batch {p['sft_batch']}, lr {p['sft_lr']:g}).",
            f"- D_golden: {p['n_pairs']} prompts x two pi_ref samples at T=1, Bradley-Terry labels on r*, "
-           f"pi_ref log-probs as behaviour columns; **{label.get('n_pairs', '?')} pairs trained on**. Their chosen "
+           f"pi_ref log-probs as behavior columns; **{label.get('n_pairs', '?')} pairs trained on**. Their chosen "
            f"mean reward {fmt(label.get('chosen_reward'), 2)}, rejected {fmt(label.get('rejected_reward'), 2)}, ties "
            f"{fmt(label.get('tie_frac'), 2)}. Dropped before training (`pipeline.consistent_pairs`): "
            f"{dropped.get('empty_response', 0)} pairs with an empty response, {dropped.get('identical', 0)} of two "

@@ -280,7 +280,8 @@ class _Run:
         if self.engine_steps_in_backward:
             return (f"non-finite loss or gradient at step {self.step}, {batch}. Under DeepSpeed the engine applies "
                     "the optimizer step inside backward, so the step could not be skipped: the run stops here (the "
-                    "last checkpoint holds finite weights). Lower optim.lr / beta or check the data's log-prob columns.")
+                    "last checkpoint holds finite weights). Lower optim.lr / beta or check the data's log-prob "
+                    "columns.")
         return (f"non-finite loss or gradient for {self.nonfinite_streak} steps in a row "
                 f"(max_nonfinite_steps={self.cfg.max_nonfinite_steps}); stopped at step {self.step}, {batch}. "
                 "Lower optim.lr / beta, check the data's log-prob columns, or raise max_nonfinite_steps.")

@@ -11,7 +11,8 @@ the initial policy for rows that declare it as their sampler (`behavior_model`, 
 `isdaa label` writes). A mismatch is an error naming the rows and the likely cause, or recomputes.
 The registry entry also decides whether reference log-probs are needed at all
 (`Method.requires_reference`: not for a reference-free method, unless its IS variant has no behavior
-columns and falls back to pi_b = pi_ref). Chosen and rejected go through the policy in one concatenated forward (rows [0, B) chosen, [B, 2B) rejected).
+columns and falls back to pi_b = pi_ref). Chosen and rejected go through the policy in one concatenated
+forward (rows [0, B) chosen, [B, 2B) rejected).
 
 Reference log-probs, in order of precedence: the dataset's `ref_chosen_logps` /
 `ref_rejected_logps` as given; else (`ref_logps: precompute`, default) one pass with the initial
@@ -293,7 +294,8 @@ class PrefTask(Task):
             atol, rtol = reference.tolerance(self.accelerator, model)
             gap = (packed.float() - plain.float()).abs()
             if bool((gap > atol + rtol * plain.float().abs()).any()):
-                problem = f"packed log-probs differ from each sequence's own forward by up to {float(gap.max()):.3g} nats"
+                problem = (f"packed log-probs differ from each sequence's own forward by up to "
+                           f"{float(gap.max()):.3g} nats")
         ok = torch.tensor([0.0 if problem else 1.0], device=ids.device)
         if self.accelerator.num_processes > 1:  # every process packs, or none
             ok = self.accelerator.gather(ok).min().reshape(1)
@@ -366,8 +368,9 @@ class PrefTask(Task):
         tol = reference.tolerance(self.accelerator, self.model)
         bad = reference.mismatches(expected, policy_c[keep], policy_r[keep], reference.BEHAVIOR_COLUMNS, who, tol)
         if bad:
-            raise ValueError("step 1 (pi_theta = the initial policy), IS weights far from 1: " + reference.mismatch_message(
-                bad, expected, reference.BEHAVIOR_COLUMNS, who, tol, self.cfg.data, reference.BEHAVIOR_HINT))
+            raise ValueError("step 1 (pi_theta = the initial policy), IS weights far from 1: "
+                             + reference.mismatch_message(bad, expected, reference.BEHAVIOR_COLUMNS, who, tol,
+                                                          self.cfg.data, reference.BEHAVIOR_HINT))
         ess, mean = float(metrics["is/ess"]), float(metrics["is/weight_mean"])
         if not all(initial) and not self._warned_degenerate and (ess < 0.1 or mean < 1e-2):
             self._warned_degenerate = True

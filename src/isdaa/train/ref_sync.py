@@ -98,7 +98,8 @@ def restore(ref, output_dir, steps: int, is_main_process: bool = True) -> int:
 
 def prune(output_dir, steps: int, current: int) -> None:
     """Delete the snapshots that neither the current step nor any resumable checkpoint needs."""
-    resumable = [ckpt.read_state(p)["step"] for p in ckpt.checkpoint_folders(output_dir) if ckpt.check_complete(p) is None]
+    resumable = [ckpt.read_state(p)["step"] for p in ckpt.checkpoint_folders(output_dir)
+                 if ckpt.check_complete(p) is None]
     keep = {snapshot_path(output_dir, s // steps * steps).name for s in resumable} | {
         snapshot_path(output_dir, current).name}
     for f in (Path(output_dir) / SNAPSHOT_DIR).glob("step-*.safetensors"):

@@ -94,7 +94,8 @@ def compute(model, examples: list[dict], accelerator, batch_size: int, pad_id: i
     for k in range(rounds):
         idx = mine[min(k, len(mine) - 1)] if mine else batches[0]        # past its share: a repeat, discarded
         batch = collate_pref([examples[i] for i in idx], pad_id)
-        ids, attn, resp = (batch[key].to(accelerator.device) for key in ("input_ids", "attention_mask", "response_mask"))
+        ids, attn, resp = (batch[key].to(accelerator.device)
+                           for key in ("input_ids", "attention_mask", "response_mask"))
         with accelerator.autocast():
             logps = response_logps(model, ids, attn, resp, response_only_head=head_only, head_chunk_mb=head_chunk_mb)
         if k < len(mine):
