@@ -197,3 +197,32 @@ def test_eval_run_reads_the_new_layout(trl_run, tiny_dir):
     rows = list(map(json.loads, [p.read_text() for p in sorted((run / "eval").glob("step-*.json"))]))
     assert [row["step"] for row in rows] == [2, 4, 6] and rows[0]["checkpoint"] == str(run / "checkpoint-2")
     assert not (run / "eval" / "final.json").exists()  # the final model is checkpoint-6's step
+
+
+def test_logged_learning_rate_is_the_rate_each_step_applied(tiny_dir, tmp_path):
+    """`lr` (trainer_state's `learning_rate`) is the rate the step's update used, as transformers >= 5 logs it:
+    warmup 2 of 6 cosine steps gives lr0 x [0, 1/2, 1, (1 + cos(pi/4)) / 2, 1/2, (1 + cos(3 pi/4)) / 2] (the
+    schedule's closed form at steps 0..5), not the next step's rate. Checked on the weights too: with plain SGD
+    (no momentum, decay or clipping) step 1 at rate 0 leaves them unchanged."""
+    import math
+
+    from test_train import make_cfg
+
+    from isdaa.api import train
+
+    lr0, total, warm = 0.05, 6, 2
+    cfg = make_cfg(tiny_dir, tmp_path, batch_size=4, micro_batch_size=4, max_steps=total, save_steps=1,
+                   optim={"optimizer": "sgd", "lr": lr0, "warmup_steps": warm, "scheduler": "cosine",
+                          "max_grad_norm": 0.0})
+    train(cfg)
+    want = [lr0 * (k / warm if k < warm else 0.5 * (1 + math.cos(math.pi * (k - warm) / (total - warm))))
+            for k in range(total)]
+    got = [r["lr"] for r in read_jsonl(f"{cfg.output_dir}/metrics.jsonl")]
+    assert got == pytest.approx(want, abs=1e-12)
+    state = json.loads((tmp_path / "run" / "trainer_state.json").read_text())
+    assert [h["learning_rate"] for h in state["log_history"] if "loss" in h] == pytest.approx(want, abs=1e-12)
+    init = load_file(f"{tiny_dir}/model.safetensors")
+    after_1 = load_file(str(tmp_path / "run" / "checkpoint-1" / "model.safetensors"))
+    after_2 = load_file(str(tmp_path / "run" / "checkpoint-2" / "model.safetensors"))
+    assert all(torch.equal(init[k], after_1[k]) for k in init)       # rate 0: no change
+    assert any(not torch.equal(after_1[k], after_2[k]) for k in init)  # rate lr0 / 2: a change

@@ -497,6 +497,12 @@ def test_default_differences_are_trls_defaults():
     listed = default_differences(_cfg())
     assert any(line.startswith("optim.scheduler cosine (TRL: lr_scheduler_type linear)") for line in listed)
     assert not any(line.startswith("optim.scheduler") for line in default_differences(_cfg(lr_scheduler_type="linear")))
+    # a key the user wrote is theirs, even when it equals isdaa's default (TRL's shipped dpo.yaml says cosine)
+    written = default_differences(_cfg(lr_scheduler_type="cosine", warmup_ratio=0.1, num_train_epochs=1,
+                                       per_device_train_batch_size=4, precompute_ref_log_probs=True))
+    assert not any(line.split()[0] in ("optim.scheduler", "optim.warmup_steps", "epochs", "micro_batch_size",
+                                       "ref_logps") for line in written), written
+    assert any(line.startswith("seed ") for line in written)  # what the user left unset is still listed
     trl = pytest.importorskip("trl")
     args = trl.DPOConfig(output_dir="unused", use_cpu=True)
     for trl_key, default in DEFAULT_DIFFERENCES.values():

@@ -115,9 +115,13 @@ def load_config(source=None, overrides=(), kind: str = "pref"):
         raise ValueError(problems[0] if len(problems) == 1 else
                          f"{len(problems)} config problems:\n  - " + "\n  - ".join(problems))
     try:
-        return from_dict(cls, data)
+        cfg = from_dict(cls, data)
     except ValueError as err:  # a bad value: name where it came from
         raise ValueError(_attributed(str(err), tree)) from None
+    # which keys the user set (dotted isdaa names): the start-of-run notices list only the TRL default
+    # differences the user left unset. Not a field: it is provenance, never written to config.yaml.
+    object.__setattr__(cfg, "given_keys", frozenset(tree.rank))
+    return cfg
 
 
 def _attributed(message: str, tree) -> str:

@@ -258,6 +258,7 @@ class _Run:
             self.nonfinite_streak += 1
             if self.engine_steps_in_backward:  # the step is already applied: nothing to skip, stop now
                 self.nonfinite_streak = max(self.nonfinite_streak, self.cfg.max_nonfinite_steps)
+        self.step_lr = self.scheduler.get_last_lr()[0]  # the rate this step applied (logged as `lr`, as TRL does)
         with warnings.catch_warnings():  # torch warns when the scheduler steps without an optimizer step
             warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step", category=UserWarning)
             self.scheduler.step()
@@ -323,7 +324,7 @@ class _Run:
         # every process's tokens since the last record (the mean over processes of each one's count, x processes)
         tokens = values.pop(TOKENS_WINDOW, self.tokens_window) * self.accelerator.num_processes
         record = {"step": self.step, "examples": self.examples_seen, "epoch": round(self.epoch, 6),
-                  "lr": self.scheduler.get_last_lr()[0], **values,
+                  "lr": self.step_lr, **values,
                   "tokens_per_s": tokens / max(now - self.t_window, 1e-9),
                   "elapsed_s": now - self.t_start}
         self.tokens_seen += self.tokens_window

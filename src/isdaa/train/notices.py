@@ -11,13 +11,20 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # x86 flags of native bf16 arithmetic
 
 
 def default_differences(cfg) -> list[str]:
-    """`key value (TRL: trl_key value)` for each isdaa default that differs from TRL's and that `cfg` kept."""
+    """`key value (TRL: trl_key value)` for each isdaa default that differs from TRL's and that `cfg` kept:
+    neither set by the user (`given_keys`, recorded by `load_config`; a warmup ratio counts for the warmup
+    steps) nor changed since."""
     import dataclasses
 
     from isdaa.trl_compat import DEFAULT_DIFFERENCES
 
+    given = set(getattr(cfg, "given_keys", ()))
+    if "optim.warmup_ratio" in given:
+        given.add("optim.warmup_steps")
     out = []
     for dotted, (trl_key, trl_default) in DEFAULT_DIFFERENCES.items():
+        if dotted in given:
+            continue
         value = cfg
         *parents, leaf = dotted.split(".")
         for part in parents:
