@@ -1,8 +1,9 @@
 """The lab's numbers, aggregated from its saved results (read by isdaa.lab.report and isdaa.lab.figures;
 never the trainer).
 
-Run folders are read through `isdaa.lab.rundir` only. A run is a row of COLUMNS read from its `lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr,
-optimizer, options, group, n_pairs, scheduler, warmup_ratio, plus its number of optimizer steps
+Run folders are read through `isdaa.lab.rundir` only. A run is a row of COLUMNS read from its
+`lab_spec.json` (= `RunSpec.to_dict()`): method, beta, lr, optimizer, options, group, n_pairs, scheduler,
+warmup_ratio, plus its number of optimizer steps
 (summary.json `total_steps`). A configuration is the tuple of every column except seed / run_id / label
 (`CONFIG_COLUMNS`): runs that differ in anything but the seed are never averaged together.
 

@@ -16,7 +16,8 @@ checkpoint: golden-free, but measured only where the lab evaluates. The alarm is
 1 and a trailing mean over ANALYSIS_SMOOTHING checks (10 batch records for training signals; 1 for the
 checkpoint signals). Golden peak = first maximum of the win rate over the checkpoints (step 0
 included), smoothed over GOLDEN_WINDOW (3) neighbouring checkpoints first; decline = first later
-checkpoint at least `drop` (the preset's overopt_drop, 0.05) below the peak on that smoothed curve. An alarm "leads" when it fires at or before the decline step.
+checkpoint at least `drop` (the preset's overopt_drop, 0.05) below the peak on that smoothed curve. An
+alarm "leads" when it fires at or before the decline step.
 
 Held-out evaluation: DPO and IS-DPO runs of the main group. For each signal, the threshold (or "never
 stop") that maximizes the mean golden win rate of the policy at the alarm step is chosen on the
@@ -42,7 +43,8 @@ from isdaa.lab.markdown import Section, Table, dashes, table
 # The engine's signals plus the sampled KL (source "eval": the evaluator's records)
 SIGNALS: dict[str, drift.Signal] = {**drift.SIGNALS, "sample/kl": drift.Signal(
     "sample/kl", "eval", "kl_k1", "above", 0.0, math.inf)}
-THRESHOLDS: dict[str, tuple[float, ...]] = {**drift.THRESHOLDS, "sample/kl": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)}
+THRESHOLDS: dict[str, tuple[float, ...]] = {
+    **drift.THRESHOLDS, "sample/kl": (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)}
 ANALYSIS_SMOOTHING = {"train": 10, "probe": 1, "eval": 1}
 GOLDEN_WINDOW = 3  # the golden curve is smoothed over 3 checkpoints before its peak and decline are read
 HELDOUT_METHODS = ("dpo", "is-dpo")
@@ -146,9 +148,11 @@ def leadlag_rows(runs: list[RunData], drop: float) -> list[dict]:
                 step, smoothed, constant = _alarm(run, signal, th)
                 out.append({**base, "signal": signal, "threshold": th,
                             "smoothing": ANALYSIS_SMOOTHING[SIGNALS[signal].source], "constant": constant,
-                            "alarm_step": step, "alarm_fraction": step / run.total_steps if step and run.total_steps else None,
+                            "alarm_step": step,
+                            "alarm_fraction": step / run.total_steps if step and run.total_steps else None,
                             "smoothed_at_alarm": smoothed if step is not None else None,
-                            "lead_peak": drift.lead(step, ev.peak_step), "lead_decline": drift.lead(step, ev.decline_step),
+                            "lead_peak": drift.lead(step, ev.peak_step),
+                            "lead_decline": drift.lead(step, ev.decline_step),
                             "win_rate_at_alarm": drift.win_rate_at(step, run.golden_steps, run.golden_wr)})
     return out
 
@@ -168,7 +172,8 @@ def threshold_rows(leadlag: list[dict]) -> list[dict]:
         late = [r for r in declined if r["alarm_step"] is not None and r["lead_decline"] < 0]
         flat = [r for r in rows if r["decline_step"] is None]
         leads = [r["lead_decline"] / r["total_steps"] for r in early if r["total_steps"]]
-        peak_leads = [r["lead_peak"] / r["total_steps"] for r in declined if r["lead_peak"] is not None and r["total_steps"]]
+        peak_leads = [r["lead_peak"] / r["total_steps"] for r in declined
+                      if r["lead_peak"] is not None and r["total_steps"]]
         out.append({"signal": signal, "threshold": th, "runs": len(rows), "declined": len(declined),
                     "early": len(early), "late": len(late), "missed": len(declined) - len(early) - len(late),
                     "no_decline": len(flat), "false_alarms": sum(r["alarm_step"] is not None for r in flat),
@@ -350,7 +355,8 @@ def drift_section(lab_root: str | Path, specs: dict[str, dict] | None = None) ->
 
 
 def _markdown(runs, drop, trows, leadlag, sel, held, why_not, figures, root) -> str:
-    n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop, GOLDEN_WINDOW).decline_step is not None for r in runs)
+    n_declined = sum(drift.golden_events(r.golden_steps, r.golden_wr, drop, GOLDEN_WINDOW).decline_step is not None
+                     for r in runs)
     best = _best_per_signal(trows)
     lines = ["## Golden-free drift alarm", "",
              f"Can a signal that needs no golden reward announce over-optimization? {len(runs)} runs; "

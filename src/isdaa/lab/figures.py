@@ -136,7 +136,8 @@ def fig_importance(points, train_rows, out: Path) -> Path | None:
     for ax, field in zip(axes[3:], ("is/weight_mean", "is/ess")):
         for k, (fr, mean, se, _n) in sorted(curves(train, field).items()):
             name = names.get(k, k[1])
-            ax.plot(fr, mean, color=colors.get(short.get(k), "k"), ls=styles.get(k[2], "-"), lw=1.0, label=f"{name} b={k[2]:g}")
+            ax.plot(fr, mean, color=colors.get(short.get(k), "k"), ls=styles.get(k[2], "-"), lw=1.0,
+                    label=f"{name} b={k[2]:g}")
         ax.set_title(f"training batches: {field} (IS methods)", fontsize=9)
     for ax in axes:
         ax.set_xlabel("fraction of training")
@@ -219,9 +220,9 @@ MECH_PANELS = (("is/ess", "ESS of the batch weights", "linear"), ("is/weight_max
 
 
 def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
-    """One figure per regime (optimizer, lr, schedule, data, steps) of every group with a logged IS run: the golden win rate
-    over optimizer steps (mean +- se over seeds) next to the IS methods' per-step ESS, w_max, clipped
-    fraction and top-pair share (rows: beta). Panels of metrics no run logged are left out.
+    """One figure per regime (optimizer, lr, schedule, data, steps) of every group with a logged IS run: the
+    golden win rate over optimizer steps (mean +- se over seeds) next to the IS methods' per-step ESS, w_max,
+    clipped fraction and top-pair share (rows: beta). Panels of metrics no run logged are left out.
     Returns [(regime title, path)]."""
     by_regime: dict = {}
     for r in points:
@@ -231,14 +232,16 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
     for old in out.glob("fig_mechanism_*.png"):  # a previous report's, whose regimes may differ
         old.unlink()
     for (group, regime), pts in sorted(by_regime.items(), key=lambda kv: str(kv[0])):
-        tr = [r for r in train_rows if r["group"] == group and regime_of(r) == regime and base_method(r["method"]) is not None]
+        tr = [r for r in train_rows
+              if r["group"] == group and regime_of(r) == regime and base_method(r["method"]) is not None]
         if not tr:  # no IS run logged in this regime: Figure 4 has its win rates
             continue
         panels = [p for p in MECH_PANELS if any(r.get(p[0]) is not None for r in tr)]
         betas = sorted({r["beta"] for r in pts})
         short = {config_key(r): short_name(r) for r in pts}
         colors = _colors(short.values())
-        fig, axes = plt.subplots(len(betas), 1 + len(panels), figsize=(3.6 * (1 + len(panels)) + 2.0, 2.8 * len(betas) + 0.6),
+        fig, axes = plt.subplots(len(betas), 1 + len(panels),
+                                 figsize=(3.6 * (1 + len(panels)) + 2.0, 2.8 * len(betas) + 0.6),
                                  squeeze=False, sharex=True)
         wr = curves(pts, "win_rate", x="step")
         mech = {f: _rolling(curves(tr, f, x="step")) for f, _, _ in panels}
@@ -271,7 +274,8 @@ def fig_mechanism(points, train_rows, out: Path) -> list[tuple[str, Path]]:
     return out_paths
 
 
-CONTROL_PANELS = (("update_norm", "optimizer step norm ||dtheta||", "log"), ("is/weight_mean", "mean batch weight", "log"),
+CONTROL_PANELS = (("update_norm", "optimizer step norm ||dtheta||", "log"),
+                  ("is/weight_mean", "mean batch weight", "log"),
                   ("is/ess", "ESS of the batch weights", "linear"))
 
 

@@ -156,7 +156,8 @@ class LengthTask(Task):
         stats = {"chosen_length": sum(lc) / n, "rejected_length": sum(lr) / n, "length_gap": (sum(lc) - sum(lr)) / n,
                  "longer_chosen": sum(a > b for a, b in unequal) / len(unequal) if unequal else float("nan"),
                  "length_decided": clean / n,
-                 "past_optimum": sum((a > self.coef.optimum) + (b > self.coef.optimum) for a, b in zip(lc, lr)) / (2 * n),
+                 "past_optimum": sum((a > self.coef.optimum) + (b > self.coef.optimum)
+                                     for a, b in zip(lc, lr)) / (2 * n),
                  "noise_per_response": sum(c["noise"] + r["noise"] for c, r in comps) / (2 * n)}
         stats["design_checks"] = {k: f"{stats[k]:.3f} {op} {v:g}: "
                                      + ("holds" if (stats[k] >= v if op == ">=" else stats[k] <= v) else "FAILS")

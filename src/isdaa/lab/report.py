@@ -77,8 +77,8 @@ def mitigation_keys() -> list[tuple]:
     return [arm_key(a.method, dict(a.options), thaw(a.config)) for a in MITIGATIONS]
 
 
-TABLE1_FLOATS = ("beta", "lr", "ref_win_rate", "smoothed_peak", "smoothed_peak_se", "final_win_rate", "final_win_rate_se",
-                 "final_kl", "final_kl_se", "drop", "drop_se")
+TABLE1_FLOATS = ("beta", "lr", "ref_win_rate", "smoothed_peak", "smoothed_peak_se",
+                 "final_win_rate", "final_win_rate_se", "final_kl", "final_kl_se", "drop", "drop_se")
 
 
 def read_table1(folder: str | Path) -> dict:

@@ -61,8 +61,10 @@ def findings(summary: list[dict], points: list[dict], drop_threshold: float, com
         if over:
             lines.append(
                 f"Over-optimized (smoothed peak minus final win rate > {drop_threshold:g}): "
-                + ", ".join(f"{s['name']} (beta {s['beta']:g}: smoothed peak {pm(s['smoothed_peak'], s['smoothed_peak_se'])}"
-                            f" near sqrt KL {fmt(s['smoothed_peak_sqrt_kl'], 2)}, final {pm(s['final_win_rate'], s['final_win_rate_se'])}"
+                + ", ".join(f"{s['name']} (beta {s['beta']:g}: "
+                            f"smoothed peak {pm(s['smoothed_peak'], s['smoothed_peak_se'])}"
+                            f" near sqrt KL {fmt(s['smoothed_peak_sqrt_kl'], 2)}, "
+                            f"final {pm(s['final_win_rate'], s['final_win_rate_se'])}"
                             f" {seeds(s['n_seeds'])})" for s in over) + "."
             )
         if kept:
@@ -130,7 +132,8 @@ def mechanism(summary: list[dict], points: list[dict], comps=()) -> list[str]:
         if not peak:
             continue
         parts = [f"{c} {np.mean([r[c] for r in peak]):.2f} -> {np.mean([r[c] for r in end]):.2f}" for c in comps]
-        lines.append(f"{s['name']} (beta {s['beta']:g}), smoothed peak's checkpoint -> last checkpoint: " + ", ".join(parts) + ".")
+        lines.append(f"{s['name']} (beta {s['beta']:g}), smoothed peak's checkpoint -> last checkpoint: "
+                     + ", ".join(parts) + ".")
     return lines
 
 
@@ -159,7 +162,8 @@ def regimes_lines(comparisons: list[dict], mech: dict, summary: list[dict], mech
     for verdict, title in VERDICT_TITLES.items():
         cs = [c for c in comparisons if c["verdict"] == verdict]
         if cs:
-            out += [f"**{title}** ({len(cs)} of {len(comparisons)}):\n", *[f"- {comparison_sentence(c)}" for c in cs], ""]
+            out += [f"**{title}** ({len(cs)} of {len(comparisons)}):\n",
+                    *[f"- {comparison_sentence(c)}" for c in cs], ""]
     if comparisons:
         out += ["Map (final win rate: base vs IS; smoothed peak -> final; final KL):\n", _regime_map(comparisons)]
     if mech:
@@ -391,7 +395,8 @@ def environment_section(d) -> Section:
            f"Task `{name}` (`{ref}`): {about}Golden reward r*(x, y) = `{env.get('reward_formula', '?')}` "
            "(components in `reward_components`). Full definition: `task/definition.json`.\n",
            f"- pi_ref: tiny Llama ({model.get('num_layers', '?')} layers, width {model.get('hidden_size', '?')}) "
-           f"SFT on {p['n_sft']} demonstrations x {p['sft_epochs']} epochs (batch {p['sft_batch']}, lr {p['sft_lr']:g}).",
+           f"SFT on {p['n_sft']} demonstrations x {p['sft_epochs']} epochs "
+           f"(batch {p['sft_batch']}, lr {p['sft_lr']:g}).",
            f"- D_golden: {p['n_pairs']} prompts x two pi_ref samples at T=1, Bradley-Terry labels on r*, "
            f"pi_ref log-probs as behavior columns; **{label.get('n_pairs', '?')} pairs trained on**. Their chosen "
            f"mean reward {fmt(label.get('chosen_reward'), 2)}, rejected {fmt(label.get('rejected_reward'), 2)}, ties "
@@ -583,7 +588,8 @@ def cross_task_section(d) -> Section:
     for i, t in enumerate(tabs):
         cols += [(f"wr{i}", f"{t['task']}: final WR", "3"), (f"kl{i}", "final KL", "1"), (f"drop{i}", "drop", "3")]
     head = [f"- `{t['task']}`: `{t['folder']}` (preset `{t['preset']}`), pi_ref win rate "
-            f"{fmt(float(np.nanmean([float(r['ref_win_rate']) for r in t['rows']])) if t['rows'] else None)}" for t in tabs]
+            f"{fmt(float(np.nanmean([float(r['ref_win_rate']) for r in t['rows']])) if t['rows'] else None)}"
+            for t in tabs]
     md = ["## Table 1 across tasks\n", "Final win rate (mean of the last 2 checkpoints), final KL (k1) and drop "
           "(smoothed peak - final), mean +- se over seeds; each task's own pi_ref, data and calibrated rate.\n",
           *head, "", table(rows, cols)]
@@ -618,7 +624,8 @@ CAPTIONS = {
     "fig3": "Figure 3 analog: golden win rate vs sqrt KL, one point per checkpoint; lines: Gao RL-form fits.",
     "fig4": "Figure 4 analog: win rate and sqrt KL over training (mean +- se over seeds).",
     "fig5": "Figure 5 analog: clip ablation of IS-DPO (final = mean of the last 2 checkpoints, +- se over seeds).",
-    "fig6": "Figure 6 analog: importance ratio of the training pairs under the policy, and the ESS of the clipped weights.",
+    "fig6": "Figure 6 analog: importance ratio of the training pairs under the policy, "
+            "and the ESS of the clipped weights.",
     "components": "The golden reward's components over training: how the policies over-optimize.",
     "regimes": "Regimes: final win rate and sqrt KL vs learning rate, Adam and SGD (mean +- se over seeds).",
 }
@@ -676,8 +683,9 @@ def timing_section(d) -> Section:
           "Seconds of wall time on the machine that ran them, under whatever load it had (runs share the CPU with "
           "the sweep's other workers): stages " + (", ".join(stages) or "not recorded") + f"; all runs of this "
           f"report together {total / 3600:.2f} h of worker time. Per configuration, mean over its runs:\n",
-          table(dashes(rows), [("group", "group", ""), ("name", "method", ""), ("beta", "beta", "3"), ("runs", "runs", ""),
-                               ("train", "training s", "0"), ("all", "training + evaluation s", "0")])]
+          table(dashes(rows), [("group", "group", ""), ("name", "method", ""), ("beta", "beta", "3"),
+                               ("runs", "runs", ""), ("train", "training s", "0"),
+                               ("all", "training + evaluation s", "0")])]
     return Section("\n".join(md), tables={"wall_times": Table(rows)})
 
 
