@@ -92,3 +92,11 @@ def torchrun():
         return stderr
 
     return run
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_dir):
+    """The tiny model's tokenizer, one per test module."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tiny_dir)

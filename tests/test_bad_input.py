@@ -9,22 +9,13 @@ import warnings
 import pytest
 import yaml
 from click.testing import CliRunner
+from test_train import write_jsonl
 from transformers import AutoTokenizer
 
 from isdaa.data import DataError, load_rows, tokenize_pref, tokenize_sft
 
 GOOD = {"prompt": "w1 w2", "chosen": "good yes", "rejected": "bad no"}
 MSG = lambda role, text: {"role": role, "content": text}
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    return AutoTokenizer.from_pretrained(tiny_dir)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def pref_error(tok, tmp_path, bad_row) -> str:

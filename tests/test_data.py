@@ -3,7 +3,6 @@
 import json
 
 import pytest
-from transformers import AutoTokenizer
 
 from isdaa.data import (
     collate_pref,
@@ -16,11 +15,6 @@ from isdaa.data import (
     tokenize_sft,
     truncate,
 )
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 def ids(tok, text):

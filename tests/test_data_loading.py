@@ -26,13 +26,6 @@ def datasets_cache(tmp_path, monkeypatch):
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
 
 
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
-
-
 def test_glob_concatenates_sorted_files_and_errors_name_the_right_file(tmp_path, tok):
     write(tmp_path / "b.jsonl", pairs("b", 2))
     a = pairs("a", 3)

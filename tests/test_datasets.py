@@ -8,6 +8,7 @@ import json
 
 import pytest
 from test_data_loading import datasets_cache  # noqa: F401 -- autouse fixture: a per-test datasets cache
+from test_train import write_jsonl
 
 from isdaa.data import DataError, load_rows, tokenize_pref
 
@@ -15,18 +16,6 @@ from isdaa.data import DataError, load_rows, tokenize_pref
 def pairs(n, tag="p"):
     return [{"prompt": f"w{i % 50} w{(i + 1) % 50}", "chosen": f"good yes {tag}{i}", "rejected": f"bad no {tag}{i}"}
             for i in range(n)]
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(tiny_dir)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 

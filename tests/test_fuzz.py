@@ -9,7 +9,6 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from transformers import AutoTokenizer
 
 from isdaa.data import DataError, load_rows, tokenize_pref
 from isdaa.losses import METHODS, preference_loss
@@ -82,11 +81,6 @@ MESSAGE = st.fixed_dictionaries({"role": st.sampled_from(["user", "assistant", "
 FIELD = st.one_of(st.text(max_size=12), st.just("good yes"), st.lists(MESSAGE, max_size=3), JSON)
 KEYS = ["prompt", "chosen", "rejected", "ref_chosen_logps", "ref_rejected_logps", "chosen_logps", "rejected_logps"]
 ROW = st.dictionaries(st.sampled_from([*KEYS, "extra"]), st.one_of(FIELD, st.floats(), st.integers()), max_size=7)
-
-
-@pytest.fixture(scope="module")
-def tok(tiny_dir):
-    return AutoTokenizer.from_pretrained(tiny_dir)
 
 
 @FAST

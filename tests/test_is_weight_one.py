@@ -11,6 +11,7 @@ import math
 
 import pytest
 from conftest import CHAT_FAMILIES, chat_family_tokenizer, generated_corpus
+from test_train import write_jsonl
 
 from isdaa.api import train
 from isdaa.config import load_config
@@ -35,11 +36,6 @@ def word_tok():
     from isdaa.tiny import build_word_tokenizer
 
     return build_word_tokenizer(corpus=generated_corpus(), vocab_size=128)
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def step1(model, data, out, **over):

@@ -10,13 +10,9 @@ import shutil
 import pytest
 import torch
 from conftest import chat_family_tokenizer
+from test_train import write_jsonl
 
 from isdaa.data import DataError, load_rows, tokenize_pref
-
-
-def write_jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(path)
 
 
 def test_null_prompt_is_a_row_error(tmp_path):
