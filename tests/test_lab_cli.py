@@ -179,3 +179,18 @@ def test_every_arm_trained_as_configured(lab_run):
     controls = _read_csv(out / "csv" / "controls.csv")
     assert {r["name"] for r in controls} == {"dpo", "is-dpo", "is-dpo [permute]", "is-dpo [mean]",
                                              "is-dpo [matched_random]"}
+
+
+def test_a_cached_stage_shows_as_done_not_negative(capsys):
+    """A cached stage reports only its end (done = total = -1): the bar reads 1/1, never -1/-1 or a negative
+    rate; a stage with progress ends at its own total."""
+    from isdaa.cli.lab import _Bars
+
+    bars = _Bars(True)
+    bars("sft", -1, -1, None)
+    bars("sweep", 3, 10, None)
+    bars("sweep", -1, -1, None)
+    bars.close()
+    err = capsys.readouterr().err
+    assert "-1/-1" not in err and "it/s" in err and not re.search(r"-\d[\d.]*it/s", err)
+    assert "1/1" in err and "10/10" in err

@@ -35,9 +35,10 @@ class _Bars:
         if stage != self.stage:
             self.close()
             self.stage = stage
-            self.bar = tqdm(total=total, desc=f"{stage:>6}", unit="run" if stage == "sweep" else "it",
+            self.bar = tqdm(total=max(total, 0), desc=f"{stage:>6}", unit="run" if stage == "sweep" else "it",
                             dynamic_ncols=True, leave=True)
-        if done < 0:  # the stage's end
+        if done < 0:  # the stage's end (a cached stage ends before it reports progress: shown as 1/1)
+            self.bar.total = self.bar.total or 1
             self.bar.n = self.bar.total
         else:
             self.bar.total = total
