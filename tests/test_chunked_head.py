@@ -400,11 +400,10 @@ def test_score_responses_uses_the_chunked_head_with_temperature():
 def test_trainer_chunked_head_equals_whole_head(tiny_dir, tmp_path, ref_logps, monkeypatch):
     """`head_chunk_mb` below one row (every row its own chunk: policy, reference pass or in-memory reference)
     against 0 (the model's own head): the same run, step by step (SGD: round-off is not amplified)."""
-    import json
+    from test_train import make_cfg
 
     from isdaa import logprobs
     from isdaa.api import train
-    from isdaa.config import load_config
     from isdaa.io import read_jsonl
 
     calls = []
@@ -413,17 +412,12 @@ def test_trainer_chunked_head_equals_whole_head(tiny_dir, tmp_path, ref_logps, m
 
     rows = [{"prompt": f"w{i} w{i + 1} w{i + 2}"[: 3 + i % 7], "chosen": "good yes w" + str(i),
              "rejected": "bad no " + "w3 " * (i % 4)} for i in range(16)]
-    data = tmp_path / "pairs.jsonl"
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     runs = []
     for mb in (TINY_MB, 0):
-        cfg = load_config({"model": {"name_or_path": str(tiny_dir)}, "method": "is-dpo", "beta": 0.5,
-                           "data": {"train": str(data), "max_length": 14, "max_prompt_length": 7},
-                           "optim": {"optimizer": "sgd", "lr": 0.5, "warmup_steps": 0},
-                           "output_dir": str(tmp_path / f"run-{mb}"), "batch_size": 4, "micro_batch_size": 4,
-                           "epochs": 1, "logging_steps": 1, "progress": False, "num_threads": 1,
-                           "mixed_precision": "no", "ref_logps": ref_logps, "head_chunk_mb": mb,
-                           "ref_cache_dir": str(tmp_path / f"cache-{mb}")}, kind="pref")
+        cfg = make_cfg(tiny_dir, tmp_path, f"run-{mb}", rows=rows, method="is-dpo", beta=0.5, batch_size=4,
+                       micro_batch_size=4, optim={"optimizer": "sgd", "lr": 0.5, "warmup_steps": 0},
+                       ref_logps=ref_logps, head_chunk_mb=mb, ref_cache_dir=str(tmp_path / f"cache-{mb}"),
+                       **{"data.max_length": 14, "data.max_prompt_length": 7})
         train(cfg)
         runs.append(read_jsonl(tmp_path / f"run-{mb}" / "metrics.jsonl"))
     chunked, whole = runs
