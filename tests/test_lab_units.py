@@ -89,3 +89,29 @@ def test_compiled_offline_runs_only_where_it_pays(tmp_path, monkeypatch):
             fast = offline_compiled and not spec.online
             assert cfg.compile is fast, (name, spec.run_id)
             assert cfg.model.attn_implementation == ("eager" if fast else None), (name, spec.run_id)
+
+
+def test_log_tick_labels_span_a_decade_without_overflow():
+    """Minor tick labels only on a log axis spanning less than a decade; an axis from ~1e-308 (a weight
+    of 0 plotted) gets none and no overflow warning (hi / lo overflowed in a sweep's report)."""
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    from isdaa.lab.figures import _plain_log_ticks
+
+    fig, ax = plt.subplots()
+    ax.set_yscale("log")
+    try:
+        for (lo, hi), labelled in (((0.5, 2.0), True), ((0.1, 10.0), False), ((5e-324, 1.0), False)):
+            ax.set_ylim(lo, hi)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                _plain_log_ticks(ax)
+            assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter) is not labelled, (lo, hi)
+    finally:
+        plt.close(fig)

@@ -340,7 +340,8 @@ def _plain_log_ticks(ax) -> None:
     fmt = FuncFormatter(lambda v, _pos: f"{v:.3g}")
     lo, hi = ax.get_ylim()
     ax.yaxis.set_major_formatter(fmt)
-    ax.yaxis.set_minor_formatter(fmt if lo > 0 and hi / lo < 10 else NullFormatter())
+    # not hi / lo < 10: the lower limit can be ~1e-308 (a weight of 0 on a log axis), and hi / lo overflows
+    ax.yaxis.set_minor_formatter(fmt if 0 < lo and hi < 10 * lo else NullFormatter())
 
 
 def _se0(se: float) -> float:
