@@ -115,3 +115,29 @@ def test_log_tick_labels_span_a_decade_without_overflow():
             assert isinstance(ax.yaxis.get_minor_formatter(), NullFormatter) is not labelled, (lo, hi)
     finally:
         plt.close(fig)
+
+
+def _fig3_point(method, seed, step, sqrt_kl, win=0.7, beta=0.01):
+    row = {"group": "main", "method": method, "beta": beta, "lr": 3e-4, "optimizer": "adamw", "options": "{}",
+           "n_pairs": None, "scheduler": "cosine", "warmup_ratio": 0.08, "steps": 100, "config": "{}"}
+    return {**row, "run_id": f"{method}_s{seed}", "seed": seed, "step": step, "name": method,
+            "sqrt_kl": sqrt_kl, "win_rate": win, "win_rate_se": 0.01}
+
+
+def test_fig3_zooms_where_a_few_runs_stretch_the_axis(tmp_path):
+    """zoom_limit = 2 x the median over configurations of the last checkpoint's sqrt KL (mean over seeds),
+    only when some point lies beyond 1.5x of it. Hand-computed: last sqrt KL a: (1.0 + 2.0) / 2 = 1.5,
+    b: 1.0, c: 12.0 -> median 1.5 -> limit 3.0; c's 12 > 4.5, so the panel gets a zoomed copy."""
+    from matplotlib.image import imread
+
+    from isdaa.lab.figures import fig_winrate_vs_kl, zoom_limit
+
+    pt = _fig3_point
+    rows = [pt("a", 0, 0, 0.0), pt("a", 0, 50, 3.5), pt("a", 0, 100, 1.0), pt("a", 1, 100, 2.0),
+            pt("b", 0, 0, 0.0), pt("b", 0, 100, 1.0), pt("c", 0, 0, 0.0), pt("c", 0, 100, 12.0, win=0.0)]
+    assert zoom_limit(rows) == pytest.approx(3.0)
+    tame = [r for r in rows if r["method"] != "c"]  # median of 1.5 and 1.0 = 1.25 -> 2.5; max 3.5 < 3.75
+    assert zoom_limit(tame) is None
+    zoomed = imread(fig_winrate_vs_kl(rows, tmp_path / "z")).shape[0]
+    flat = imread(fig_winrate_vs_kl(tame, tmp_path / "f")).shape[0]
+    assert zoomed > 1.6 * flat  # a second row of panels

@@ -44,9 +44,27 @@ def _names(rows) -> dict:
     return {config_key(r): r["name"] for r in rows}
 
 
+def zoom_limit(rows) -> float | None:
+    """The sqrt KL limit of a Figure 3 panel's zoomed copy: twice the median over configurations of their
+    last checkpoint's sqrt KL (mean over seeds); None when every point already lies within 1.5x of it (one
+    collapsed method at sqrt KL 12 otherwise squeezes the others' curves into the first tenth of the axis)."""
+    last: dict = {}
+    for r in rows:
+        if r["run_id"] not in last or r["step"] > last[r["run_id"]]["step"]:
+            last[r["run_id"]] = r
+    by_config: dict = {}
+    for r in last.values():
+        by_config.setdefault(config_key(r), []).append(r["sqrt_kl"])
+    if not by_config:
+        return None
+    limit = 2 * float(np.median([np.mean(v) for v in by_config.values()]))
+    return limit if limit > 0 and max(r["sqrt_kl"] for r in rows) > 1.5 * limit else None
+
+
 def fig_winrate_vs_kl(points, out: Path) -> Path | None:
     """Figure 3 analog: win rate vs sqrt KL, one panel per beta, every checkpoint of every seed, Gao
-    RL-form fits (isdaa.plots.plot_winrate_vs_sqrt_kl on each panel)."""
+    RL-form fits (isdaa.plots.plot_winrate_vs_sqrt_kl on each panel); under a panel whose axis a few runs
+    stretch far (`zoom_limit`), the same points zoomed to where most configurations end."""
     from isdaa.plots import plot_winrate_vs_sqrt_kl
 
     main = [r for r in points if r["group"] == MAIN]
@@ -55,13 +73,29 @@ def fig_winrate_vs_kl(points, out: Path) -> Path | None:
     plt = pyplot()
     ref = {r["run_id"]: r["win_rate"] for r in main if r["step"] == 0}
     betas = sorted({r["beta"] for r in main})
-    fig, axes = plt.subplots(1, len(betas), figsize=(5.5 * len(betas), 4.4), squeeze=False, sharey=True)
-    for ax, beta in zip(axes[0], betas):
+    zooms = {b: zoom_limit([r for r in main if r["beta"] == b]) for b in betas}
+    rows = 2 if any(z is not None for z in zooms.values()) else 1
+    fig, axes = plt.subplots(rows, len(betas), figsize=(5.5 * len(betas), 4.4 * rows), squeeze=False)
+    for col, beta in enumerate(betas):
         pts = [{"method": r["name"], "beta": None, "sqrt_kl": r["sqrt_kl"], "win_rate": r["win_rate"],
                 "win_rate_se": r["win_rate_se"], "sqrt_kl_estimator": "k1, T=1 samples",
                 "win_rate_minus_ref": r["win_rate"] - ref[r["run_id"]] if r["run_id"] in ref else None}
                for r in main if r["beta"] == beta]
-        plot_winrate_vs_sqrt_kl(pts, ax=ax, fit_form="rl", title=f"beta = {beta:g}")
+        plot_winrate_vs_sqrt_kl(pts, ax=axes[0][col], fit_form="rl", title=f"beta = {beta:g}")
+        axes[0][col].set_ylim(-0.05, 1.02)
+        if rows == 2:
+            ax, z = axes[1][col], zooms[beta]
+            if z is None:
+                ax.set_visible(False)
+                continue
+            plot_winrate_vs_sqrt_kl(pts, ax=ax, fit_form="rl", title=f"beta = {beta:g}, zoomed to sqrt KL <= {z:.2g}")
+            inside = [p["win_rate"] for p in pts if p["sqrt_kl"] <= z]
+            ax.set_xlim(-0.02 * z, z)
+            ax.set_ylim(min(inside) - 0.03, max(inside) + 0.03)
+    for ax in fig.axes:
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    _legend_right(fig)
     return save(fig, out / "fig3_winrate_vs_sqrtkl.png")
 
 

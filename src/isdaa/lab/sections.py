@@ -621,7 +621,8 @@ def examples_section(d) -> Section:
 
 
 CAPTIONS = {
-    "fig3": "Figure 3 analog: golden win rate vs sqrt KL, one point per checkpoint; lines: Gao RL-form fits.",
+    "fig3": "Figure 3 analog: golden win rate vs sqrt KL, one point per checkpoint; lines: Gao RL-form fits; "
+            "where a few runs stretch the axis, a second row zooms to where most configurations end.",
     "fig4": "Figure 4 analog: win rate and sqrt KL over training (mean +- se over seeds).",
     "fig5": "Figure 5 analog: clip ablation of IS-DPO (final = mean of the last 2 checkpoints, +- se over seeds).",
     "fig6": "Figure 6 analog: importance ratio of the training pairs under the policy, "
