@@ -12,6 +12,7 @@ from isdaa.drift import centered_mean
 from isdaa.lab.aggregate import (
     CONFIG_COLUMNS,
     base_method,
+    by_config,
     clip_table,
     config_key,
     curves,
@@ -48,16 +49,11 @@ def zoom_limit(rows) -> float | None:
     """The sqrt KL limit of a Figure 3 panel's zoomed copy: twice the median over configurations of their
     last checkpoint's sqrt KL (mean over seeds); None when every point already lies within 1.5x of it (one
     collapsed method at sqrt KL 12 otherwise squeezes the others' curves into the first tenth of the axis)."""
-    last: dict = {}
-    for r in rows:
-        if r["run_id"] not in last or r["step"] > last[r["run_id"]]["step"]:
-            last[r["run_id"]] = r
-    by_config: dict = {}
-    for r in last.values():
-        by_config.setdefault(config_key(r), []).append(r["sqrt_kl"])
-    if not by_config:
+    finals = [np.mean([max(run, key=lambda r: r["step"])["sqrt_kl"] for run in runs.values()])
+              for runs in by_config(rows).values()]
+    if not finals:
         return None
-    limit = 2 * float(np.median([np.mean(v) for v in by_config.values()]))
+    limit = 2 * float(np.median(finals))
     return limit if limit > 0 and max(r["sqrt_kl"] for r in rows) > 1.5 * limit else None
 
 
